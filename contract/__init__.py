@@ -1,0 +1,22 @@
+"""The fieldlab contract: topic scheme, payload schema and version.
+
+A leaf package: it imports nothing from fieldlab's other packages, and edge
+agents, the gateway and the simulators all import it. See docs/contract.md.
+"""
+from .errors import ContractError
+from .payloads import (
+    MAX_BATCH, PACKML, SIMPLE, STATE_MODELS, VERSION, Command, CountsBatch, StateBatch, Status,
+    TelemetryBatch, decode, decode_command, decode_counts, decode_kpi, decode_state, decode_status,
+    decode_telemetry, encode_command, encode_counts, encode_kpi, encode_state, encode_status,
+    encode_telemetry,
+)
+from .topics import DEADLETTER_TOPIC, QOS, RETAINED, ROOT, Kind, MachineRef, parse_topic, subscription
+
+__all__ = [
+    "ContractError", "MAX_BATCH", "PACKML", "SIMPLE", "STATE_MODELS", "VERSION", "Command",
+    "CountsBatch", "StateBatch", "Status", "TelemetryBatch", "decode", "decode_command",
+    "decode_counts", "decode_kpi", "decode_state", "decode_status", "decode_telemetry",
+    "encode_command", "encode_counts", "encode_kpi", "encode_state", "encode_status",
+    "encode_telemetry", "DEADLETTER_TOPIC", "QOS", "RETAINED", "ROOT", "Kind", "MachineRef",
+    "parse_topic", "subscription",
+]

@@ -1,0 +1,336 @@
+"""Payloads of the fieldlab contract, version 1: JSON, columnar, checked.
+
+Every payload is a JSON object with ``"v": 1``. Batches (telemetry, state,
+counts) are columnar: one ``ts`` array (Unix time in seconds, float, non-
+decreasing) and one array per value, all of the same length. ``decode`` turns a
+payload straight into NumPy arrays and rejects anything malformed with a
+``ContractError`` that names the field and, where it helps, the index.
+
+The JSON Schema files in ``contract/schemas/`` describe the same rules for
+producers in other languages (Node-RED, Telegraf, a PLC); tests keep both in step.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import ContractError
+from .topics import Kind
+
+VERSION = 1
+MAX_BATCH = 100_000  # samples per message; larger batches must be split by the producer
+MAX_COUNTER = 2**53  # counters stay exact in a float64 / JSON number
+
+# OPC UA PackML (OPC 30060) / ISA-TR88.00.02 state numbers. Other vendors number
+# PackML states differently: a producer must translate to these numbers.
+PACKML = {
+    0: "Stopped", 1: "Resetting", 2: "Idle", 3: "Starting", 4: "Execute", 5: "Completing",
+    6: "Complete", 7: "Aborting", 8: "Aborted", 9: "Stopping", 10: "Clearing",
+    11: "Suspending", 12: "Suspended", 13: "Unsuspending", 14: "Holding", 15: "Held",
+    16: "Unholding",
+}
+# For machines without PackML (a stack light, a simple PLC bit set).
+SIMPLE = {0: "planned_stop", 1: "running", 2: "idle", 3: "down", 4: "setup"}
+STATE_MODELS = {"packml": PACKML, "simple": SIMPLE}
+
+
+@dataclass
+class TelemetryBatch:
+    ts: np.ndarray  # float64 seconds
+    signals: dict[str, np.ndarray]  # float64, NaN where a sample is missing (JSON null)
+    units: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class StateBatch:
+    ts: np.ndarray  # float64 seconds: when the machine entered the state
+    state: np.ndarray  # int64 state code of ``model``
+    reason: np.ndarray  # int64 reason code, 0 = none given
+    model: str = "packml"
+
+
+@dataclass
+class CountsBatch:
+    ts: np.ndarray  # float64 seconds
+    good: np.ndarray  # int64 monotonic counter (may reset to a lower value on a restart)
+    reject: np.ndarray  # int64 monotonic counter
+    product: str | None = None  # product running during the whole batch
+    ideal_cycle_s: float | None = None  # ideal cycle time of that product, seconds per part
+
+    @property
+    def total(self) -> np.ndarray:
+        return self.good + self.reject
+
+
+@dataclass
+class Status:
+    ts: float
+    status: str  # "online" | "offline"
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Command:
+    cmd: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- encoding
+
+def _dumps(obj: dict) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _list(a) -> list:
+    return np.asarray(a).tolist()
+
+
+def encode_telemetry(ts, signals: dict, units: dict | None = None) -> bytes:
+    sig = {k: [None if (isinstance(x, float) and math.isnan(x)) else x for x in _list(v)]
+           for k, v in signals.items()}
+    obj = {"v": VERSION, "ts": _list(ts), "signals": sig}
+    if units:
+        obj["units"] = dict(units)
+    return _dumps(obj)
+
+
+def encode_state(ts, state, reason=None, model: str = "packml") -> bytes:
+    obj = {"v": VERSION, "model": model, "ts": _list(ts), "state": _list(state)}
+    if reason is not None:
+        obj["reason"] = _list(reason)
+    return _dumps(obj)
+
+
+def encode_counts(ts, good, reject, product: str | None = None, ideal_cycle_s: float | None = None) -> bytes:
+    obj = {"v": VERSION, "ts": _list(ts), "good": _list(good), "reject": _list(reject)}
+    if product is not None:
+        obj["product"] = product
+    if ideal_cycle_s is not None:
+        obj["ideal_cycle_s"] = float(ideal_cycle_s)
+    return _dumps(obj)
+
+
+def encode_status(ts: float, status: str, **info) -> bytes:
+    return _dumps({"v": VERSION, "ts": float(ts), "status": status, **({"info": info} if info else {})})
+
+
+def encode_command(cmd: str, **args) -> bytes:
+    return _dumps({"v": VERSION, "cmd": cmd, "args": args})
+
+
+def encode_kpi(kpi: dict) -> bytes:
+    """KPI messages are produced by the gateway; ratios that are undefined are ``null``."""
+    out = {"v": VERSION}
+    for k, v in kpi.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            v = None
+        out[k] = v
+    return _dumps(out)
+
+
+# ----------------------------------------------------------------------------- decoding
+
+def _load(data: bytes | str, kind: str) -> dict:
+    try:
+        obj = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ContractError(f"{kind}: not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise ContractError(f"{kind}: payload must be a JSON object, got {type(obj).__name__}")
+    v = obj.get("v")
+    if v != VERSION:
+        raise ContractError(f"{kind}.v: expected schema version {VERSION}, got {v!r}")
+    return obj
+
+
+def _first_bad(values: list, ok) -> str:
+    """Slow path, only on errors: find the first offending element for the message."""
+    for i, x in enumerate(values):
+        if not ok(x):
+            return f"[{i}] = {x!r}"
+    return ""
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _numbers(obj: dict, key: str, kind: str, n: int | None, allow_null: bool = False) -> np.ndarray:
+    """Decode a JSON array of numbers into float64 (or int64 when all are ints)."""
+    values = obj.get(key)
+    where = f"{kind}.{key}"
+    if not isinstance(values, list):
+        raise ContractError(f"{where}: required array of numbers, got {type(values).__name__}")
+    if len(values) > MAX_BATCH:
+        raise ContractError(f"{where}: {len(values)} samples, at most {MAX_BATCH} per message")
+    if n is not None and len(values) != n:
+        raise ContractError(f"{where}: length {len(values)} differs from ts length {n}")
+    arr = np.asarray(values) if values else np.zeros(0)
+    if arr.dtype.kind in "iuf" and arr.ndim == 1:
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():  # cannot come from JSON, but be safe
+            raise ContractError(f"{where}: numbers must be finite")
+        return arr
+    if allow_null:
+        if arr.dtype == object and arr.ndim == 1 and all(x is None or _is_number(x) for x in values):
+            return np.array([np.nan if x is None else x for x in values], dtype=np.float64)
+        return _fail(where, values, lambda x: x is None or _is_number(x), "a number or null")
+    return _fail(where, values, _is_number, "a number")
+
+
+def _fail(where: str, values: list, ok, what: str):
+    raise ContractError(f"{where}{_first_bad(values, ok)}: must be {what}")
+
+
+def _ts(obj: dict, kind: str) -> np.ndarray:
+    ts = _numbers(obj, "ts", kind, None).astype(np.float64, copy=False)
+    if ts.size == 0:
+        raise ContractError(f"{kind}.ts: empty batch (send at least one sample)")
+    if ts.size > 1:
+        back = np.flatnonzero(np.diff(ts) < 0)
+        if back.size:
+            i = int(back[0]) + 1
+            raise ContractError(f"{kind}.ts[{i}] = {ts[i].item()!r}: timestamps must not go backwards "
+                                f"(previous {ts[i - 1].item()!r})")
+    return ts
+
+
+def _counter(obj: dict, key: str, kind: str, n: int) -> np.ndarray:
+    arr = _numbers(obj, key, kind, n)
+    bad = np.flatnonzero((arr < 0) | (arr >= MAX_COUNTER) | (arr != np.floor(arr)))
+    if bad.size:
+        i = int(bad[0])
+        raise ContractError(f"{kind}.{key}[{i}] = {arr[i].item()!r}: counters are whole numbers >= 0")
+    return arr.astype(np.int64)
+
+
+def _codes(obj: dict, key: str, kind: str, n: int, allowed: dict | None) -> np.ndarray:
+    arr = _numbers(obj, key, kind, n)
+    if arr.dtype.kind == "f" and (arr != np.floor(arr)).any():
+        i = int(np.flatnonzero(arr != np.floor(arr))[0])
+        raise ContractError(f"{kind}.{key}[{i}] = {arr[i].item()!r}: codes are whole numbers")
+    arr = arr.astype(np.int64)
+    if allowed is not None:
+        bad = np.flatnonzero(~np.isin(arr, np.fromiter(allowed, dtype=np.int64)))
+        if bad.size:
+            i = int(bad[0])
+            raise ContractError(f"{kind}.{key}[{i}] = {arr[i]}: not a state of this model "
+                                f"(valid: {sorted(allowed)})")
+    elif (arr < 0).any():
+        i = int(np.flatnonzero(arr < 0)[0])
+        raise ContractError(f"{kind}.{key}[{i}] = {arr[i]}: codes are >= 0")
+    return arr
+
+
+def _optional_str(obj: dict, key: str, kind: str) -> str | None:
+    v = obj.get(key)
+    if v is not None and (not isinstance(v, str) or not v or len(v) > 128):
+        raise ContractError(f"{kind}.{key}: must be a non-empty string of at most 128 characters")
+    return v
+
+
+def decode_telemetry(data: bytes | str) -> TelemetryBatch:
+    k = "telemetry"
+    obj = _load(data, k)
+    ts = _ts(obj, k)
+    signals = obj.get("signals")
+    if not isinstance(signals, dict) or not signals:
+        raise ContractError(f"{k}.signals: required object of name -> array of numbers")
+    out = {}
+    for name in signals:
+        if not name or len(name) > 128:
+            raise ContractError(f"{k}.signals: signal name {name!r} must be 1-128 characters")
+        out[name] = _numbers(signals, name, f"{k}.signals", ts.size, allow_null=True).astype(np.float64, copy=False)
+    units = obj.get("units", {})
+    if not isinstance(units, dict) or not all(isinstance(u, str) for u in units.values()):
+        raise ContractError(f"{k}.units: must be an object of signal name -> unit string")
+    return TelemetryBatch(ts, out, units)
+
+
+def decode_state(data: bytes | str) -> StateBatch:
+    k = "state"
+    obj = _load(data, k)
+    model = obj.get("model", "packml")
+    if model not in STATE_MODELS:
+        raise ContractError(f"{k}.model: {model!r} is not a state model (one of {sorted(STATE_MODELS)})")
+    ts = _ts(obj, k)
+    state = _codes(obj, "state", k, ts.size, STATE_MODELS[model])
+    reason = _codes(obj, "reason", k, ts.size, None) if "reason" in obj else np.zeros(ts.size, np.int64)
+    return StateBatch(ts, state, reason, model)
+
+
+def decode_counts(data: bytes | str) -> CountsBatch:
+    k = "counts"
+    obj = _load(data, k)
+    ts = _ts(obj, k)
+    good = _counter(obj, "good", k, ts.size)
+    reject = _counter(obj, "reject", k, ts.size)
+    if "total" in obj:
+        total = _counter(obj, "total", k, ts.size)
+        bad = np.flatnonzero(total != good + reject)
+        if bad.size:
+            i = int(bad[0])
+            raise ContractError(f"{k}.total[{i}] = {total[i]}: must equal good + reject "
+                                f"({good[i]} + {reject[i]})")
+    ict = obj.get("ideal_cycle_s")
+    if ict is not None and (not _is_number(ict) or ict <= 0):
+        raise ContractError(f"{k}.ideal_cycle_s: must be a number > 0 (seconds per part), got {ict!r}")
+    return CountsBatch(ts, good, reject, _optional_str(obj, "product", k),
+                       None if ict is None else float(ict))
+
+
+def decode_status(data: bytes | str) -> Status:
+    k = "status"
+    obj = _load(data, k)
+    if obj.get("status") not in ("online", "offline"):
+        raise ContractError(f"{k}.status: must be \"online\" or \"offline\", got {obj.get('status')!r}")
+    ts = obj.get("ts")
+    if not _is_number(ts):
+        raise ContractError(f"{k}.ts: required number (Unix time in seconds)")
+    info = obj.get("info", {})
+    if not isinstance(info, dict):
+        raise ContractError(f"{k}.info: must be an object")
+    return Status(float(ts), obj["status"], info)
+
+
+def decode_command(data: bytes | str) -> Command:
+    k = "cmd"
+    obj = _load(data, k)
+    cmd = obj.get("cmd")
+    if not isinstance(cmd, str) or not cmd:
+        raise ContractError(f"{k}.cmd: required non-empty string")
+    args = obj.get("args", {})
+    if not isinstance(args, dict):
+        raise ContractError(f"{k}.args: must be an object")
+    return Command(cmd, args)
+
+
+def decode_kpi(data: bytes | str) -> dict:
+    k = "kpi"
+    obj = _load(data, k)
+    for key in ("availability", "performance", "quality", "oee"):
+        v = obj.get(key, "missing")
+        if v is not None and not _is_number(v):
+            raise ContractError(f"{k}.{key}: required number or null (undefined), got {v!r}")
+    for key in ("good", "reject", "planned_s", "run_s"):
+        if not _is_number(obj.get(key)):
+            raise ContractError(f"{k}.{key}: required number")
+    return obj
+
+
+DECODERS = {
+    Kind.TELEMETRY: decode_telemetry,
+    Kind.STATE: decode_state,
+    Kind.COUNTS: decode_counts,
+    Kind.STATUS: decode_status,
+    Kind.KPI: decode_kpi,
+    Kind.CMD: decode_command,
+}
+
+
+def decode(kind: Kind | str, data: bytes | str):
+    """Decode a payload of the given kind; ContractError with a precise reason if malformed."""
+    return DECODERS[Kind(kind)](data)

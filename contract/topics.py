@@ -1,0 +1,95 @@
+"""Topic scheme of the fieldlab contract.
+
+    fieldlab/v1/<site>/<area>/<line>/<machine>/<kind>
+
+In the spirit of a Unified Namespace (ISA-95 levels enterprise-site-area-line-
+cell): a fixed prefix with the contract's major version, the four levels of the
+machine's place in the plant, then the kind of message. System topics (not
+tied to one machine) live under ``fieldlab/v1/_sys/...``; a level name never
+starts with ``_`` so the two can never collide.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+from .errors import ContractError
+
+PREFIX = "fieldlab"
+MAJOR = 1
+ROOT = f"{PREFIX}/v{MAJOR}"
+
+_LEVEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+LEVELS = ("site", "area", "line", "machine")
+
+
+class Kind(str, Enum):
+    TELEMETRY = "telemetry"  # process values, columnar batch
+    STATE = "state"  # machine state changes, columnar batch
+    COUNTS = "counts"  # monotonic good/reject counters, columnar batch
+    STATUS = "status"  # birth/death of the publisher, retained, MQTT last will
+    KPI = "kpi"  # gateway output, retained
+    CMD = "cmd"  # commands to simulators / edge agents
+
+
+#: Which kinds carry data that must not be lost (published with QoS 1).
+QOS = {Kind.TELEMETRY: 1, Kind.STATE: 1, Kind.COUNTS: 1, Kind.STATUS: 1, Kind.KPI: 1, Kind.CMD: 1}
+#: Which kinds are retained by the broker (a late subscriber sees the last one).
+RETAINED = frozenset({Kind.STATUS, Kind.KPI})
+
+#: Dead letters: the gateway republishes what it rejected here, with the reason.
+DEADLETTER_TOPIC = f"{ROOT}/_sys/deadletter"
+
+
+@dataclass(frozen=True, order=True)
+class MachineRef:
+    """Where a machine sits in the plant: site/area/line/machine."""
+
+    site: str
+    area: str
+    line: str
+    machine: str
+
+    def __post_init__(self) -> None:
+        for name in LEVELS:
+            value = getattr(self, name)
+            if not isinstance(value, str) or not _LEVEL.match(value):
+                raise ContractError(
+                    f"{name} {value!r}: use 1-64 letters, digits, '_', '.' or '-', "
+                    "starting with a letter or digit (no '/', '+', '#' or spaces)"
+                )
+
+    @property
+    def path(self) -> str:
+        return f"{self.site}/{self.area}/{self.line}/{self.machine}"
+
+    def topic(self, kind: Kind | str) -> str:
+        return f"{ROOT}/{self.path}/{Kind(kind).value}"
+
+    @classmethod
+    def parse(cls, path: str) -> "MachineRef":
+        """Parse ``site/area/line/machine``."""
+        parts = path.split("/")
+        if len(parts) != 4:
+            raise ContractError(f"machine path {path!r}: expected site/area/line/machine")
+        return cls(*parts)
+
+
+def subscription(kind: Kind | str | None = None, site: str = "+") -> str:
+    """MQTT filter for one kind (or all kinds) of every machine of a site (or all sites)."""
+    k = "+" if kind is None else Kind(kind).value
+    return f"{ROOT}/{site}/+/+/+/{k}"
+
+
+def parse_topic(topic: str) -> tuple[MachineRef, Kind]:
+    """Split a machine topic into its machine and kind; ContractError if it is not one."""
+    parts = topic.split("/")
+    if len(parts) != 7 or f"{parts[0]}/{parts[1]}" != ROOT:
+        raise ContractError(f"topic {topic!r}: expected {ROOT}/<site>/<area>/<line>/<machine>/<kind>")
+    try:
+        kind = Kind(parts[6])
+    except ValueError:
+        kinds = ", ".join(k.value for k in Kind)
+        raise ContractError(f"topic {topic!r}: unknown kind {parts[6]!r} (one of {kinds})") from None
+    return MachineRef(*parts[2:6]), kind

@@ -1,0 +1,76 @@
+"""Collect samples as they arrive and cut them into contract batches (columnar, one per kind).
+
+Each tag is recorded as its own time series of (timestamp, value). Sources may
+deliver tags in any order (an OPC UA publish response groups notifications per
+monitored item, not in the order the machine wrote them), so rows that combine
+tags (good + reject, state + reason, counts + product) are built at drain time
+"as of" each timestamp: the latest value with a timestamp at or before it.
+"""
+from __future__ import annotations
+
+from bisect import bisect_right
+from itertools import groupby
+
+from contract import Kind, encode_counts, encode_state, encode_telemetry
+
+ROLES = ("state", "reason", "good", "reject", "product", "ideal_cycle_s")
+
+
+class Batcher:
+    def __init__(self, model: str = "packml"):
+        self.model = model
+        self.units: dict[str, str] = {}
+        self._series: dict[str, list[tuple[float, object]]] = {r: [] for r in ROLES}
+        self._carry: dict[str, object] = {}  # last value of each tag from earlier batches
+        self._rows: dict[float, dict[str, float]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self._series.values()) + len(self._rows)
+
+    def record(self, role: str, ts: float, value) -> None:
+        """A tag changed: ``role`` is one of ROLES."""
+        self._series[role].append((ts, value))
+
+    def value(self, ts: float, name: str, value: float) -> None:
+        """A process value (telemetry)."""
+        self._rows.setdefault(ts, {})[name] = float(value)
+
+    def _asof(self, series: list, role: str, ts: list[float]) -> list:
+        times = [t for t, _ in series]
+        carry = self._carry.get(role)
+        return [series[i - 1][1] if (i := bisect_right(times, t)) else carry for t in ts]
+
+    def drain(self) -> list[tuple[Kind, bytes]]:
+        series = {r: sorted(s, key=lambda x: x[0]) for r, s in self._series.items()}  # stable: equal ts keep order
+        self._series = {r: [] for r in ROLES}
+        out: list[tuple[Kind, bytes]] = []
+
+        if series["state"]:
+            ts = [t for t, _ in series["state"]]
+            reason = [r or 0 for r in self._asof(series["reason"], "reason", ts)]
+            out.append((Kind.STATE, encode_state(ts, [int(s) for _, s in series["state"]], reason, self.model)))
+
+        ts = sorted({t for r in ("good", "reject") for t, _ in series[r]})
+        if ts:
+            cols = {r: self._asof(series[r], r, ts) for r in ("good", "reject", "product", "ideal_cycle_s")}
+            rows = [row for row in zip(ts, cols["good"], cols["reject"], cols["product"], cols["ideal_cycle_s"])
+                    if row[1] is not None and row[2] is not None]
+            # one batch per run of the same product, so every count is booked on the product that made it
+            for (product, ideal), group in groupby(rows, key=lambda r: (r[3], r[4])):
+                t, g, rj, _, _ = zip(*group)
+                out.append((Kind.COUNTS, encode_counts(t, [int(x) for x in g], [int(x) for x in rj],
+                                                       None if product is None else str(product),
+                                                       None if ideal is None else float(ideal))))
+
+        for role, s in series.items():
+            if s:
+                self._carry[role] = s[-1][1]
+
+        if self._rows:
+            ts = sorted(self._rows)
+            names = sorted({n for r in self._rows.values() for n in r})
+            signals = {n: [self._rows[t].get(n, float("nan")) for t in ts] for n in names}
+            self._rows = {}
+            units = {n: self.units[n] for n in names if n in self.units}
+            out.append((Kind.TELEMETRY, encode_telemetry(ts, signals, units)))
+        return out

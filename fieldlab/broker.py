@@ -1,0 +1,158 @@
+"""A private MQTT broker for the demo and the tests: Mosquitto if installed, else embedded amqtt.
+
+Mosquitto runs as a child process with its own config in a temp dir, bound to
+127.0.0.1 only, without persistence; it is stopped by PID. amqtt runs inside the
+demo's asyncio loop when no mosquitto binary is on PATH (fine for a demo, not
+for load: see docs/PERFORMANCE.md).
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from contract.errors import ServiceError
+from contract.mqtt import BrokerUrl
+
+log = logging.getLogger("fieldlab.broker")
+
+INSTALL_HINT = "install it with: sudo apt-get install -y mosquitto"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def check_port_free(port: int, what: str, option: str, host: str = "127.0.0.1") -> None:
+    """ServiceError naming the option to change if ``port`` is taken."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise ServiceError(f"port {port} on {host} is taken, so the {what} cannot start there; "
+                                   f"stop what uses it or choose another port with {option}") from None
+            raise ServiceError(f"cannot use port {port} on {host} for the {what}: {e.strerror}") from None
+
+
+def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen | None = None) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return True
+        except OSError:
+            time.sleep(0.01)
+    return False
+
+
+def mosquitto_binary() -> str | None:
+    """Debian installs mosquitto in /usr/sbin, which is not on every user's PATH."""
+    return shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None)
+
+
+class PrivateMosquitto:
+    """``mosquitto -c <tmp>/mosquitto.conf`` on 127.0.0.1:port; ``extra_conf`` adds lines (auth, ACL, TLS)."""
+
+    def __init__(self, port: int | None = None, extra_conf: str = "allow_anonymous true\n",
+                 workdir: str | Path | None = None, binary: str | None = None):
+        self.port = port or free_port()
+        self.extra_conf = extra_conf
+        self.binary = binary or mosquitto_binary()
+        self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="fieldlab-mosquitto-")
+        self.dir = Path(workdir or self._tmp.name)
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> BrokerUrl:
+        return BrokerUrl("127.0.0.1", self.port)
+
+    def start(self, timeout: float = 10.0) -> "PrivateMosquitto":
+        if not self.binary:
+            raise ServiceError(f"no mosquitto binary found; {INSTALL_HINT}")
+        check_port_free(self.port, "MQTT broker", "--mqtt-port")
+        conf = self.dir / "mosquitto.conf"
+        conf.write_text(f"listener {self.port} 127.0.0.1\npersistence false\nlog_dest stderr\n"
+                        f"log_type error\nlog_type warning\n{self.extra_conf}")
+        self._log = open(self.dir / "mosquitto.log", "wb")
+        self.proc = subprocess.Popen([self.binary, "-c", str(conf)], stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        if not wait_for_port("127.0.0.1", self.port, timeout, self.proc):
+            self.stop()
+            tail = (self.dir / "mosquitto.log").read_text(errors="replace")[-500:].strip()
+            raise ServiceError(f"mosquitto did not start on port {self.port}: {tail or 'no output'}")
+        log.info("mosquitto up port=%d pid=%d", self.port, self.proc.pid)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        if getattr(self, "_log", None):
+            self._log.close()
+            self._log = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self._tmp:
+            self._tmp.cleanup()
+
+
+class EmbeddedAmqtt:
+    """amqtt in this process's asyncio loop, anonymous, loopback only."""
+
+    def __init__(self, port: int):
+        self.port = port
+
+    @property
+    def url(self) -> BrokerUrl:
+        return BrokerUrl("127.0.0.1", self.port)
+
+    async def start(self) -> "EmbeddedAmqtt":
+        check_port_free(self.port, "MQTT broker", "--mqtt-port")
+        from amqtt.broker import Broker
+
+        for name in ("amqtt", "transitions"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        config = {
+            "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{self.port}"}},
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        }
+        self.broker = Broker(config)
+        await self.broker.start()
+        log.info("amqtt up port=%d", self.port)
+        return self
+
+    async def stop(self) -> None:
+        await self.broker.shutdown()
+
+
+async def start_private_broker(impl: str, port: int):
+    """Start the demo's own broker. ``impl``: auto (mosquitto if installed, else amqtt), mosquitto, amqtt."""
+    if impl == "amqtt" or (impl == "auto" and not mosquitto_binary()):
+        return await EmbeddedAmqtt(port).start()
+    return await asyncio.to_thread(PrivateMosquitto(port).start)
+
+
+async def stop_private_broker(broker) -> None:
+    if isinstance(broker, EmbeddedAmqtt):
+        await broker.stop()
+    else:
+        await asyncio.to_thread(broker.cleanup)

@@ -1,0 +1,249 @@
+"""The ``fieldlab`` command line. Help texts are written for trainers, not programmers."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+
+from contract.errors import ContractError, ServiceError
+
+from . import __version__, logs
+
+DESCRIPTION = """\
+fieldlab: a shop-floor IoT demonstrator.
+
+Simulated (or real) machines are read by edge agents over OPC UA, their data
+travels over MQTT to a gateway, and the gateway computes OEE (availability x
+performance x quality) for every machine, live.
+
+Start here:   fieldlab demo                 (3 machines, 60x speed, Ctrl-C to stop)
+              fieldlab demo --duration 30   (stop by itself after 30 seconds)
+
+Each part can also run on its own, e.g. the simulators on a demo PC and an edge
+agent on a Raspberry Pi: see 'fieldlab sim --help', 'fieldlab edge --help' and
+'fieldlab gateway --help'."""
+
+
+def _positive(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
+    return v
+
+
+def _count(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= v <= 200:
+        raise argparse.ArgumentTypeError(f"{text}: choose between 1 and 200")
+    return v
+
+
+def _port(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"{text}: a port is between 1 and 65535")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fieldlab", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"fieldlab {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name, help, description):
+        sp = sub.add_parser(name, help=help, description=description,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        sp.add_argument("-v", "--verbose", action="store_true", help="show what every part is doing (log lines)")
+        return sp
+
+    d = add("demo", "run the whole chain: machines, edge agents, broker, gateway, live OEE table",
+            "Run the whole chain on this computer and show live OEE per machine.\n\n"
+            "Starts simulated machines (each with its own OPC UA server), one edge agent\n"
+            "per machine, an MQTT broker (unless you name one with --broker) and the\n"
+            "gateway, then shows a table that refreshes every second. Time runs faster\n"
+            "than real time (--speed), so a shift passes in minutes. Stop with Ctrl-C.\n\n"
+            "examples:\n"
+            "  fieldlab demo                          3 machines at 60x speed until Ctrl-C\n"
+            "  fieldlab demo --duration 30 --speed 60 half an hour of production in 30 s\n"
+            "  fieldlab demo --broker mqtt://broker.local:1883   use the fieldlab's broker")
+    d.add_argument("--machines", type=_count, default=3, metavar="N", help="how many machines (default 3)")
+    d.add_argument("--speed", type=_positive, default=60.0, metavar="K",
+                   help="simulated time runs K times faster than the clock: 60 = one hour per minute (default 60)")
+    d.add_argument("--duration", type=_positive, default=None, metavar="SECONDS",
+                   help="stop by itself after this many real seconds (default: run until Ctrl-C)")
+    d.add_argument("--broker", metavar="URL", help="use this MQTT broker, e.g. mqtt://localhost:1883, "
+                   "instead of starting a private one")
+    d.add_argument("--broker-impl", choices=("auto", "mosquitto", "amqtt"), default="auto",
+                   help="which private broker to start: mosquitto if installed, otherwise the built-in "
+                   "Python broker amqtt (default auto)")
+    d.add_argument("--mqtt-port", type=_port, default=1883, metavar="PORT",
+                   help="port of the private broker (default 1883)")
+    d.add_argument("--opcua-port", type=_port, default=4840, metavar="PORT",
+                   help="OPC UA port of the first machine; the next machines use the next ports (default 4840)")
+    d.add_argument("--seed", type=int, default=1, help="same seed, same production run (default 1)")
+    d.add_argument("--ledger", metavar="FILE", help="at the end, write what the simulated machines really "
+                   "did (time per state, good and reject parts) to this JSON file, to check the OEE by hand")
+
+    s = add("sim", "run simulated machines with OPC UA servers (point UaExpert or an edge agent at them)",
+            "Run simulated machines on their own, each with an OPC UA server, so that\n"
+            "other tools (UaExpert, Node-RED, an edge agent on a Pi) can read them.\n\n"
+            "example:\n  fieldlab sim --machines 3 --speed 1     real-time machines on ports 4840-4842")
+    s.add_argument("--machines", type=_count, default=3, metavar="N", help="how many machines (default 3)")
+    s.add_argument("--speed", type=_positive, default=1.0, metavar="K", help="time runs K times faster (default 1)")
+    s.add_argument("--duration", type=_positive, default=None, metavar="SECONDS", help="stop after this many seconds")
+    s.add_argument("--host", default="127.0.0.1", help="address to serve on; 0.0.0.0 for the whole network "
+                   "(default 127.0.0.1, this computer only)")
+    s.add_argument("--opcua-port", type=_port, default=4840, metavar="PORT", help="port of the first machine (default 4840)")
+    s.add_argument("--seed", type=int, default=1, help="same seed, same production run (default 1)")
+    s.add_argument("--ledger", metavar="FILE", help="write what the machines really did to this JSON file at the end")
+
+    e = add("edge", "read one machine over OPC UA and publish its data to MQTT",
+            "Run an edge agent: it subscribes to one machine's OPC UA variables and\n"
+            "publishes state changes, counters and process values to MQTT in the\n"
+            "fieldlab format (docs/contract.md).\n\n"
+            "example:\n  fieldlab edge --opcua opc.tcp://127.0.0.1:4840/fieldlab/ --object cnc-01 \\\n"
+            "                --broker mqtt://localhost:1883 --site demo --area hall-1 --line line-1")
+    e.add_argument("--opcua", required=True, metavar="URL", help="OPC UA endpoint of the machine")
+    e.add_argument("--object", required=True, metavar="NAME", help="browse name of the machine object under Objects")
+    e.add_argument("--namespace", default="urn:fieldlab:sim", help="namespace URI of the machine's variables")
+    e.add_argument("--broker", required=True, metavar="URL", help="MQTT broker, e.g. mqtt://localhost:1883")
+    for level, default in (("site", "demo"), ("area", "hall-1"), ("line", "line-1")):
+        e.add_argument(f"--{level}", default=default, help=f"{level} name in the topic (default {default})")
+    e.add_argument("--machine", help="machine name in the topic (default: the --object name)")
+    e.add_argument("--duration", type=_positive, default=None, metavar="SECONDS", help="stop after this many seconds")
+
+    g = add("gateway", "compute OEE from MQTT data and publish KPIs",
+            "Run the gateway: it reads every machine's data from MQTT, computes OEE\n"
+            "for all machines together and publishes the KPIs as retained MQTT messages\n"
+            "(fieldlab/v1/<site>/<area>/<line>/<machine>/kpi).\n\n"
+            "example:\n  fieldlab gateway --broker mqtt://localhost:1883")
+    g.add_argument("--broker", required=True, metavar="URL", help="MQTT broker, e.g. mqtt://localhost:1883")
+    g.add_argument("--site", default="+", help="only this site (default: all sites)")
+    g.add_argument("--duration", type=_positive, default=None, metavar="SECONDS", help="stop after this many seconds")
+    return p
+
+
+async def _wait_for_stop(duration: float | None, every: float | None = None, on_tick=None) -> None:
+    """Wait for Ctrl-C / SIGTERM or ``duration`` seconds, calling ``on_tick`` every ``every`` seconds."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    deadline = None if duration is None else time.monotonic() + duration
+    try:
+        while not stop.is_set():
+            step = every or 3600.0
+            if deadline is not None:
+                step = min(step, deadline - time.monotonic())
+                if step <= 0:
+                    return
+            try:
+                await asyncio.wait_for(stop.wait(), step)
+            except asyncio.TimeoutError:
+                if on_tick:
+                    on_tick()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def _sim(a) -> int:
+    from simulators.opcua import SimClock, Simulation
+
+    from .demo import demo_machines
+
+    clock = SimClock(time.time(), a.speed)
+    sim = Simulation(demo_machines(a.machines, clock.t0, a.seed), clock, host=a.host, base_port=a.opcua_port)
+    await sim.start()
+    try:
+        for name, ep in sim.endpoints.items():
+            print(f"{name}: {ep}", flush=True)
+        sim.run()
+        await _wait_for_stop(a.duration)
+        await sim.freeze()
+        ledgers = sim.ledgers()
+        for name, led in ledgers.items():
+            print(f"{name}: good {led['good']}, reject {led['reject']}, run {led['run_s'] / 60:.1f} of "
+                  f"{led['elapsed_s'] / 60:.1f} min, {led['breakdowns']} breakdowns")
+        if a.ledger:
+            with open(a.ledger, "w") as f:
+                json.dump(ledgers, f, indent=2)
+    finally:
+        await sim.stop()
+    return 0
+
+
+async def _edge(a) -> int:
+    from contract import MachineRef
+    from contract.mqtt import BrokerUrl
+    from edge.agent import EdgeAgent
+    from edge.opcua import OpcUaSource
+
+    ref = MachineRef(a.site, a.area, a.line, a.machine or a.object)
+    agent = EdgeAgent(ref, BrokerUrl.parse(a.broker), OpcUaSource(a.opcua, a.object, a.namespace))
+    await agent.start()
+    print(f"edge agent for {ref.path}: {a.opcua} -> {a.broker}", flush=True)
+    try:
+        await _wait_for_stop(a.duration)
+    finally:
+        await agent.stop()
+    return 0
+
+
+async def _gateway(a) -> int:
+    from contract.mqtt import BrokerUrl
+    from gateway.service import Gateway
+
+    from . import table
+
+    gw = Gateway(BrokerUrl.parse(a.broker), site=a.site)
+    await gw.start()
+    print(f"gateway reading {a.broker}", flush=True)
+    try:
+        await _wait_for_stop(a.duration, every=5.0, on_tick=lambda: print(table.render(gw.rows) + "\n", flush=True))
+    finally:
+        await gw.stop()
+    print(table.render(gw.rows))
+    return 0
+
+
+async def _demo(a) -> int:
+    from .demo import Demo
+
+    return await Demo(machines=a.machines, speed=a.speed, duration=a.duration, broker=a.broker,
+                      broker_impl=a.broker_impl, mqtt_port=a.mqtt_port, opcua_port=a.opcua_port,
+                      seed=a.seed, ledger=a.ledger).run()
+
+
+COMMANDS = {"demo": _demo, "sim": _sim, "edge": _edge, "gateway": _gateway}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    quiet = args.command == "demo"  # the live table owns the terminal; only warnings interrupt it
+    logs.setup(logging.INFO if args.verbose or not quiet else logging.WARNING)
+    try:
+        return asyncio.run(COMMANDS[args.command](args))
+    except (ServiceError, ContractError) as e:
+        print(f"fieldlab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

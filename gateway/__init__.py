@@ -1,0 +1,1 @@
+"""The gateway: MQTT in, vectorised OEE for all machines, KPIs out."""

@@ -1,0 +1,161 @@
+"""The gateway service: MQTT in, KPIs out (retained MQTT messages).
+
+Every message on a machine topic is decoded straight into NumPy arrays; what
+does not follow the contract is logged with its reason, counted, and parked on
+the dead-letter topic, and never reaches a machine's state. Decoded batches are
+folded for all machines together once per tick, then KPIs are published.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import threading
+import time
+
+from contract import (
+    DEADLETTER_TOPIC, QOS, ContractError, Kind, MachineRef, decode, encode_kpi, parse_topic, subscription,
+)
+from contract.mqtt import BrokerUrl, connect, wait_published
+
+from .engine import KpiEngine, state_name
+
+log = logging.getLogger("fieldlab.gateway")
+
+INGEST_KINDS = (Kind.STATE, Kind.COUNTS, Kind.TELEMETRY, Kind.STATUS)
+
+
+class Gateway:
+    def __init__(self, broker: BrokerUrl, site: str = "+", publish_s: float = 1.0, client_id: str | None = None):
+        self.broker, self.site, self.publish_s = broker, site, publish_s
+        self.client_id = client_id or "fieldlab-gateway"
+        self.engine = KpiEngine()
+        self.machines: list[MachineRef] = []
+        self._index: dict[MachineRef, int] = {}
+        self.status: dict[int, str] = {}
+        self.stats = {"messages": 0, "samples": 0, "dead_letters": 0, "kpi_published": 0}
+        self.last_error: str | None = None
+        self.rows: list[dict] = []
+        self._lock = threading.Lock()
+        self._client = None
+        self._task: asyncio.Task | None = None
+        self._pending: list = []
+
+    # -- MQTT side (paho's network thread)
+    def _subscribe(self, client) -> None:
+        client.subscribe([(subscription(k, self.site), 1) for k in INGEST_KINDS])
+
+    def _on_message(self, client, userdata, msg) -> None:
+        try:
+            ref, kind = parse_topic(msg.topic)
+            if kind not in INGEST_KINDS:
+                return
+            item = decode(kind, msg.payload)
+        except ContractError as e:
+            self._dead_letter(msg.topic, msg.payload, str(e))
+            return
+        with self._lock:
+            self.stats["messages"] += 1
+            m = self._index.get(ref)
+            if m is None:
+                m = self._index[ref] = self.engine.add_machine()
+                self.machines.append(ref)
+                log.info("new machine machine=%s", ref.path)
+            if kind is Kind.STATUS:
+                self.status[m] = item.status
+            elif kind is Kind.STATE:
+                self.engine.add_state(m, item)
+                self.stats["samples"] += item.ts.size
+            elif kind is Kind.COUNTS:
+                self.engine.add_counts(m, item)
+                self.stats["samples"] += item.ts.size
+            else:
+                self.engine.add_telemetry(m, item)
+                self.stats["samples"] += item.ts.size * len(item.signals)
+
+    def _dead_letter(self, topic: str, payload: bytes, reason: str) -> None:
+        with self._lock:
+            self.stats["dead_letters"] += 1
+            self.last_error = reason
+        log.warning("rejected message topic=%s reason=%s", topic, json.dumps(reason))
+        body = {"topic": topic, "error": reason, "ts": time.time(),
+                "payload": payload[:1024].decode("utf-8", "replace")}
+        self._client.publish(DEADLETTER_TOPIC, json.dumps(body), qos=1)
+
+    # -- lifecycle
+    async def start(self) -> None:
+        self._client = await asyncio.to_thread(connect, self.broker, self.client_id,
+                                               on_message=self._on_message, on_connect=self._subscribe)
+        self._task = asyncio.create_task(self._loop())
+        log.info("gateway up broker=%s", self.broker)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.publish_s)
+            self.tick()
+
+    def tick(self) -> list[dict]:
+        """Fold what arrived, compute KPIs for all machines, publish them retained."""
+        with self._lock:
+            self.engine.fold()
+            snap = self.engine.snapshot()
+            machines = list(self.machines)
+            status = dict(self.status)
+        self._pending = [i for i in self._pending if not i.is_published()]
+        rows = []
+        for i, ref in enumerate(machines):
+            row = {k: _plain(v[i]) for k, v in snap.items() if k not in ("start", "end", "model", "state")}
+            code = int(snap["state"][i])
+            row.update(
+                ts=_plain(snap["end"][i]),
+                window={"name": "since_start", "start": _plain(snap["start"][i]), "end": _plain(snap["end"][i])},
+                state=code if code >= 0 else None, state_name=state_name(int(snap["model"][i]), code),
+                status=status.get(i),
+            )
+            self._publish_kpi(ref, row)
+            rows.append({"machine": ref, **row})
+        self.rows = rows
+        return rows
+
+    def _publish_kpi(self, ref: MachineRef, row: dict) -> None:
+        info = self._client.publish(ref.topic(Kind.KPI), encode_kpi(row), qos=QOS[Kind.KPI], retain=True)
+        self._pending.append(info)
+        self.stats["kpi_published"] += 1
+
+    async def drain(self, quiet_s: float = 0.3, timeout: float = 5.0) -> None:
+        """Wait until no message has arrived for ``quiet_s`` (or ``timeout``): used on shutdown."""
+        deadline = time.monotonic() + timeout
+        last = -1
+        while time.monotonic() < deadline:
+            seen = self.stats["messages"] + self.stats["dead_letters"]
+            if seen == last:
+                return
+            last = seen
+            await asyncio.sleep(quiet_s)
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        if self._client is None:
+            return
+        self.tick()
+        await asyncio.to_thread(wait_published, list(self._pending), 10.0)
+        self._pending = []
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._client = None
+
+
+def _plain(v):
+    """NumPy scalar -> JSON-friendly Python value; NaN -> None (undefined)."""
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v

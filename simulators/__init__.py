@@ -1,0 +1,1 @@
+"""Simulated machines with a ground-truth ledger, served over OPC UA."""

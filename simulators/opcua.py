@@ -1,0 +1,178 @@
+"""Serve simulated machines over OPC UA (asyncua), one server per machine.
+
+Address space (namespace ``urn:fieldlab:sim``), browse names a person reads::
+
+    Objects/<machine>/State          Int32   PackML state (OPC 30060 numbers)
+                     /StateReason    Int32   reason code of the current state (0 = none)
+                     /GoodCount      UInt64  monotonic
+                     /RejectCount    UInt64  monotonic
+                     /Product        String
+                     /IdealCycleTime Double  seconds per part
+                     /Process/Temperature, /Process/Power, /Process/Vibration  Double
+
+Every value carries its simulated time as SourceTimestamp, so an edge agent
+reading it stamps samples with machine time, not with when it heard of them.
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+
+from asyncua import Server, ua
+
+from contract.errors import ServiceError
+
+from .machine import UNITS, Machine
+
+NAMESPACE = "urn:fieldlab:sim"
+log = logging.getLogger("fieldlab.sim")
+
+for _name in ("asyncua", "asyncua.server", "asyncua.client"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
+
+
+def _utc(t: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc)
+
+
+class SimClock:
+    """Simulated time: starts paused at ``t0``; runs ``speed`` times faster than the wall clock."""
+
+    def __init__(self, t0: float, speed: float):
+        if speed <= 0:
+            raise ServiceError(f"--speed {speed}: must be greater than 0 (1 = real time, 60 = one hour per minute)")
+        self.t0, self.speed = t0, speed
+        self._wall0: float | None = None
+
+    def start(self) -> None:
+        self._wall0 = time.monotonic()
+
+    def now(self) -> float:
+        if self._wall0 is None:
+            return self.t0
+        return self.t0 + (time.monotonic() - self._wall0) * self.speed
+
+
+class MachineServer:
+    def __init__(self, machine: Machine, host: str, port: int):
+        self.machine, self.host, self.port = machine, host, port
+        self.endpoint = f"opc.tcp://{host}:{port}/fieldlab/"
+        self.server = Server()
+        self._vars: dict[str, object] = {}
+        self._last_pv_t = machine.clock
+
+    async def start(self) -> None:
+        m = self.machine
+        await self.server.init()
+        self.server.set_endpoint(self.endpoint)
+        self.server.set_server_name(f"fieldlab simulated {m.spec.kind} {m.spec.name}")
+        self.server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        idx = await self.server.register_namespace(NAMESPACE)
+        obj = await self.server.nodes.objects.add_object(idx, m.spec.name)
+        V = ua.VariantType
+        initial = {
+            "State": (m.state, V.Int32), "StateReason": (m.reason, V.Int32),
+            "GoodCount": (m.good, V.UInt64), "RejectCount": (m.reject, V.UInt64),
+            "Product": (m.spec.product, V.String), "IdealCycleTime": (m.spec.ideal_cycle_s, V.Double),
+        }
+        for name, (value, vtype) in initial.items():
+            self._vars[name] = await obj.add_variable(idx, name, ua.Variant(value, vtype))
+        folder = await obj.add_folder(idx, "Process")
+        for name, value in m.process_values(0.0).items():
+            self._vars[name] = await folder.add_variable(idx, name.capitalize(), ua.Variant(value, V.Double))
+        # Stamp the initial values with the machine's start time.
+        await self._write_many([(n, v, vt) for n, (v, vt) in initial.items()], m.clock)
+        try:
+            await self.server.start()
+        except OSError as e:
+            raise ServiceError(f"cannot serve OPC UA on {self.host}:{self.port}: "
+                               f"{e.strerror or e} (is the port taken? choose another with --opcua-port)") from None
+        log.info("opcua server up machine=%s endpoint=%s", m.spec.name, self.endpoint)
+
+    async def _write(self, name: str, value, vtype, t: float) -> None:
+        stamp = _utc(t)
+        await self._vars[name].write_value(ua.DataValue(ua.Variant(value, vtype), SourceTimestamp=stamp,
+                                                        ServerTimestamp=stamp))
+
+    async def _write_many(self, items, t: float) -> None:
+        for name, value, vtype in items:
+            await self._write(name, value, vtype, t)
+
+    async def advance(self, t: float) -> None:
+        """Run the machine to simulated time ``t`` and publish what happened in its address space."""
+        V = ua.VariantType
+        for ev in self.machine.advance(t):
+            if ev[0] == "state":
+                _, ts, state, reason = ev
+                await self._write_many([("StateReason", reason, V.Int32), ("State", state, V.Int32)], ts)
+            else:
+                _, ts, good, reject = ev
+                await self._write_many([("GoodCount", good, V.UInt64), ("RejectCount", reject, V.UInt64)], ts)
+        pv = self.machine.process_values(t - self._last_pv_t)
+        self._last_pv_t = t
+        await self._write_many([(k, v, V.Double) for k, v in pv.items()], t)
+
+    async def stop(self) -> None:
+        await self.server.stop()
+
+
+class Simulation:
+    """Several machines, each behind its own OPC UA server, driven by one simulated clock."""
+
+    def __init__(self, machines: list[Machine], clock: SimClock, host: str = "127.0.0.1",
+                 base_port: int = 4840, tick_s: float = 0.1):
+        self.clock, self.tick_s = clock, tick_s
+        self.servers = [MachineServer(m, host, base_port + i) for i, m in enumerate(machines)]
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        started = []
+        try:
+            for s in self.servers:
+                await s.start()
+                started.append(s)
+        except BaseException:
+            for s in started:
+                await s.stop()
+            raise
+
+    def run(self) -> None:
+        """Start the clock and the tick loop (in the background)."""
+        self.clock.start()
+        self._task = asyncio.create_task(self._loop())
+
+    async def _loop(self) -> None:
+        while True:
+            t = self.clock.now()
+            for s in self.servers:
+                await s.advance(t)
+            await asyncio.sleep(self.tick_s)
+
+    async def freeze(self) -> float:
+        """Stop the clock: advance every machine to one final time and stop ticking. Returns that time."""
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        t = self.clock.now()
+        for s in self.servers:
+            await s.advance(t)
+        return t
+
+    def ledgers(self) -> dict[str, dict]:
+        return {s.machine.spec.name: s.machine.ledger_now().to_dict() for s in self.servers}
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(s.stop() for s in self.servers))
+
+    @property
+    def endpoints(self) -> dict[str, str]:
+        return {s.machine.spec.name: s.endpoint for s in self.servers}
+
+
+__all__ = ["NAMESPACE", "UNITS", "MachineServer", "SimClock", "Simulation"]

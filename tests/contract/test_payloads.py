@@ -1,0 +1,76 @@
+import json
+
+import numpy as np
+import pytest
+
+from contract import (
+    ContractError, decode, decode_counts, decode_state, decode_status, decode_telemetry, encode_counts,
+    encode_state, encode_status, encode_telemetry,
+)
+
+
+def test_counts_round_trip_into_numpy():
+    b = decode_counts(encode_counts([1.0, 2.5], [10, 11], [0, 1], "bracket-A", 40.0))
+    assert b.ts.dtype == np.float64 and b.good.dtype == np.int64
+    np.testing.assert_array_equal(b.good, [10, 11])
+    np.testing.assert_array_equal(b.total, [10, 12])
+    assert (b.product, b.ideal_cycle_s) == ("bracket-A", 40.0)
+
+
+def test_telemetry_nulls_become_nan():
+    b = decode_telemetry(encode_telemetry([1, 2, 3], {"temp": [20.5, float("nan"), 21]}, {"temp": "degC"}))
+    assert np.isnan(b.signals["temp"][1]) and b.signals["temp"][2] == 21.0
+    assert b.units == {"temp": "degC"}
+
+
+def test_state_round_trip():
+    b = decode_state(encode_state([1, 2], [4, 15], [0, 101]))
+    np.testing.assert_array_equal(b.state, [4, 15])
+    np.testing.assert_array_equal(b.reason, [0, 101])
+    assert b.model == "packml"
+
+
+def good_counts(**change):
+    obj = {"v": 1, "ts": [1, 2, 3], "good": [1, 2, 3], "reject": [0, 0, 1]}
+    obj.update(change)
+    return json.dumps(obj)
+
+
+@pytest.mark.parametrize("payload, message", [
+    (b"\xff\xfe", "not valid JSON"),
+    ("[1, 2]", "must be a JSON object"),
+    (good_counts(v=2), r"counts\.v: expected schema version 1, got 2"),
+    (good_counts(ts=[1, 3, 2]), r"counts\.ts\[2\] = 2.0: timestamps must not go backwards"),
+    (good_counts(ts=[]), "empty batch"),
+    (good_counts(good=[1, 2]), r"counts\.good: length 2 differs from ts length 3"),
+    (good_counts(good=[1, -2, 3]), r"counts\.good\[1\] = -2: counters are whole numbers >= 0"),
+    (good_counts(good=[1, 2.5, 3]), r"counts\.good\[1\] = 2.5"),
+    (good_counts(good=[1, "2", 3]), r"counts\.good\[1\] = '2': must be a number"),
+    (good_counts(reject=None), r"counts\.reject: required array"),
+    (good_counts(total=[1, 2, 3]), r"counts\.total\[2\] = 3: must equal good \+ reject \(3 \+ 1\)"),
+    (good_counts(ideal_cycle_s=0), r"counts\.ideal_cycle_s: must be a number > 0"),
+])
+def test_malformed_counts_are_rejected_precisely(payload, message):
+    with pytest.raises(ContractError, match=message):
+        decode_counts(payload)
+
+
+def test_state_codes_must_belong_to_the_model():
+    with pytest.raises(ContractError, match=r"state\.state\[1\] = 17: not a state of this model"):
+        decode_state(json.dumps({"v": 1, "ts": [1, 2], "state": [4, 17]}))
+    with pytest.raises(ContractError, match=r"state\.state\[0\] = 5: not a state"):
+        decode_state(json.dumps({"v": 1, "model": "simple", "ts": [1], "state": [5]}))
+    with pytest.raises(ContractError, match="state.model"):
+        decode_state(json.dumps({"v": 1, "model": "isa88", "ts": [1], "state": [1]}))
+
+
+def test_telemetry_rejects_text_values():
+    with pytest.raises(ContractError, match=r"telemetry\.signals\.temp\[1\] = 'hot': must be a number or null"):
+        decode_telemetry(json.dumps({"v": 1, "ts": [1, 2], "signals": {"temp": [1, "hot"]}}))
+
+
+def test_status():
+    s = decode_status(encode_status(12.5, "offline", reason="connection lost"))
+    assert (s.ts, s.status, s.info) == (12.5, "offline", {"reason": "connection lost"})
+    with pytest.raises(ContractError, match="status.status"):
+        decode("status", json.dumps({"v": 1, "ts": 1, "status": "sleeping"}))

@@ -1,0 +1,67 @@
+"""Batcher: rows that combine tags are built as of each timestamp, whatever order the tags arrived in."""
+from contract import Kind, decode
+from edge.batcher import Batcher
+
+
+def drained(b):
+    return [(k, decode(k, p)) for k, p in b.drain()]
+
+
+def test_counters_grouped_per_tag_still_give_consistent_rows():
+    # An OPC UA publish response lists all GoodCount changes, then all RejectCount changes.
+    b = Batcher()
+    b.record("good", 0.0, 0)
+    b.record("reject", 0.0, 0)
+    b.record("good", 1.0, 1)
+    b.record("good", 3.0, 2)
+    b.record("reject", 2.0, 1)  # the reject happened between the two good parts
+    (kind, c), = drained(b)
+    assert kind is Kind.COUNTS
+    assert c.ts.tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert c.good.tolist() == [0, 1, 1, 2]
+    assert c.reject.tolist() == [0, 0, 1, 1]  # never drops back: no phantom counter reset downstream
+
+
+def test_values_carry_over_between_batches():
+    b = Batcher()
+    b.record("good", 0.0, 5)
+    b.record("reject", 0.0, 1)
+    drained(b)
+    b.record("reject", 9.0, 2)
+    (_, c), = drained(b)
+    assert (c.good.tolist(), c.reject.tolist()) == ([5], [2])
+
+
+def test_state_reason_as_of_the_change():
+    b = Batcher()
+    b.record("state", 10.0, 15)
+    b.record("state", 20.0, 4)
+    b.record("reason", 10.0, 101)
+    b.record("reason", 20.0, 0)
+    (_, s), = drained(b)
+    assert s.state.tolist() == [15, 4] and s.reason.tolist() == [101, 0]
+
+
+def test_a_product_change_splits_the_counts():
+    b = Batcher()
+    b.record("product", 0.0, "A")
+    b.record("ideal_cycle_s", 0.0, 2.0)
+    b.record("reject", 0.0, 0)
+    for t, g in [(1.0, 1), (2.0, 2), (5.0, 3)]:
+        b.record("good", t, g)
+    b.record("product", 4.0, "B")
+    b.record("ideal_cycle_s", 4.0, 3.0)
+    batches = [c for _, c in drained(b)]
+    assert [(c.product, c.ideal_cycle_s, c.good.tolist()) for c in batches] == [("A", 2.0, [1, 2]), ("B", 3.0, [3])]  # at 0.0 no good count was known yet
+
+
+def test_telemetry_is_columnar_with_gaps_as_null():
+    b = Batcher()
+    b.units["t"] = "degC"
+    b.value(1.0, "t", 20.0)
+    b.value(1.0, "p", 3.0)
+    b.value(2.0, "t", 21.0)
+    (_, tel), = drained(b)
+    assert tel.ts.tolist() == [1.0, 2.0] and tel.signals["t"].tolist() == [20.0, 21.0]
+    assert tel.signals["p"][0] == 3.0 and tel.signals["p"][1] != tel.signals["p"][1]  # NaN
+    assert tel.units == {"t": "degC"}

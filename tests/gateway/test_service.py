@@ -1,0 +1,96 @@
+"""The gateway against a real Mosquitto: KPIs out, bad input parked and counted."""
+import asyncio
+import json
+import logging
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from contract import DEADLETTER_TOPIC, Kind, MachineRef, encode_counts, encode_state
+from gateway.service import Gateway
+
+
+@pytest.fixture
+def publisher(mosquitto):
+    c = paho.Client(CallbackAPIVersion.VERSION2)
+    c.connect(mosquitto.url.host, mosquitto.url.port)
+    c.loop_start()
+
+    def publish(topic, payload):
+        c.publish(topic, payload, qos=1).wait_for_publish(5)
+
+    yield publish
+    c.disconnect()
+    c.loop_stop()
+
+
+async def wait_until(predicate, timeout=10.0):
+    for _ in range(int(timeout / 0.05)):
+        if predicate():
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_kpis_are_published_retained(mosquitto, site, publisher, recorder):
+    ref = MachineRef(site, "a", "l", "m1")
+    gw = Gateway(mosquitto.url, site=site, publish_s=0.1, client_id=f"gw-{site}")
+    await gw.start()
+    try:
+        publisher(ref.topic(Kind.STATE), encode_state([0.0, 300.0], [4, 15]))
+        publisher(ref.topic(Kind.COUNTS), encode_counts([0.0, 400.0], [0, 90], [0, 10], "p", 3.0))
+        assert await wait_until(lambda: gw.stats["messages"] == 2)
+        gw.tick()
+    finally:
+        await gw.stop()
+    # a subscriber that comes later still gets the last KPI (retained)
+    rec = recorder(mosquitto.url, ref.topic(Kind.KPI))
+    assert rec.wait_for(lambda r: r.json("/kpi"))
+    kpi = rec.json("/kpi")[-1]
+    assert rec.messages[-1][2] is True
+    # 400 s planned (state 0..300 Execute, 300..400 Held), 100 parts x 3 s ideal
+    assert (kpi["good"], kpi["reject"], kpi["run_s"], kpi["planned_s"]) == (90, 10, 300.0, 400.0)
+    assert kpi["availability"] == 0.75
+    assert kpi["performance"] == 1.0
+    assert kpi["quality"] == 0.9
+    assert kpi["oee"] == pytest.approx(0.675)
+    assert kpi["state_name"] == "Held"
+
+
+async def test_malformed_payload_is_parked_counted_and_harmless(mosquitto, site, publisher, recorder, caplog):
+    ref = MachineRef(site, "a", "l", "m1")
+    dead = recorder(mosquitto.url, DEADLETTER_TOPIC)
+    gw = Gateway(mosquitto.url, site=site, publish_s=0.1, client_id=f"gw-{site}")
+    await gw.start()
+    try:
+        caplog.set_level(logging.WARNING, logger="fieldlab.gateway")
+        publisher(ref.topic(Kind.COUNTS), encode_counts([0.0, 10.0], [0, 5], [0, 0], "p", 1.0))
+        bad = json.dumps({"v": 1, "ts": [20.0, 30.0], "good": [6, -7], "reject": [0, 0]})
+        publisher(ref.topic(Kind.COUNTS), bad)
+        publisher(ref.topic(Kind.STATE), b"not json at all")
+        publisher(f"fieldlab/v1/{site}/a/l/m1/counts", b'{"v": 1, "ts": [40.0], "good": [9], "reject": [0]}')
+        assert await wait_until(lambda: gw.stats["messages"] == 2 and gw.stats["dead_letters"] == 2)
+        rows = gw.tick()
+        assert gw._task is not None and not gw._task.done()  # still running
+    finally:
+        await gw.stop()
+    # the bad batch did not touch the machine: 0 -> 5 -> 9, the -7 never counted
+    assert rows[0]["good"] == 9
+    assert any("counts.good[1] = -7: counters are whole numbers >= 0" in r.getMessage() for r in caplog.records)
+    assert dead.wait_for(lambda r: len(r.json("deadletter")) == 2)
+    letters = dead.json("deadletter")
+    assert letters[0]["topic"] == ref.topic(Kind.COUNTS)
+    assert "counts.good[1] = -7" in letters[0]["error"]
+    assert letters[0]["payload"] == bad
+    assert "not valid JSON" in letters[1]["error"]
+
+
+async def test_unreachable_broker_is_a_clear_error():
+    from contract.errors import ServiceError
+    from contract.mqtt import BrokerUrl
+    from fieldlab.broker import free_port
+
+    gw = Gateway(BrokerUrl("127.0.0.1", free_port()))
+    with pytest.raises(ServiceError, match=r"cannot reach the MQTT broker at mqtt://127.0.0.1:\d+: Connection refused"):
+        await gw.start()

@@ -1,0 +1,127 @@
+"""The whole chain, as a user runs it: `fieldlab demo` in its own process.
+
+Simulated machines -> OPC UA -> edge agents -> Mosquitto -> gateway -> retained KPIs,
+checked against what the simulator says really happened (its ledger).
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from fieldlab.broker import free_port
+
+
+def fieldlab(*args, timeout=120):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "fieldlab", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+
+
+def test_kpis_on_mqtt_agree_with_what_the_machines_did(mosquitto, recorder, tmp_path):
+    ledger_file = tmp_path / "ledger.json"
+    opc = free_port()
+    # 12 s at 300x: an hour of production, with breakdowns and material shortages
+    r = fieldlab("demo", "--broker", f"mqtt://127.0.0.1:{mosquitto.port}", "--duration", "12", "--speed", "300",
+                 "--opcua-port", str(opc), "--seed", "3", "--ledger", str(ledger_file))
+    assert r.returncode == 0, r.stderr
+    assert "final KPIs" in r.stdout and "Traceback" not in r.stderr
+    ledger = json.loads(ledger_file.read_text())
+    rec = recorder(mosquitto.url, "fieldlab/v1/demo/+/+/+/kpi")  # retained: the last KPI of each machine
+    assert rec.wait_for(lambda r: len(r.messages) == 3)
+    kpis = {t.split("/", 2)[2].rsplit("/", 1)[0]: json.loads(p) for t, p, retained in rec.messages if retained}
+    assert set(kpis) == set(ledger) and len(kpis) == 3
+    stops = 0
+    for path, truth in ledger.items():
+        k = kpis[path]
+        stops += truth["breakdowns"] + truth["shortages"]
+        # counts are exact: monotonic counters over QoS 1, nothing lost, nothing invented
+        assert (k["good"], k["reject"]) == (truth["good"], truth["reject"]), path
+        assert k["ideal_s"] == pytest.approx(truth["ideal_s"])
+        # times come from machine timestamps: equal to the ledger within float rounding
+        assert k["run_s"] == pytest.approx(truth["run_s"], abs=1e-3), path
+        assert k["planned_s"] == pytest.approx(truth["elapsed_s"], abs=1e-3), path
+        availability = truth["run_s"] / truth["elapsed_s"]
+        performance = truth["ideal_s"] / truth["run_s"]
+        quality = truth["good"] / (truth["good"] + truth["reject"])
+        assert k["availability"] == pytest.approx(availability, rel=1e-6)
+        assert k["performance"] == pytest.approx(performance, rel=1e-6)
+        assert k["quality"] == pytest.approx(quality, rel=1e-9)
+        assert k["oee"] == pytest.approx(availability * performance * quality, rel=1e-6)
+        assert truth["elapsed_s"] > 3000  # about an hour of simulated time really passed
+    assert stops > 0  # availability losses were part of the run, not only the happy path
+    # the table shows every machine
+    for path in ledger:
+        assert path in r.stdout
+
+
+@pytest.mark.parametrize("impl", ["mosquitto", "amqtt"])
+def test_demo_starts_its_own_broker(impl):
+    r = fieldlab("demo", "--duration", "4", "--speed", "60", "--broker-impl", impl,
+                 "--mqtt-port", str(free_port()), "--opcua-port", str(free_port()))
+    assert r.returncode == 0, r.stderr
+    assert f"(private {'Mosquitto' if impl == 'mosquitto' else 'Amqtt'})" in r.stdout
+    table = r.stdout.split("final KPIs")[1]
+    for name in ("cnc-01", "moulder-01", "filler-01"):
+        assert name in table
+    assert "Traceback" not in r.stderr
+
+
+def test_taken_port_is_one_clear_line():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        taken = s.getsockname()[1]
+        r = fieldlab("demo", "--duration", "2", "--mqtt-port", str(taken), "--opcua-port", str(free_port()))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"fieldlab demo: error: port {taken} on 127.0.0.1 is taken, so the MQTT broker cannot start there; "
+        "stop what uses it or choose another port with --mqtt-port"]
+
+
+def test_taken_opcua_port_is_one_clear_line():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        taken = s.getsockname()[1]
+        r = fieldlab("demo", "--duration", "2", "--broker", "mqtt://127.0.0.1:1", "--opcua-port", str(taken))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"port {taken} on 127.0.0.1 is taken" in lines[0] and "--opcua-port" in lines[0]
+
+
+def test_unreachable_broker_is_one_clear_line():
+    port = free_port()
+    r = fieldlab("demo", "--duration", "2", "--broker", f"mqtt://127.0.0.1:{port}", "--opcua-port", str(free_port()))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"fieldlab demo: error: cannot reach the MQTT broker at mqtt://127.0.0.1:{port}: Connection refused"]
+
+
+def test_help_speaks_to_trainers():
+    r = fieldlab("--help")
+    assert r.returncode == 0
+    for word in ("demo", "sim", "edge", "gateway", "OEE"):
+        assert word in r.stdout
+    r = fieldlab("demo", "--help")
+    assert "--speed" in r.stdout and "one hour per minute" in r.stdout
+
+
+def test_the_readme_mosquitto_sub_line_shows_the_kpis(mosquitto, tmp_path):
+    """The demo prints a mosquitto_sub command for watching KPIs; it must work as printed."""
+    import re
+    import shlex
+    import shutil
+
+    r = fieldlab("demo", "--broker", f"mqtt://127.0.0.1:{mosquitto.port}", "--duration", "3",
+                 "--opcua-port", str(free_port()))
+    assert r.returncode == 0, r.stderr
+    line = re.search(r"KPIs on MQTT: (mosquitto_sub .*)", r.stdout).group(1)
+    assert shutil.which("mosquitto_sub"), "install it with: sudo apt-get install -y mosquitto-clients"
+    sub = subprocess.run(shlex.split(line) + ["-C", "3", "-W", "10"], capture_output=True, text=True, timeout=20)
+    assert sub.returncode == 0, sub.stderr
+    got = [ln.split(" ", 1) for ln in sub.stdout.strip().splitlines()]
+    assert sorted(t.rsplit("/", 2)[1] for t, _ in got) == ["cnc-01", "filler-01", "moulder-01"]
+    assert all(json.loads(p)["v"] == 1 for _, p in got)
