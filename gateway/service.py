@@ -48,13 +48,18 @@ class Gateway:
 
     def _on_message(self, client, userdata, msg) -> None:
         try:
-            ref, kind = parse_topic(msg.topic)
-            if kind not in INGEST_KINDS:
-                return
-            item = decode(kind, msg.payload)
+            self._ingest(msg.topic, msg.payload)
         except ContractError as e:
             self._dead_letter(msg.topic, msg.payload, str(e))
+        except Exception as e:  # a bug of ours must not stop ingest (paho's thread would die with it)
+            log.exception("failed to ingest topic=%s", msg.topic)
+            self._dead_letter(msg.topic, msg.payload, f"internal error: {type(e).__name__}: {e}")
+
+    def _ingest(self, topic: str, payload: bytes) -> None:
+        ref, kind = parse_topic(topic)
+        if kind not in INGEST_KINDS:
             return
+        item = decode(kind, payload)
         with self._lock:
             self.stats["messages"] += 1
             m = self._index.get(ref)
@@ -93,7 +98,10 @@ class Gateway:
     async def _loop(self) -> None:
         while True:
             await asyncio.sleep(self.publish_s)
-            self.tick()
+            try:
+                self.tick()
+            except Exception:  # keep publishing next tick; the log says what went wrong
+                log.exception("KPI tick failed")
 
     def tick(self) -> list[dict]:
         """Fold what arrived, compute KPIs for all machines, publish them retained."""

@@ -125,3 +125,27 @@ def test_the_readme_mosquitto_sub_line_shows_the_kpis(mosquitto, tmp_path):
     got = [ln.split(" ", 1) for ln in sub.stdout.strip().splitlines()]
     assert sorted(t.rsplit("/", 2)[1] for t, _ in got) == ["cnc-01", "filler-01", "moulder-01"]
     assert all(json.loads(p)["v"] == 1 for _, p in got)
+
+
+def test_ctrl_c_stops_cleanly_with_the_final_table():
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "fieldlab", "demo", "--mqtt-port", str(free_port()),
+                          "--opcua-port", str(free_port())], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=env, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        line = ""
+        while "Stop with Ctrl-C" not in line and time.monotonic() < deadline:
+            line = p.stdout.readline()
+        time.sleep(2)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, err
+    assert "final KPIs" in out and "filler-01" in out.split("final KPIs")[1]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
