@@ -1,45 +1,90 @@
 """OEE math: pure functions on NumPy arrays. No I/O, no clock, no globals that change.
 
-Conventions (docs/oee.md says why):
-- Availability = run time / planned production time; planned time excludes
-  states mapped to PLANNED (e.g. PackML Stopped).
-- Performance = Σ(ideal cycle time × parts) / run time, so mixed products are
-  weighted by their own ideal cycle times. Not capped: above 1 means the ideal
-  cycle time is wrong, and we show it.
-- Quality = good / (good + reject).
-- An undefined ratio (0 / 0) is NaN ("undefined"), never 0 or 1. OEE is
-  A × P × Q when all three are defined, otherwise it follows from the simple
-  formula Σ(ideal × good) / planned time (0 when nothing good was made).
-- Counters are monotonic; a drop means the machine restarted its counter and
-  is read like Prometheus ``increase()``: the new value is the increase.
+Everything is computed for many machines at once: a window's KPIs come from a
+small set of additive totals per machine (seconds per category, parts, ideal
+seconds, failures), and every ratio is derived from those totals by ``derive``.
+Totals add up, ratios do not: a line's KPIs are ``derive`` of its machines'
+summed totals, never an average of percentages.
 
-All functions take a machine index array so one call serves every machine.
+docs/oee.md explains every convention and where sources disagree.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
-# OEE categories a machine state is mapped to.
-RUN, DOWN, PLANNED = 0, 1, 2
-CATEGORIES = ("run", "down", "planned")
+# ----------------------------------------------------------------------------- categories
+# What a machine state means for OEE. A state model (PackML, simple) maps its
+# codes to these through a table; reason codes can override the state.
+RUN = 0  # producing (PackML Execute)
+BREAKDOWN = 1  # stopped by its own failure (PackML Held, Aborted): counts for MTBF / MTTR
+STOPPED = 2  # other unplanned stop: starved, blocked, waiting (PackML Suspended, Idle)
+SETUP = 3  # planned stop inside production time: changeover, cleaning, adjustment
+NOT_SCHEDULED = 4  # outside planned production time: no shift, break, no orders (PackML Stopped)
+SMALL_STOP = 5  # derived: a BREAKDOWN or STOPPED interval shorter than the micro-stop threshold
+CATEGORIES = ("run", "breakdown", "stopped", "setup", "not_scheduled", "small_stop")
 N_CAT = len(CATEGORIES)
 
+# additive totals per machine and window: the time categories above, then these
+(GOOD, REJECT, STARTUP_REJECT, IDEAL, IDEAL_GOOD, IDEAL_STARTUP_REJECT, NO_IDEAL,
+ FAILURES) = range(N_CAT, N_CAT + 8)
+TOTALS = CATEGORIES + ("good", "reject", "startup_reject", "ideal_s", "ideal_good_s", "ideal_startup_reject_s",
+                       "parts_without_ideal", "failures")
+N_TOT = len(TOTALS)
 
-def category_table(mapping: dict[int, int], default: int = DOWN, size: int = 17) -> np.ndarray:
-    """A lookup array state code -> category (codes not named get ``default``)."""
-    table = np.full(size, default, dtype=np.int8)
-    for code, cat in mapping.items():
-        table[code] = cat
-    return table
+PACKML_CATEGORIES = {
+    0: NOT_SCHEDULED,  # Stopped
+    1: STOPPED, 2: STOPPED, 3: STOPPED,  # Resetting, Idle, Starting
+    4: RUN,  # Execute
+    5: STOPPED, 6: NOT_SCHEDULED,  # Completing, Complete
+    7: BREAKDOWN, 8: BREAKDOWN, 9: STOPPED, 10: BREAKDOWN,  # Aborting, Aborted, Stopping, Clearing
+    11: STOPPED, 12: STOPPED, 13: STOPPED,  # Suspending, Suspended, Unsuspending (starved / blocked)
+    14: BREAKDOWN, 15: BREAKDOWN, 16: BREAKDOWN,  # Holding, Held, Unholding (own reason)
+}
+SIMPLE_CATEGORIES = {0: NOT_SCHEDULED, 1: RUN, 2: STOPPED, 3: BREAKDOWN, 4: SETUP}
+MODELS = ("packml", "simple")
 
 
-# Default mapping (configurable later): PackML Execute is run time; Stopped and
-# Complete are outside planned production; every other state is an
-# availability loss (Held, Suspended, Aborted, Idle, the transitional states).
-PACKML_CATEGORIES = category_table({4: RUN, 0: PLANNED, 6: PLANNED})
-SIMPLE_CATEGORIES = category_table({1: RUN, 0: PLANNED})  # idle, down, setup: availability loss
-MODEL_CATEGORIES = {"packml": PACKML_CATEGORIES, "simple": SIMPLE_CATEGORIES}
+@dataclass(frozen=True)
+class Conventions:
+    """The choices where OEE sources disagree (defaults and reasons in docs/oee.md)."""
 
+    micro_stop_s: float = 120.0  # unplanned stops shorter than this are small stops
+    micro_stops_as: str = "performance"  # or "availability"
+    setup_as: str = "availability"  # or "excluded": planned setup outside planned production time
+    startup_s: float = 600.0  # rejects within this long after a setup ends are start-up rejects
+    packml: dict = field(default_factory=dict)  # overrides of PACKML_CATEGORIES: code -> category
+    simple: dict = field(default_factory=dict)  # overrides of SIMPLE_CATEGORIES
+    reasons: dict = field(default_factory=dict)  # reason code -> category, wins over the state
+
+    def __post_init__(self):
+        if self.micro_stops_as not in ("performance", "availability"):
+            raise ValueError(f"micro_stops_as: {self.micro_stops_as!r}, choose performance or availability")
+        if self.setup_as not in ("availability", "excluded"):
+            raise ValueError(f"setup_as: {self.setup_as!r}, choose availability or excluded")
+        if self.micro_stop_s < 0 or self.startup_s < 0:
+            raise ValueError("micro_stop_s and startup_s must be >= 0")
+
+    def state_tables(self) -> np.ndarray:
+        """Array [model index, state code] -> category."""
+        t = np.full((len(MODELS), 17), STOPPED, dtype=np.int8)
+        for mi, (base, over) in enumerate(((PACKML_CATEGORIES, self.packml), (SIMPLE_CATEGORIES, self.simple))):
+            for code, cat in {**base, **over}.items():
+                t[mi, code] = cat
+        return t
+
+    def categorise(self, model: np.ndarray, code: np.ndarray, reason: np.ndarray) -> np.ndarray:
+        cat = self.state_tables()[model, np.minimum(code, 16)]
+        for r, c in self.reasons.items():
+            cat = np.where(reason == r, np.int8(c), cat)
+        return cat.astype(np.int8)
+
+
+DEFAULT = Conventions()
+
+
+# ----------------------------------------------------------------------------- stream helpers
 
 def group_bounds(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For an array sorted by machine: masks of the first and last element of each machine's run."""
@@ -54,23 +99,6 @@ def group_bounds(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def sort_by_machine(m: np.ndarray, ts: np.ndarray) -> np.ndarray:
     """Stable order by machine, then time (arrival order kept for equal times)."""
     return np.lexsort((ts, m))
-
-
-def closed_intervals(m, ts, cat, last_ts, last_cat):
-    """Durations closed by a sorted stream of state changes.
-
-    ``m, ts, cat``: changes sorted by (machine, time); ``last_ts, last_cat``: per
-    machine, when the current state began and its category (NaN / -1 if none).
-    Returns ``(m, cat, seconds)`` for each interval that ended, i.e. the state
-    each change ends, with its duration.
-    """
-    first, _ = group_bounds(m)
-    prev_ts = np.empty_like(ts)
-    prev_cat = np.empty_like(cat)
-    prev_ts[1:], prev_cat[1:] = ts[:-1], cat[:-1]
-    prev_ts[first], prev_cat[first] = last_ts[m[first]], last_cat[m[first]]
-    known = (prev_cat >= 0) & np.isfinite(prev_ts)
-    return m[known], prev_cat[known], ts[known] - prev_ts[known]
 
 
 def counter_increase(m, values, last_values):
@@ -91,16 +119,115 @@ def counter_increase(m, values, last_values):
     return inc
 
 
-def ratios(planned_s, run_s, ideal_s, good, reject, ideal_good_s):
-    """Availability, performance, quality and OEE for arrays of machines (NaN = undefined)."""
-    planned_s, run_s, ideal_s = (np.asarray(x, dtype=np.float64) for x in (planned_s, run_s, ideal_s))
-    good = np.asarray(good, dtype=np.float64)
-    total = good + np.asarray(reject, dtype=np.float64)
+def ffill_last(m: np.ndarray, ts: np.ndarray, marks_m: np.ndarray, marks_t: np.ndarray) -> np.ndarray:
+    """For each (m, ts): the latest mark time of the same machine at or before ts (NaN if none)."""
+    n, k = m.size, marks_m.size
+    allm = np.concatenate([marks_m, m])
+    allt = np.concatenate([marks_t, ts])
+    kind = np.concatenate([np.zeros(k, np.int8), np.ones(n, np.int8)])  # marks first at equal times
+    order = np.lexsort((kind, allt, allm))
+    pos = np.where(kind[order] == 0, np.arange(n + k), -1)
+    last = np.maximum.accumulate(pos) if pos.size else pos
+    src = order[np.maximum(last, 0)]
+    ok = (last >= 0) & (allm[src] == allm[order])
+    out_sorted = np.where(ok, allt[src], np.nan)
+    out = np.empty(n + k)
+    out[order] = out_sorted
+    return out[k:]
+
+
+def segment_search(values: np.ndarray, offsets: np.ndarray, m: np.ndarray, q: np.ndarray,
+                   side: str = "right") -> np.ndarray:
+    """``np.searchsorted`` within each machine's segment ``values[offsets[m]:offsets[m+1]]``,
+    for many (machine, query) pairs at once: a vectorised binary search, exact for any floats."""
+    lo = offsets[m].copy()
+    hi = offsets[m + 1].copy()
+    while True:
+        active = lo < hi
+        if not active.any():
+            return lo
+        mid = (lo + hi) // 2
+        v = values[np.minimum(mid, values.size - 1)] if values.size else np.zeros_like(q)
+        go = (v <= q) if side == "right" else (v < q)
+        go &= active
+        lo = np.where(go, mid + 1, lo)
+        hi = np.where(active & ~go, mid, hi)
+
+
+# ----------------------------------------------------------------------------- KPIs from totals
+
+def derive(totals: np.ndarray, conv: Conventions = DEFAULT) -> dict[str, np.ndarray]:
+    """Every KPI of every row of ``totals`` (shape (n, N_TOT)); NaN = undefined.
+
+    Availability = operating / planned time; performance = Σ(ideal × parts) / operating time;
+    quality = Σ(ideal × good) / Σ(ideal × parts) (= good / total with one product);
+    OEE = A × P × Q = Σ(ideal × good) / planned time; utilisation = planned / known time;
+    TEEP = OEE × utilisation; six big losses in seconds and in OEE percentage points.
+    """
+    T = np.asarray(totals, dtype=np.float64).reshape(-1, N_TOT)
+    run, brk, stp, setup, nsched, small = (T[:, i] for i in range(N_CAT))
+    good, reject = T[:, GOOD], T[:, REJECT]
+    # parts made without a known ideal cycle time make every ideal-time ratio undefined, not guessed
+    unknown = T[:, NO_IDEAL] > 0
+    ideal = np.where(unknown, np.nan, T[:, IDEAL])
+    ideal_good = np.where(unknown, np.nan, T[:, IDEAL_GOOD])
+    known = run + brk + stp + setup + nsched + small
+    setup_loss = setup if conv.setup_as == "availability" else np.zeros_like(setup)
+    planned = known - nsched - (setup - setup_loss)
+    small_perf = conv.micro_stops_as == "performance"
+    operating = run + (small if small_perf else 0.0)
+    total = good + reject
     with np.errstate(divide="ignore", invalid="ignore"):
-        availability = np.where(planned_s > 0, run_s / planned_s, np.nan)
-        performance = np.where(run_s > 0, ideal_s / run_s, np.nan)
-        quality = np.where(total > 0, good / total, np.nan)
-        simple = np.where(planned_s > 0, np.asarray(ideal_good_s, dtype=np.float64) / planned_s, np.nan)
-    apq = availability * performance * quality
-    oee = np.where(np.isnan(apq), simple, apq)
-    return availability, performance, quality, oee, simple
+        availability = np.where(planned > 0, operating / planned, np.nan)
+        performance = np.where(operating > 0, ideal / operating, np.nan)
+        quality = np.where(ideal > 0, ideal_good / ideal, np.where(total > 0, good / total, np.nan))
+        simple = np.where(planned > 0, ideal_good / planned, np.nan)
+        apq = availability * performance * quality
+        oee = np.where(np.isnan(apq), simple, apq)
+        utilisation = np.where(known > 0, planned / known, np.nan)
+        failures = T[:, FAILURES]
+        mtbf = np.where(failures > 0, operating / failures, np.nan)
+        mttr = np.where(failures > 0, brk / failures, np.nan)
+        losses = {
+            "unplanned_stops": brk + stp,
+            "planned_stops": setup_loss,
+            "small_stops": small,
+            "slow_cycles": run - ideal,
+            "production_rejects": ideal - ideal_good - T[:, IDEAL_STARTUP_REJECT],
+            "startup_rejects": T[:, IDEAL_STARTUP_REJECT],
+        }
+        out = {
+            "known_s": known, "planned_s": planned, "run_s": run, "operating_s": operating,
+            "not_scheduled_s": known - planned, "breakdown_s": brk, "stopped_s": stp, "setup_s": setup,
+            "small_stop_s": small, "good": good, "reject": reject, "total": total,
+            "startup_reject": T[:, STARTUP_REJECT], "ideal_s": ideal, "ideal_good_s": ideal_good,
+            "parts_without_ideal": T[:, NO_IDEAL],
+            "availability": availability, "performance": performance, "quality": quality, "oee": oee,
+            "oee_simple": simple, "utilisation": utilisation, "teep": oee * utilisation,
+            "failures": failures, "mtbf_s": mtbf, "mttr_s": mttr,
+        }
+        for name, seconds in losses.items():
+            out[f"loss_{name}_s"] = seconds
+            out[f"loss_{name}_pp"] = np.where(planned > 0, 100.0 * seconds / planned, np.nan)
+    return out
+
+
+def aggregate(totals: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
+    """Sum machines' totals per group (line, area): the input for ``derive`` of the group."""
+    out = np.zeros((n_groups, N_TOT))
+    for j in range(N_TOT):
+        out[:, j] = np.bincount(group, totals[:, j], n_groups)
+    return out
+
+
+def ratios(planned_s, run_s, ideal_s, good, reject, ideal_good_s):
+    """Availability, performance, quality, OEE and the cross-check for simple inputs (one window each)."""
+    n = np.size(planned_s)
+    T = np.zeros((n, N_TOT))
+    T[:, RUN] = run_s
+    T[:, STOPPED] = np.asarray(planned_s, dtype=np.float64) - np.asarray(run_s, dtype=np.float64)
+    T[:, GOOD], T[:, REJECT], T[:, IDEAL], T[:, IDEAL_GOOD] = good, reject, ideal_s, ideal_good_s
+    T[:, NO_IDEAL] = np.isnan(np.asarray(ideal_s, dtype=np.float64))
+    T[:, [IDEAL, IDEAL_GOOD]] = np.nan_to_num(T[:, [IDEAL, IDEAL_GOOD]])
+    k = derive(T)
+    return k["availability"], k["performance"], k["quality"], k["oee"], k["oee_simple"]

@@ -113,14 +113,8 @@ class Gateway:
         self._pending = [i for i in self._pending if not i.is_published()]
         rows = []
         for i, ref in enumerate(machines):
-            row = {k: _plain(v[i]) for k, v in snap.items() if k not in ("start", "end", "model", "state")}
-            code = int(snap["state"][i])
-            row.update(
-                ts=_plain(snap["end"][i]),
-                window={"name": "since_start", "start": _plain(snap["start"][i]), "end": _plain(snap["end"][i])},
-                state=code if code >= 0 else None, state_name=state_name(int(snap["model"][i]), code),
-                status=status.get(i),
-            )
+            row = kpi_row(snap, i)
+            row["status"] = status.get(i)
             self._publish_kpi(ref, row)
             rows.append({"machine": ref, **row})
         self.rows = rows
@@ -158,6 +152,31 @@ class Gateway:
         self._client.disconnect()
         self._client.loop_stop()
         self._client = None
+
+
+MAIN_FIELDS = ("planned_s", "run_s", "operating_s", "not_scheduled_s", "breakdown_s", "stopped_s", "setup_s",
+               "small_stop_s", "good", "reject", "total", "startup_reject", "ideal_s", "parts_without_ideal",
+               "availability", "performance", "quality", "oee", "oee_simple", "utilisation", "teep",
+               "failures", "mtbf_s", "mttr_s")
+WINDOW_FIELDS = ("planned_s", "run_s", "good", "reject", "availability", "performance", "quality", "oee")
+LOSSES = ("unplanned_stops", "planned_stops", "small_stops", "slow_cycles", "production_rejects", "startup_rejects")
+
+
+def kpi_row(snap: dict, i: int) -> dict:
+    """The KPI message of machine ``i`` (docs/contract.md, kind kpi): the since-start window at the
+    top level, the six big losses, and the rolling windows in brief."""
+    main = snap["since_start"]
+    code = int(main["state"][i])
+    row = {"ts": _plain(main["end"][i]),
+           "window": {"name": "since_start", "start": _plain(main["start"][i]), "end": _plain(main["end"][i])},
+           "state": code if code >= 0 else None, "state_name": state_name(int(main["model"][i]), code)}
+    row.update({k: _plain(main[k][i]) for k in MAIN_FIELDS})
+    row["losses"] = {name: {"s": _plain(main[f"loss_{name}_s"][i]), "pp": _plain(main[f"loss_{name}_pp"][i])}
+                     for name in LOSSES}
+    row["windows"] = {name: {"start": _plain(w["start"][i]), "end": _plain(w["end"][i]),
+                             **{k: _plain(w[k][i]) for k in WINDOW_FIELDS}}
+                      for name, w in snap.items() if name != "since_start"}
+    return row
 
 
 def _plain(v):

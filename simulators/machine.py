@@ -61,10 +61,13 @@ class Ledger:
     ideal_s: float = 0.0  # sum of ideal cycle time over all parts made
     breakdowns: int = 0
     shortages: int = 0
+    stops: list = field(default_factory=list)  # [start, end, state, reason]; end None while it lasts
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["state_s"] = {PACKML[k]: v for k, v in sorted(self.state_s.items())}
+        d["stops"] = [{"start": s, "duration_s": (self.end if e is None else e) - s, "state": PACKML[st],
+                       "reason": REASONS.get(r, r)} for s, e, st, r in self.stops]
         d["run_s"] = self.state_s.get(EXECUTE, 0.0)
         d["elapsed_s"] = self.end - self.start
         return d
@@ -92,6 +95,10 @@ class Machine:
     def _enter(self, state: int, reason: int, events: list) -> None:
         led = self.ledger
         led.state_s[self.state] = led.state_s.get(self.state, 0.0) + (self.clock - self.state_since)
+        if self.state != EXECUTE:
+            led.stops[-1][1] = self.clock
+        if state != EXECUTE:
+            led.stops.append([self.clock, None, state, reason])
         self.state, self.reason, self.state_since = state, reason, self.clock
         events.append(("state", self.clock, state, reason))
 
@@ -146,7 +153,8 @@ class Machine:
 
     def ledger_now(self) -> Ledger:
         """The ledger including the state the machine is in right now."""
-        led = Ledger(**{**self.ledger.__dict__, "state_s": dict(self.ledger.state_s)})
+        led = Ledger(**{**self.ledger.__dict__, "state_s": dict(self.ledger.state_s),
+                        "stops": [list(s) for s in self.ledger.stops]})
         led.state_s[self.state] = led.state_s.get(self.state, 0.0) + (self.clock - self.state_since)
         return led
 

@@ -26,7 +26,7 @@ def test_vorne_shift_through_the_engine():
                           [EXECUTE, STOPPED, EXECUTE, STOPPED, EXECUTE, HELD, EXECUTE, STOPPED, EXECUTE]))
     e.add_counts(m, counts([0, 480 * minute], [0, 18848], [0, 423]))
     e.fold()
-    k = e.snapshot()
+    k = e.snapshot()["since_start"]
     assert k["planned_s"][0] == 420 * minute and k["run_s"][0] == 373 * minute
     assert (k["good"][0], k["reject"][0]) == (18848, 423)
     assert round(100 * k["oee"][0], 2) == 74.79
@@ -79,7 +79,7 @@ def test_chunked_folding_equals_reference_for_every_machine():
         if rng.random() < 0.5:
             e.fold()
     e.fold()
-    k = e.snapshot()
+    k = e.snapshot()["since_start"]
     for m, ts, codes, good, reject in data:
         run, planned, g, r, ideal = reference(ts, codes, good, reject)
         assert k["run_s"][m] == pytest.approx(run)
@@ -98,14 +98,14 @@ def test_replayed_batches_change_nothing():
     for b in (c1, c2):
         e.add_counts(m, b)
     e.fold()
-    before = e.snapshot()
+    before = e.snapshot()["since_start"]
     # a store-and-forward replay sends the same batches again, old ones first
     e.add_state(m, s1)
     e.add_counts(m, c1)
     e.add_state(m, s2)
     e.add_counts(m, c2)
     e.fold()
-    after = e.snapshot()
+    after = e.snapshot()["since_start"]
     for key in ("run_s", "planned_s", "good", "reject", "ideal_s"):
         assert after[key][0] == before[key][0], key
     assert (after["good"][0], after["run_s"][0]) == (120, 150.0)
@@ -116,7 +116,7 @@ def test_counter_reset_after_machine_restart_is_not_negative_production():
     m = e.add_machine()
     e.add_counts(m, counts([0, 10, 20, 30], [100, 110, 3, 5], [0, 0, 0, 0]))
     e.fold()
-    assert e.snapshot()["good"][0] == 10 + 3 + 2
+    assert e.snapshot()["since_start"]["good"][0] == 10 + 3 + 2
 
 
 def test_unknown_ideal_cycle_time_leaves_performance_undefined():
@@ -125,7 +125,7 @@ def test_unknown_ideal_cycle_time_leaves_performance_undefined():
     e.add_state(m, states([0], [EXECUTE]))
     e.add_counts(m, CountsBatch(np.array([0.0, 60.0]), np.array([0, 10]), np.array([0, 0])))
     e.fold()
-    k = e.snapshot()
+    k = e.snapshot()["since_start"]
     assert k["availability"][0] == 1.0 and np.isnan(k["performance"][0]) and k["quality"][0] == 1.0
 
 
@@ -135,5 +135,5 @@ def test_open_state_runs_until_the_latest_timestamp_seen():
     e.add_state(m, states([0, 30], [EXECUTE, HELD]))
     e.add_telemetry(m, TelemetryBatch(np.array([90.0]), {"t": np.array([1.0])}))
     e.fold()
-    k = e.snapshot()
+    k = e.snapshot()["since_start"]
     assert (k["run_s"][0], k["planned_s"][0], k["state"][0]) == (30.0, 90.0, HELD)

@@ -36,16 +36,3 @@ def test_counter_increase_reads_resets_like_prometheus():
     values = np.array([10, 20, 5, 8, 3, 4])
     last = np.array([-1, 1])  # machine 0: first sample is the baseline; machine 1 was at 1
     np.testing.assert_array_equal(oee.counter_increase(m, values, last), [0, 10, 5, 3, 2, 1])
-
-
-def test_closed_intervals_continue_from_the_previous_batch():
-    m = np.array([0, 0, 1])
-    ts = np.array([10.0, 25.0, 7.0])
-    cat = np.array([oee.DOWN, oee.RUN, oee.RUN], dtype=np.int8)
-    last_ts = np.array([0.0, np.nan])
-    last_cat = np.array([oee.RUN, -1], dtype=np.int8)
-    im, icat, dur = oee.closed_intervals(m, ts, cat, last_ts, last_cat)
-    # machine 0: ran 0..10, was down 10..25; machine 1 had no state before 7: nothing closed
-    np.testing.assert_array_equal(im, [0, 0])
-    np.testing.assert_array_equal(icat, [oee.RUN, oee.DOWN])
-    np.testing.assert_array_equal(dur, [10.0, 15.0])

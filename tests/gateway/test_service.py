@@ -39,7 +39,7 @@ async def test_kpis_are_published_retained(mosquitto, site, publisher, recorder)
     await gw.start()
     try:
         publisher(ref.topic(Kind.STATE), encode_state([0.0, 300.0], [4, 15]))
-        publisher(ref.topic(Kind.COUNTS), encode_counts([0.0, 400.0], [0, 90], [0, 10], "p", 3.0))
+        publisher(ref.topic(Kind.COUNTS), encode_counts([0.0, 500.0], [0, 90], [0, 10], "p", 3.0))
         assert await wait_until(lambda: gw.stats["messages"] == 2)
         gw.tick()
     finally:
@@ -49,13 +49,17 @@ async def test_kpis_are_published_retained(mosquitto, site, publisher, recorder)
     assert rec.wait_for(lambda r: r.json("/kpi"))
     kpi = rec.json("/kpi")[-1]
     assert rec.messages[-1][2] is True
-    # 400 s planned (state 0..300 Execute, 300..400 Held), 100 parts x 3 s ideal
-    assert (kpi["good"], kpi["reject"], kpi["run_s"], kpi["planned_s"]) == (90, 10, 300.0, 400.0)
-    assert kpi["availability"] == 0.75
+    # 500 s planned (0..300 Execute, 300..500 Held: a breakdown), 100 parts x 3 s ideal
+    assert (kpi["good"], kpi["reject"], kpi["run_s"], kpi["planned_s"]) == (90, 10, 300.0, 500.0)
+    assert kpi["availability"] == 0.6
     assert kpi["performance"] == 1.0
     assert kpi["quality"] == 0.9
-    assert kpi["oee"] == pytest.approx(0.675)
+    assert kpi["oee"] == pytest.approx(0.54)
     assert kpi["state_name"] == "Held"
+    assert (kpi["failures"], kpi["mtbf_s"], kpi["mttr_s"]) == (1, 300.0, 200.0)
+    assert kpi["losses"]["unplanned_stops"] == {"s": 200.0, "pp": 40.0}
+    assert kpi["losses"]["production_rejects"]["s"] == 30.0  # 10 rejects x 3 s
+    assert kpi["windows"]["last_15min"]["oee"] == pytest.approx(0.54)  # the whole history is 500 s
 
 
 async def test_malformed_payload_is_parked_counted_and_harmless(mosquitto, site, publisher, recorder, caplog):

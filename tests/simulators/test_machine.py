@@ -42,6 +42,9 @@ def test_ledger_agrees_with_the_emitted_counters_and_states(spec):
             state, since = e[2], e[1]
     rebuilt[state] = rebuilt.get(state, 0.0) + end - since
     assert rebuilt == pytest.approx(led.state_s)
+    stops = led.to_dict()["stops"]
+    assert sum(st["duration_s"] for st in stops) == pytest.approx(end - T0 - led.state_s[EXECUTE])
+    assert len(stops) == led.breakdowns + led.shortages
     assert led.breakdowns == sum(1 for e in events if e[0] == "state" and e[2] == HELD)
     assert led.shortages == sum(1 for e in events if e[0] == "state" and e[2] == SUSPENDED)
 

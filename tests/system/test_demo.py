@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from fieldlab.broker import free_port
+from gateway.oee import DEFAULT
 
 
 def fieldlab(*args, timeout=120):
@@ -43,13 +44,23 @@ def test_kpis_on_mqtt_agree_with_what_the_machines_did(mosquitto, recorder, tmp_
         # times come from machine timestamps: equal to the ledger within float rounding
         assert k["run_s"] == pytest.approx(truth["run_s"], abs=1e-3), path
         assert k["planned_s"] == pytest.approx(truth["elapsed_s"], abs=1e-3), path
-        availability = truth["run_s"] / truth["elapsed_s"]
-        performance = truth["ideal_s"] / truth["run_s"]
+        # the documented conventions (docs/oee.md), applied to what really happened: stops shorter
+        # than the micro-stop threshold are small stops (performance loss), longer Held ones failures
+        small = sum(st["duration_s"] for st in truth["stops"] if st["duration_s"] < DEFAULT.micro_stop_s)
+        long_held = [st["duration_s"] for st in truth["stops"]
+                     if st["state"] == "Held" and st["duration_s"] >= DEFAULT.micro_stop_s]
+        operating = truth["run_s"] + small
+        availability = operating / truth["elapsed_s"]
+        performance = truth["ideal_s"] / operating
         quality = truth["good"] / (truth["good"] + truth["reject"])
+        assert k["operating_s"] == pytest.approx(operating, abs=1e-3), path
         assert k["availability"] == pytest.approx(availability, rel=1e-6)
         assert k["performance"] == pytest.approx(performance, rel=1e-6)
         assert k["quality"] == pytest.approx(quality, rel=1e-9)
         assert k["oee"] == pytest.approx(availability * performance * quality, rel=1e-6)
+        assert k["failures"] == len(long_held), path
+        if long_held:
+            assert k["mttr_s"] == pytest.approx(sum(long_held) / len(long_held), abs=1e-3)
         assert truth["elapsed_s"] > 3000  # about an hour of simulated time really passed
     assert stops > 0  # availability losses were part of the run, not only the happy path
     # the table shows every machine
