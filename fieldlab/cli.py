@@ -58,6 +58,20 @@ def _port(text: str) -> int:
     return v
 
 
+def _duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+    t = text.strip().lower()
+    num = t.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = t[len(num):] or "s"
+    try:
+        value = float(num) * units[unit]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"{text!r}: write a duration like 90, 90s, 2m, 1h or 1d") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fieldlab", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -125,6 +139,29 @@ def build_parser() -> argparse.ArgumentParser:
         e.add_argument(f"--{level}", default=default, help=f"{level} name in the topic (default {default})")
     e.add_argument("--machine", help="machine name in the topic (default: the --object name)")
     e.add_argument("--duration", type=_positive, default=None, metavar="SECONDS", help="stop after this many seconds")
+
+    o = add("oee", "compute OEE from an event log file (JSON Lines or CSV), to check exercises by hand",
+            "Compute OEE, its losses, MTBF and MTTR from an event log: machine states,\n"
+            "counter readings and planned stops, in JSON Lines (.jsonl) or CSV. The format\n"
+            "is described field by field in docs/oee.md, with example files in docs/examples/.\n\n"
+            "examples:\n"
+            "  fieldlab oee docs/examples/oee-com-shift.jsonl\n"
+            "  fieldlab oee log.csv --every 1h             one table per hour\n"
+            "  fieldlab oee log.csv --micro-stop 5m --json  other small-stop threshold, JSON out")
+    o.add_argument("file", help="the event log (.jsonl or .csv)")
+    o.add_argument("--from", dest="start", metavar="TIME", help="start of the report (default: first event); "
+                   "ISO 8601 like 2026-12-01T06:00:00Z or Unix seconds")
+    o.add_argument("--to", dest="end", metavar="TIME", help="end of the report (default: last event)")
+    o.add_argument("--every", type=_duration, metavar="DURATION", help="split into windows of this length, e.g. 1h")
+    o.add_argument("--micro-stop", type=_duration, default=120.0, metavar="DURATION",
+                   help="stops shorter than this are small stops (default 2m)")
+    o.add_argument("--micro-stops-as", choices=("performance", "availability"), default="performance",
+                   help="book small stops as a performance loss (default) or an availability loss")
+    o.add_argument("--setup-as", choices=("availability", "excluded"), default="availability",
+                   help="planned setup/changeover: an availability loss (default), or outside planned time")
+    o.add_argument("--startup", type=_duration, default=600.0, metavar="DURATION",
+                   help="rejects this long after a setup are start-up rejects (default 10m)")
+    o.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
     g = add("gateway", "compute OEE from MQTT data and publish KPIs",
             "Run the gateway: it reads every machine's data from MQTT, computes OEE\n"
@@ -221,6 +258,23 @@ async def _gateway(a) -> int:
     return 0
 
 
+async def _oee(a) -> int:
+    from gateway import eventlog, oee
+
+    from . import report
+
+    log = eventlog.read(a.file)
+    start = eventlog.parse_time(a.start, "--from") if a.start else log.first
+    end = eventlog.parse_time(a.end, "--to") if a.end else log.last
+    if end <= start:
+        raise eventlog.EventLogError(f"the report ends ({end}) before it starts ({start}); check --from and --to")
+    conv = oee.Conventions(micro_stop_s=a.micro_stop, micro_stops_as=a.micro_stops_as, setup_as=a.setup_as,
+                           startup_s=a.startup)
+    rows = eventlog.report(log, start, end, a.every, conv)
+    print(json.dumps(rows, indent=2) if a.json else report.render(rows))
+    return 0
+
+
 async def _demo(a) -> int:
     from .demo import Demo
 
@@ -229,7 +283,7 @@ async def _demo(a) -> int:
                       seed=a.seed, ledger=a.ledger).run()
 
 
-COMMANDS = {"demo": _demo, "sim": _sim, "edge": _edge, "gateway": _gateway}
+COMMANDS = {"demo": _demo, "sim": _sim, "edge": _edge, "gateway": _gateway, "oee": _oee}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(logging.INFO if args.verbose or not quiet else logging.WARNING)
     try:
         return asyncio.run(COMMANDS[args.command](args))
-    except (ServiceError, ContractError) as e:
+    except (ServiceError, ContractError, ValueError) as e:  # EventLogError is a ValueError
         print(f"fieldlab {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -181,11 +181,12 @@ def totals(tl: Timeline, a, b) -> np.ndarray:
 
 
 def stop_reasons(tl: Timeline, a: float, b: float) -> list[dict]:
-    """Stop time per machine, category and reason code in [a, b), largest first (a Pareto)."""
+    """Stop time inside planned production time per machine, category and reason code in [a, b),
+    largest first (a Pareto)."""
     s = np.maximum(tl.start, a)
     e = np.minimum(tl.end, b)
     d = np.maximum(e - s, 0.0)
-    sel = (d > 0) & (tl.cat != oee.RUN)
+    sel = (d > 0) & (tl.cat != oee.RUN) & (tl.cat != NOT_SCHEDULED)  # losses inside planned time only
     if not sel.any():
         return []
     key = np.column_stack([tl.im[sel], tl.cat[sel], tl.reason[sel]])
