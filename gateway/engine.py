@@ -1,17 +1,15 @@
 """Live KPI state for all machines: decoded batches in, KPIs per window out.
 
-Batches are collected as they arrive (``add_*``, cheap) and appended to each
-machine's history once per tick (``fold``); ``snapshot`` builds the timeline of
-every machine at once (gateway/timeline.py) and reads each window from it. The
-windows: ``since_start`` (since the gateway first heard of the machine) and
-rolling ones (default the last 15 minutes and the last hour).
+Batches are collected as they arrive (``add_*``, cheap) and appended to the
+timeline of all machines once per tick (``fold``, cost proportional to the new
+data); ``snapshot`` reads every window from the timeline's prefix sums
+(gateway/timeline.py). The windows: ``since_start`` (since the gateway first
+heard of the machine) and rolling ones (default the last 15 minutes and the
+last hour).
 
 Time is the machines' own: a machine's "now" is the latest timestamp it sent.
 Replayed or duplicated data (older than what was already folded) is dropped, so
 a store-and-forward replay never counts twice.
-
-Cost: ``snapshot`` is proportional to the retained history (see
-docs/PERFORMANCE.md); an incremental timeline is the next step of the OEE issue.
 """
 from __future__ import annotations
 
@@ -26,29 +24,6 @@ MODEL_NAMES = {"packml": PACKML, "simple": SIMPLE}
 DEFAULT_WINDOWS = (("last_15min", 900.0), ("last_1h", 3600.0))
 
 
-class _Columns:
-    """Append-only columns kept as a list of chunks, joined on demand."""
-
-    def __init__(self, *names):
-        self.names = names
-        self._chunks: list[tuple] = []
-        self._joined: tuple | None = None
-
-    def append(self, *cols) -> None:
-        if cols[0].size:
-            self._chunks.append(cols)
-            self._joined = None
-
-    def arrays(self) -> tuple:
-        if self._joined is None:
-            if self._chunks:
-                self._joined = tuple(np.concatenate(c) for c in zip(*self._chunks))
-                self._chunks = [self._joined]
-            else:
-                self._joined = tuple(np.zeros(0) for _ in self.names)
-        return self._joined
-
-
 class KpiEngine:
     def __init__(self, conventions: oee.Conventions = oee.DEFAULT, windows=DEFAULT_WINDOWS, capacity: int = 16):
         self.conv = conventions
@@ -57,8 +32,7 @@ class KpiEngine:
         self.capacity = 0
         self._grow(capacity)
         self._pending: list = []
-        self._states = _Columns("m", "ts", "model", "code", "reason")
-        self._counts = _Columns("m", "ts", "good", "reject", "ideal")
+        self.timeline = timeline.Timeline(conventions)
 
     def _grow(self, cap: int) -> None:
         def grow(name, fill, dtype):
@@ -80,6 +54,7 @@ class KpiEngine:
         if self.n == self.capacity:
             self._grow(self.capacity * 2)
         self.n += 1
+        self.timeline.add_machines(self.n)
         return self.n - 1
 
     # -- collecting (cheap, called per message)
@@ -126,7 +101,7 @@ class KpiEngine:
             return
         order = oee.sort_by_machine(m, ts)
         m, ts, code, reason, model = m[order], ts[order], code[order], reason[order], model[order]
-        self._states.append(m, ts, model, code, reason)
+        self.timeline.append_states(m, ts, self.conv.categorise(model, code, reason), reason)
         _, last = oee.group_bounds(m)
         lm = m[last]
         self.state_ts[lm], self.state_code[lm], self.state_model[lm] = ts[last], code[last], model[last]
@@ -141,25 +116,22 @@ class KpiEngine:
             return
         order = oee.sort_by_machine(m, ts)
         m, ts, good, reject, ideal = m[order], ts[order], good[order], reject[order], ideal[order]
-        self._counts.append(m, ts, good, reject, ideal)
+        self.timeline.append_counts(m, ts, good, reject, ideal)
         _, last = oee.group_bounds(m)
         self.count_ts[m[last]] = ts[last]
 
     # -- reading
-    def timeline(self) -> timeline.Timeline:
-        end = np.where(np.isnan(self.now_ts[: self.n]), -np.inf, self.now_ts[: self.n])
-        return timeline.build(self.n, self._states.arrays(), self._counts.arrays(), end, conv=self.conv)
-
     def snapshot(self) -> dict[str, dict[str, np.ndarray]]:
         """KPIs of every machine per window: {window name: {kpi: array indexed by machine}}."""
-        tl = self.timeline()
+        tl = self.timeline
         now = self.now_ts[: self.n]
+        tl.set_now(np.arange(self.n), np.where(np.isnan(now), -np.inf, now))
         first = self.first_ts[: self.n]
         out = {}
         spans = [("since_start", first)] + [(name, now - seconds) for name, seconds in self.windows]
         for name, start in spans:
             start = np.maximum(start, first)  # no history before the first message: not invented
-            k = oee.derive(timeline.totals(tl, start, now), self.conv)
+            k = oee.derive(tl.totals(start, now), self.conv)
             k["start"], k["end"] = start, now.copy()
             out[name] = k
         out["since_start"]["state"] = self.state_code[: self.n].copy()

@@ -119,37 +119,18 @@ def counter_increase(m, values, last_values):
     return inc
 
 
-def ffill_last(m: np.ndarray, ts: np.ndarray, marks_m: np.ndarray, marks_t: np.ndarray) -> np.ndarray:
-    """For each (m, ts): the latest mark time of the same machine at or before ts (NaN if none)."""
-    n, k = m.size, marks_m.size
-    allm = np.concatenate([marks_m, m])
-    allt = np.concatenate([marks_t, ts])
-    kind = np.concatenate([np.zeros(k, np.int8), np.ones(n, np.int8)])  # marks first at equal times
-    order = np.lexsort((kind, allt, allm))
-    pos = np.where(kind[order] == 0, np.arange(n + k), -1)
-    last = np.maximum.accumulate(pos) if pos.size else pos
-    src = order[np.maximum(last, 0)]
-    ok = (last >= 0) & (allm[src] == allm[order])
-    out_sorted = np.where(ok, allt[src], np.nan)
-    out = np.empty(n + k)
-    out[order] = out_sorted
-    return out[k:]
-
-
-def segment_search(values: np.ndarray, offsets: np.ndarray, m: np.ndarray, q: np.ndarray,
+def segment_search(values: np.ndarray, lo: np.ndarray, hi: np.ndarray, q: np.ndarray,
                    side: str = "right") -> np.ndarray:
-    """``np.searchsorted`` within each machine's segment ``values[offsets[m]:offsets[m+1]]``,
-    for many (machine, query) pairs at once: a vectorised binary search, exact for any floats."""
-    lo = offsets[m].copy()
-    hi = offsets[m + 1].copy()
+    """``np.searchsorted(values[lo_i:hi_i], q_i) + lo_i`` for many segments at once: a vectorised
+    binary search (a few dozen NumPy steps for any number of machines), exact for any floats."""
+    lo, hi = lo.copy(), hi.copy()
     while True:
         active = lo < hi
         if not active.any():
             return lo
         mid = (lo + hi) // 2
-        v = values[np.minimum(mid, values.size - 1)] if values.size else np.zeros_like(q)
-        go = (v <= q) if side == "right" else (v < q)
-        go &= active
+        v = values[np.minimum(mid, values.size - 1)]
+        go = ((v <= q) if side == "right" else (v < q)) & active
         lo = np.where(go, mid + 1, lo)
         hi = np.where(active & ~go, mid, hi)
 

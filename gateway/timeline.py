@@ -1,53 +1,34 @@
-"""Windows of OEE totals over recorded history: pure functions on NumPy arrays.
+"""The history of many machines as an append-only timeline with prefix sums: pure NumPy.
 
-``build`` turns raw state changes and counter samples of many machines into a
-``Timeline``: state intervals (classified, split at the shift calendar) and
-count increments, each with prefix sums. ``totals`` then gives the additive
-totals of any window for every machine with a vectorised binary search, so a
-window costs O(machines × log(history)), not a pass over the history. The
-KPIs are ``oee.derive(totals)``.
+State changes and counter samples are appended as they arrive (``append_states``,
+``append_counts``: cost proportional to the new data); ``totals(a, b)`` gives the
+additive totals of any window for every machine with a vectorised binary search
+(cost O(machines × log history)); ``oee.derive`` turns them into KPIs. The same
+class serves the gateway (appending every tick) and ``fieldlab oee`` (``build``:
+everything at once), so both compute the same numbers.
 
-Intervals: a state lasts from its change until the machine's next change, or
-until the end of its data (``end``). Counter samples report what was made up to
-their timestamp, so a window (a, b] counts the increments of samples in it.
+Each machine has a row per log, in 2-D arrays (machines × capacity):
+- pieces: closed state intervals (start, category, reason) tiling the machine's
+  time up to the open piece, split at the shift calendar, with prefix seconds per
+  category. The open piece (the current state) runs from ``last_t`` to ``now``.
+- counts: counter samples with prefix sums of parts and ideal seconds.
+- failures: start times of breakdown episodes that were not small stops.
+- setup ends: when each setup episode ended (start-up rejects follow them).
+
+An episode is a run of consecutive states of one category (Holding -> Held ->
+Unholding is one breakdown). Its category is final when it closes: a breakdown
+or stop episode shorter than the micro-stop threshold becomes a small stop, and
+its pieces are rewritten. While it is open it is judged by its length so far.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 
 from . import oee
 from .oee import BREAKDOWN, N_CAT, N_TOT, NOT_SCHEDULED, SETUP, SMALL_STOP, STOPPED, Conventions
 
-POINT_COLUMNS = (oee.GOOD, oee.REJECT, oee.STARTUP_REJECT, oee.IDEAL, oee.IDEAL_GOOD,
-                 oee.IDEAL_STARTUP_REJECT, oee.NO_IDEAL)
-
-
-@dataclass
-class Timeline:
-    n: int  # machines
-    # state intervals, sorted by (machine, start), tiling each machine's time without gaps
-    im: np.ndarray
-    start: np.ndarray
-    end: np.ndarray
-    cat: np.ndarray
-    reason: np.ndarray
-    ioff: np.ndarray  # machine m's intervals are [ioff[m], ioff[m+1])
-    itime: np.ndarray  # exclusive prefix sums of seconds per category, shape (len+1, N_CAT)
-    # count increments, sorted by (machine, ts)
-    pm: np.ndarray
-    pts: np.ndarray
-    poff: np.ndarray
-    ptot: np.ndarray  # exclusive prefix sums of POINT_COLUMNS, shape (len+1, 7)
-    # failures (start of each breakdown episode that is not a small stop), sorted by (machine, ts)
-    fm: np.ndarray
-    fts: np.ndarray
-    foff: np.ndarray
-
-
-def _offsets(m: np.ndarray, n: int) -> np.ndarray:
-    return np.concatenate([[0], np.cumsum(np.bincount(m, minlength=n))]).astype(np.int64)
+# prefix columns of the counts log
+C_GOOD, C_REJECT, C_IDEAL, C_IDEAL_GOOD, C_NO_IDEAL = range(5)
 
 
 def merge_calendar(start, end) -> np.ndarray:
@@ -63,10 +44,9 @@ def merge_calendar(start, end) -> np.ndarray:
     new = np.ones(s.size, bool)
     new[1:] = s[1:] > e[:-1]  # a period that starts after everything before it has ended
     group = np.cumsum(new) - 1
-    gs = s[new]
-    ge = np.zeros(gs.size)
+    ge = np.zeros(int(group[-1]) + 1)
     np.maximum.at(ge, group, e)
-    return np.column_stack([gs, ge]).ravel()
+    return np.column_stack([s[new], ge]).ravel()
 
 
 def _split_at(bounds: np.ndarray, s, e, *cols):
@@ -77,7 +57,7 @@ def _split_at(bounds: np.ndarray, s, e, *cols):
     i1 = np.searchsorted(bounds, e, "left")
     k = np.maximum(i1 - i0, 0)
     rep = np.repeat(np.arange(s.size), k + 1)
-    first = np.concatenate([[0], np.cumsum(k + 1)[:-1]])
+    first = np.concatenate([[0], np.cumsum(k + 1)[:-1]]).astype(np.int64)
     j = np.arange(rep.size) - first[rep]
     b = lambda idx: bounds[np.clip(idx, 0, bounds.size - 1)]  # noqa: E731
     ns = np.where(j == 0, s[rep], b(i0[rep] + j - 1))
@@ -86,112 +66,384 @@ def _split_at(bounds: np.ndarray, s, e, *cols):
     return ns, ne, inside, tuple(c[rep] for c in cols)
 
 
+def _calendar_before(bounds: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Seconds of planned downtime before time t (a piecewise-linear function)."""
+    if not bounds.size:
+        return np.zeros_like(t)
+    starts, ends = bounds[0::2], bounds[1::2]
+    cum = np.concatenate([[0.0], np.cumsum(ends - starts)])
+    i = np.searchsorted(starts, t, "right")  # periods that started at or before t
+    prev = np.maximum(i - 1, 0)
+    partial = np.where(i > 0, np.clip(t - starts[prev], 0.0, ends[prev] - starts[prev]), 0.0)
+    return cum[prev] * (i > 0) + partial
+
+
+def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Concatenated aranges [lo_i, hi_i) (hi_i >= lo_i)."""
+    n = np.maximum(hi - lo, 0)
+    if not n.sum():
+        return np.zeros(0, np.int64)
+    rep = np.repeat(np.arange(lo.size), n)
+    start = np.concatenate([[0], np.cumsum(n)[:-1]])
+    return lo[rep] + np.arange(rep.size) - start[rep]
+
+
+class _Rows:
+    """Per-machine append-only rows in 2-D arrays; they grow by doubling."""
+
+    def __init__(self, n: int, cap: int, **cols):
+        self.cap = max(cap, 4)
+        self.fill = np.zeros(n, np.int64)
+        self.spec = cols  # name -> (extra shape, dtype, fill value)
+        for name, (shape, dtype, fill) in cols.items():
+            setattr(self, name, np.full((n, self.cap, *shape), fill, dtype=dtype))
+
+    def machines(self, n: int) -> None:
+        old = self.fill.size
+        if n <= old:
+            return
+        self.fill = np.concatenate([self.fill, np.zeros(n - old, np.int64)])
+        for name, (shape, dtype, fill) in self.spec.items():
+            a = getattr(self, name)
+            setattr(self, name, np.concatenate([a, np.full((n - old, self.cap, *shape), fill, dtype=dtype)]))
+
+    def reserve(self, need: int) -> None:
+        if need <= self.cap:
+            return
+        cap = self.cap
+        while cap < need:
+            cap *= 2
+        for name, (shape, dtype, fill) in self.spec.items():
+            a = getattr(self, name)
+            b = np.full((a.shape[0], cap, *shape), fill, dtype=dtype)
+            b[:, : self.cap] = a
+            setattr(self, name, b)
+        self.cap = cap
+
+    def search(self, values: np.ndarray, m: np.ndarray, q: np.ndarray, side: str) -> np.ndarray:
+        """Per (machine, query): like np.searchsorted within the machine's filled row (0..fill)."""
+        m = np.asarray(m, np.int64)
+        lo = m * self.cap
+        hi = lo + self.fill[m]
+        return oee.segment_search(values.reshape(-1), lo, hi, np.asarray(q, np.float64), side) - lo
+
+
+class Timeline:
+    def __init__(self, conv: Conventions = oee.DEFAULT, calendar=np.zeros(0), machines: int = 0, capacity: int = 64):
+        self.conv = conv
+        self.cal = np.asarray(calendar, dtype=np.float64)
+        self.n = 0
+        self.p = _Rows(0, capacity, t=((), np.float64, np.inf), cat=((), np.int8, 0), reason=((), np.int64, 0),
+                       pre=((N_CAT,), np.float64, 0.0))  # pre[m, j] = seconds per category before piece j
+        self.c = _Rows(0, capacity, t=((), np.float64, np.inf), pre=((5,), np.float64, 0.0))  # inclusive prefix
+        self.f = _Rows(0, 4, t=((), np.float64, np.inf))
+        self.u = _Rows(0, 4, t=((), np.float64, np.inf))
+        self.add_machines(machines)
+
+    # -- per-machine state
+    def add_machines(self, n: int) -> None:
+        if n <= self.n:
+            return
+        grow = n - self.n
+        for name, fill, dtype in (("now", -np.inf, np.float64), ("last_t", np.nan, np.float64),
+                                  ("last_cat", -1, np.int8), ("last_reason", 0, np.int64),
+                                  ("ep_t", np.nan, np.float64), ("ep_cat", -1, np.int8),
+                                  ("last_good", -1, np.int64), ("last_reject", -1, np.int64)):
+            old = getattr(self, name, np.zeros(0, dtype))
+            setattr(self, name, np.concatenate([old, np.full(grow, fill, dtype)]))
+        for rows in (self.p, self.c, self.f, self.u):
+            rows.machines(n)
+        self.n = n
+
+    def set_now(self, m: np.ndarray, t: np.ndarray) -> None:
+        """The machines' own "now" (latest timestamp seen): the open state lasts until then."""
+        np.maximum.at(self.now, np.asarray(m, np.int64), np.asarray(t, np.float64))
+
+    # -- appending
+    def append_states(self, m, ts, cat, reason) -> None:
+        """State changes sorted by (machine, time), newer than what each machine has (the caller drops replays)."""
+        m, ts = np.asarray(m, np.int64), np.asarray(ts, np.float64)
+        cat, reason = np.asarray(cat, np.int8), np.asarray(reason, np.int64)
+        if not m.size:
+            return
+        first, last = oee.group_bounds(m)
+        # the piece each change closes: from the previous change (or the open piece) to this one
+        prev_t = np.empty_like(ts)
+        prev_cat = np.empty_like(cat)
+        prev_reason = np.empty_like(reason)
+        prev_t[1:], prev_cat[1:], prev_reason[1:] = ts[:-1], cat[:-1], reason[:-1]
+        mf = m[first]
+        prev_t[first], prev_cat[first], prev_reason[first] = self.last_t[mf], self.last_cat[mf], self.last_reason[mf]
+        closes = ~np.isnan(prev_t)
+        # episodes: a change of category closes the episode the previous piece belonged to
+        brk = cat != prev_cat
+        ep_start = np.where(brk, ts, np.nan)  # the episode each change opens (if it opens one)
+        # start of the episode being closed at each break: the previous break of the machine, or the open one
+        bidx = np.where(brk, np.arange(m.size), -1)
+        prev_b = np.maximum.accumulate(np.concatenate([[-1], bidx[:-1]]))
+        same = (prev_b >= 0) & (prev_b < m.size)
+        same &= m[np.maximum(prev_b, 0)] == m
+        closing_start = np.where(same, ts[np.maximum(prev_b, 0)], self.ep_t[m])
+        closed_ep = brk & closes
+        # 1. append the closed pieces (base categories), split at the calendar
+        self.last_t[m[last]] = ts[last]
+        self.last_cat[m[last]], self.last_reason[m[last]] = cat[last], reason[last]
+        sel = closes
+        self._append_pieces(m[sel], prev_t[sel], ts[sel], prev_cat[sel], prev_reason[sel])
+        # 2. classify the episodes that closed; rewrite small ones; record failures and setup ends
+        em, es, ee, ec = m[closed_ep], closing_start[closed_ep], ts[closed_ep], prev_cat[closed_ep]
+        small = np.isin(ec, (BREAKDOWN, STOPPED)) & (ee - es < self.conv.micro_stop_s)
+        if small.any():
+            self._make_small(em[small], es[small], ee[small], ec[small])
+        fail = (ec == BREAKDOWN) & ~small
+        self._append_points(self.f, em[fail], es[fail])
+        setup = ec == SETUP
+        self._append_points(self.u, em[setup], ee[setup])
+        # 3. the open episode of each machine
+        opened = np.where(brk, np.arange(m.size), -1)
+        last_open = np.maximum.accumulate(opened)  # latest break so far (across machines: checked below)
+        lo = last_open[last]
+        ok = (lo >= 0) & (m[np.maximum(lo, 0)] == m[last])
+        ml = m[last]
+        self.ep_t[ml] = np.where(ok, ep_start[np.maximum(lo, 0)], self.ep_t[ml])
+        self.ep_cat[ml] = cat[last]
+        np.maximum.at(self.now, m, ts)
+
+    def _append_pieces(self, m, s, e, cat, reason) -> None:
+        s, e, inside, (m, cat, reason) = _split_at(self.cal, s, e, m, cat, reason)
+        cat = np.where(inside, np.int8(NOT_SCHEDULED), cat).astype(np.int8)
+        if not m.size:
+            return
+        rows = self.p
+        pos = self._positions(rows, m)
+        rows.t[m, pos], rows.cat[m, pos], rows.reason[m, pos] = s, cat, reason
+        rows.fill += np.bincount(m, minlength=self.n)
+        self._reprefix(m[oee.group_bounds(m)[0]], pos[oee.group_bounds(m)[0]])
+
+    def _positions(self, rows: _Rows, m: np.ndarray) -> np.ndarray:
+        """Row positions for appending elements of machines ``m`` (sorted by machine)."""
+        first, _ = oee.group_bounds(m)
+        start = np.flatnonzero(first)
+        rank = np.arange(m.size) - np.repeat(start, np.diff(np.append(start, m.size)))
+        pos = rows.fill[m] + rank
+        rows.reserve(int(pos.max()) + 2)
+        return pos
+
+    def _reprefix(self, m: np.ndarray, r0: np.ndarray) -> None:
+        """Recompute the prefix seconds of machines m from row r0 on (cost: the rows touched)."""
+        rows = self.p
+        fill = rows.fill[m]
+        idx = _ranges(m * 0 + r0, fill)
+        mm = np.repeat(m, np.maximum(fill - r0, 0))
+        if not mm.size:
+            return
+        nxt = np.where(idx + 1 < rows.fill[mm], rows.t[mm, np.minimum(idx + 1, rows.cap - 1)], self.last_t[mm])
+        dur = nxt - rows.t[mm, idx]
+        vals = np.zeros((mm.size, N_CAT))
+        vals[np.arange(mm.size), rows.cat[mm, idx].astype(np.int64)] = dur
+        cs = np.cumsum(vals, axis=0)
+        first, _ = oee.group_bounds(mm)
+        seg = np.cumsum(first) - 1
+        base = rows.pre[mm[first], idx[first]] - (cs[np.flatnonzero(first)] - vals[first])
+        rows.reserve(int(fill.max()) + 2)
+        rows.pre[mm, idx + 1] = cs + base[seg]
+
+    def _make_small(self, m, s, e, cat) -> None:
+        """Episodes [s, e) of machines m closed as small stops: their pieces become SMALL_STOP."""
+        rows = self.p
+        r0 = rows.search(rows.t, m, s, "left")
+        r1 = rows.search(rows.t, m, e, "left")
+        idx = _ranges(r0, r1)
+        mm = np.repeat(m, np.maximum(r1 - r0, 0))
+        cc = np.repeat(cat, np.maximum(r1 - r0, 0))
+        hit = rows.cat[mm, idx] == cc  # calendar parts stay not scheduled
+        rows.cat[mm[hit], idx[hit]] = SMALL_STOP
+        order = np.argsort(m, kind="stable")
+        m, r0 = m[order], r0[order]
+        first, _ = oee.group_bounds(m)
+        self._reprefix(m[first], r0[first])  # first episode per machine: earliest row touched
+
+    def _append_points(self, rows: _Rows, m, t) -> None:
+        if not m.size:
+            return
+        order = oee.sort_by_machine(m, t)
+        m, t = m[order], t[order]
+        pos = self._positions(rows, m)
+        rows.t[m, pos] = t
+        rows.fill += np.bincount(m, minlength=self.n)
+
+    def append_counts(self, m, ts, good, reject, ideal) -> None:
+        """Counter samples sorted by (machine, time), not older than each machine's last (replays dropped)."""
+        m, ts = np.asarray(m, np.int64), np.asarray(ts, np.float64)
+        if not m.size:
+            return
+        good, reject = np.asarray(good, np.int64), np.asarray(reject, np.int64)
+        ideal = np.asarray(ideal, np.float64)
+        dg = oee.counter_increase(m, good, self.last_good).astype(np.float64)
+        dr = oee.counter_increase(m, reject, self.last_reject).astype(np.float64)
+        _, last = oee.group_bounds(m)
+        self.last_good[m[last]], self.last_reject[m[last]] = good[last], reject[last]
+        known = ~np.isnan(ideal)
+        ict = np.where(known, ideal, 0.0)
+        vals = np.column_stack([dg, dr, (dg + dr) * ict, dg * ict, np.where(known, 0.0, dg + dr)])
+        rows = self.c
+        pos = self._positions(rows, m)
+        first, _ = oee.group_bounds(m)
+        cs = np.cumsum(vals, axis=0)
+        seg = np.cumsum(first) - 1
+        mf, pf = m[first], pos[first]
+        before = np.where((pf > 0)[:, None], rows.pre[mf, np.maximum(pf - 1, 0)], 0.0)
+        base = before - (cs[np.flatnonzero(first)] - vals[first])
+        rows.t[m, pos] = ts
+        rows.pre[m, pos] = cs + base[seg]
+        rows.fill += np.bincount(m, minlength=self.n)
+
+    # -- reading
+    def _time_upto(self, m: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """Seconds per category of machine m before time t (closed pieces, then the open piece)."""
+        rows = self.p
+        out = np.zeros((m.size, N_CAT))
+        has = rows.fill[m] > 0
+        tc = np.minimum(t, np.where(np.isnan(self.last_t[m]), -np.inf, self.last_t[m]))
+        j = rows.search(rows.t, m, tc, "right") - 1  # the closed piece containing tc
+        inpiece = has & (j >= 0)
+        jj = np.maximum(j, 0)
+        out[inpiece] = rows.pre[m[inpiece], jj[inpiece]]
+        nxt = np.where(jj + 1 < rows.fill[m], rows.t[m, np.minimum(jj + 1, rows.cap - 1)], self.last_t[m])
+        part = np.where(inpiece, np.clip(tc - rows.t[m, jj], 0.0, nxt - rows.t[m, jj]), 0.0)
+        np.add.at(out, (np.arange(m.size), rows.cat[m, jj].astype(np.int64)), part)
+        # the open piece, from last_t to t, split by the calendar
+        lt = self.last_t[m]
+        open_ = ~np.isnan(lt) & (t > lt)
+        lt0 = np.where(open_, lt, 0.0)
+        t0 = np.where(open_, t, 0.0)
+        cal = _calendar_before(self.cal, t0) - _calendar_before(self.cal, lt0)
+        out[:, NOT_SCHEDULED] += np.where(open_, cal, 0.0)
+        lc = np.maximum(self.last_cat[m], 0).astype(np.int64)
+        np.add.at(out, (np.arange(m.size), lc), np.where(open_, (t0 - lt0) - cal, 0.0))
+        return out
+
+    def totals(self, a, b) -> np.ndarray:
+        """Additive totals of every machine for the window [a, b) (counts: samples in (a, b]).
+
+        ``a`` and ``b`` are scalars or per-machine arrays. Time after a machine's "now" is unknown
+        and not counted. Shape (n, N_TOT).
+        """
+        n = self.n
+        m = np.arange(n)
+        now = self.now
+        b = np.broadcast_to(np.asarray(b, np.float64), (n,))
+        a = np.minimum(np.broadcast_to(np.asarray(a, np.float64), (n,)), b)
+        bt = np.minimum(b, now)  # a machine's state after its "now" is unknown: no time is counted there
+        at = np.minimum(a, bt)
+        out = np.zeros((n, N_TOT))
+        out[:, :N_CAT] = self._time_upto(m, bt) - self._time_upto(m, at)
+        # the open episode is judged by its length so far
+        ep_open = ~np.isnan(self.ep_t) & (self.ep_cat >= 0)
+        ep_len = now - self.ep_t
+        small = ep_open & np.isin(self.ep_cat, (BREAKDOWN, STOPPED)) & (ep_len < self.conv.micro_stop_s)
+        if small.any():
+            k = np.flatnonzero(small)
+            c = self.ep_cat[k].astype(np.int64)
+            from_ = np.maximum(at[k], self.ep_t[k])
+            moved = self._time_upto(k, bt[k])[np.arange(k.size), c] - self._time_upto(k, from_)[np.arange(k.size), c]
+            moved = np.where(bt[k] > from_, moved, 0.0)
+            out[k, c] -= moved
+            out[k, SMALL_STOP] += moved
+        # counts (a, b]
+        cb = self.c.search(self.c.t, m, b, "right")
+        ca = self.c.search(self.c.t, m, a, "right")
+        pre = lambda i: np.where((i > 0)[:, None], self.c.pre[m, np.maximum(i - 1, 0)], 0.0)  # noqa: E731
+        d = pre(cb) - pre(ca)
+        out[:, oee.GOOD], out[:, oee.REJECT] = d[:, C_GOOD], d[:, C_REJECT]
+        out[:, oee.IDEAL], out[:, oee.IDEAL_GOOD], out[:, oee.NO_IDEAL] = d[:, C_IDEAL], d[:, C_IDEAL_GOOD], d[:, C_NO_IDEAL]
+        self._startup(out, a, b)
+        # failures starting in [a, b): closed ones, and the open episode if it is already long
+        out[:, oee.FAILURES] = self.f.search(self.f.t, m, b, "left") - self.f.search(self.f.t, m, a, "left")
+        open_fail = ep_open & (self.ep_cat == BREAKDOWN) & ~small & (self.ep_t >= a) & (self.ep_t < b)
+        out[:, oee.FAILURES] += open_fail
+        return out
+
+    def _startup(self, out: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+        """Rejects in [e, e + startup_s] after each setup end e, within (a, b]."""
+        u = self.u
+        if not u.fill.any():
+            return
+        um = np.repeat(np.arange(self.n), u.fill)
+        idx = _ranges(np.zeros(self.n, np.int64), u.fill)
+        e = u.t[um, idx]
+        hi = e + self.conv.startup_s
+        prev_hi = np.concatenate([[-np.inf], hi[:-1]])
+        first, _ = oee.group_bounds(um)
+        prev_hi[first] = -np.inf
+        # merged, non-overlapping ranges: [e, hi] or, where it continues the previous one, (prev_hi, hi]
+        cont = e <= prev_hi
+        lo = np.where(cont, prev_hi, e)
+        hi = np.maximum(hi, lo)
+        top = np.minimum(hi, b[um])
+        # lower end: after a (window is (a, b]); closed at e unless it continues a previous range
+        lo_excl = np.maximum(lo, a[um])
+        use_left = ~cont & (e > a[um])  # the range starts inside the window, at e itself: include e
+        c = self.c
+        iu = c.search(c.t, um, top, "right")
+        il = np.where(use_left, c.search(c.t, um, lo_excl, "left"), c.search(c.t, um, lo_excl, "right"))
+        ok = top >= lo_excl
+        pre = lambda i: np.where((i > 0)[:, None], c.pre[um, np.maximum(i - 1, 0)], 0.0)  # noqa: E731
+        d = np.where(ok[:, None], pre(iu) - pre(np.minimum(il, iu)), 0.0)
+        out[:, oee.STARTUP_REJECT] += np.bincount(um, d[:, C_REJECT], self.n)
+        out[:, oee.IDEAL_STARTUP_REJECT] += np.bincount(um, d[:, C_IDEAL] - d[:, C_IDEAL_GOOD], self.n)
+
+    def stop_reasons(self, a: float, b: float) -> list[dict]:
+        """Stop time inside planned production time per machine, category and reason code in [a, b),
+        largest first (a Pareto). Walks the history: for reports, not for the live path."""
+        rows = self.p
+        m = np.repeat(np.arange(self.n), rows.fill)
+        idx = _ranges(np.zeros(self.n, np.int64), rows.fill)
+        s = rows.t[m, idx]
+        e = np.where(idx + 1 < rows.fill[m], rows.t[m, np.minimum(idx + 1, rows.cap - 1)], self.last_t[m])
+        cat, reason = rows.cat[m, idx], rows.reason[m, idx]
+        openm = np.flatnonzero(~np.isnan(self.last_t))
+        os_, oe_, inside, (om, oc, orr) = _split_at(self.cal, self.last_t[openm], np.maximum(self.now[openm],
+                                                    self.last_t[openm]), openm, self.last_cat[openm],
+                                                    self.last_reason[openm])
+        oc = np.where(inside, np.int8(NOT_SCHEDULED), oc)
+        m, s, e = np.concatenate([m, om]), np.concatenate([s, os_]), np.concatenate([e, oe_])
+        cat, reason = np.concatenate([cat, oc]), np.concatenate([reason, orr])
+        d = np.maximum(np.minimum(e, b) - np.maximum(s, a), 0.0)
+        sel = (d > 0) & (cat != oee.RUN) & (cat != NOT_SCHEDULED)
+        if not sel.any():
+            return []
+        key = np.column_stack([m[sel], cat[sel], reason[sel]])
+        uniq, inv = np.unique(key, axis=0, return_inverse=True)
+        secs = np.bincount(inv.ravel(), d[sel])
+        order = np.argsort(-secs, kind="stable")
+        return [{"machine": int(uniq[i, 0]), "category": oee.CATEGORIES[uniq[i, 1]], "reason": int(uniq[i, 2]),
+                 "seconds": float(secs[i])} for i in order]
+
+
 def build(n: int, states, counts, end, calendar=np.zeros(0), conv: Conventions = oee.DEFAULT) -> Timeline:
-    """Build the timeline of ``n`` machines.
+    """A timeline of ``n`` machines from all their data at once (any order).
 
-    states: (m, ts, model, code, reason) arrays, any order; model 0 = packml, 1 = simple.
-    counts: (m, ts, good, reject, ideal_cycle_s) arrays, any order; counters monotonic, NaN ideal = unknown.
-    end: per machine, where its last state ends (its data end or the end of the report).
-    calendar: merged boundaries from ``merge_calendar``: time in them is not scheduled.
+    states: (m, ts, model, code, reason); model 0 = packml, 1 = simple.
+    counts: (m, ts, good, reject, ideal_cycle_s); counters monotonic, NaN ideal = unknown.
+    end: per machine, until when its last state lasts.
     """
-    sm, sts, smodel, scode, sreason = (np.asarray(a) for a in states)
-    end = np.asarray(end, dtype=np.float64)
+    tl = Timeline(conv, calendar, n)
+    sm, sts, smodel, scode, sreason = (np.asarray(x) for x in states)
     o = oee.sort_by_machine(sm, sts)
-    sm, sts, smodel, scode, sreason = sm[o].astype(np.int64), sts[o].astype(np.float64), smodel[o], scode[o], sreason[o]
-    first, last = oee.group_bounds(sm)
-    nxt = np.empty_like(sts)
-    nxt[:-1] = sts[1:]
-    nxt[last] = end[sm[last]]
-    nxt = np.maximum(nxt, sts)
-    cat = conv.categorise(smodel.astype(np.int64), scode.astype(np.int64), sreason)
-
-    # episodes: runs of consecutive intervals in the same category (Holding -> Held is one stop)
-    new_ep = first.copy()
-    new_ep[1:] |= cat[1:] != cat[:-1]
-    ep = np.cumsum(new_ep) - 1
-    ep_dur = np.bincount(ep, nxt - sts) if ep.size else np.zeros(0)
-    ep_start = sts[new_ep]
-    ep_end = np.zeros(ep_dur.size)
-    if ep.size:
-        np.maximum.at(ep_end, ep, nxt)
-    ep_cat = cat[new_ep]
-    ep_m = sm[new_ep]
-    small = np.isin(ep_cat, (BREAKDOWN, STOPPED)) & (ep_dur < conv.micro_stop_s)
-    cat = np.where(small[ep], np.int8(SMALL_STOP), cat)
-    fail = (ep_cat == BREAKDOWN) & ~small
-    fm, fts = ep_m[fail], ep_start[fail]
-    setup_m, setup_end = ep_m[ep_cat == SETUP], ep_end[ep_cat == SETUP]
-
-    # the shift calendar wins: time inside planned downtime is not scheduled, whatever the state
-    s, e, inside, (im, cat, reason) = _split_at(np.asarray(calendar, dtype=np.float64), sts, nxt, sm, cat, sreason)
-    cat = np.where(inside, np.int8(NOT_SCHEDULED), cat)
-    itime = np.zeros((s.size + 1, N_CAT))
-    np.add.at(itime, (np.arange(1, s.size + 1), cat.astype(np.int64)), e - s)
-    itime = np.cumsum(itime, axis=0)
-
-    # counts: increments (Prometheus-style resets), start-up rejects after a setup
-    cm, cts, good, reject, ideal = (np.asarray(a) for a in counts)
+    cat = conv.categorise(smodel[o].astype(np.int64), scode[o].astype(np.int64), sreason[o])
+    tl.append_states(sm[o], sts[o], cat, sreason[o])
+    cm, cts, good, reject, ideal = (np.asarray(x) for x in counts)
     o = oee.sort_by_machine(cm, cts)
-    cm, cts = cm[o].astype(np.int64), cts[o].astype(np.float64)
-    good, reject, ideal = good[o].astype(np.int64), reject[o].astype(np.int64), ideal[o].astype(np.float64)
-    none = np.full(n, -1, np.int64)
-    dg = oee.counter_increase(cm, good, none).astype(np.float64)
-    dr = oee.counter_increase(cm, reject, none).astype(np.float64)
-    since_setup = cts - oee.ffill_last(cm, cts, setup_m, setup_end)
-    dsr = np.where(since_setup <= conv.startup_s, dr, 0.0)  # NaN (no setup yet) compares False
-    known = ~np.isnan(ideal)
-    ict = np.where(known, ideal, 0.0)
-    cols = np.column_stack([dg, dr, dsr, (dg + dr) * ict, dg * ict, dsr * ict, np.where(known, 0.0, dg + dr)])
-    ptot = np.vstack([np.zeros((1, cols.shape[1])), np.cumsum(cols, axis=0)])
-
-    return Timeline(n, im, s, e, cat, reason, _offsets(im, n), itime,
-                    cm, cts, _offsets(cm, n), ptot, fm, fts, _offsets(fm, n))
-
-
-def _time_upto(tl: Timeline, m: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Seconds per category of machine m from its first interval up to time t (prefix, offset by a constant)."""
-    j = oee.segment_search(tl.start, tl.ioff, m, t, "right") - 1
-    has = j >= tl.ioff[m]
-    j = np.where(has, j, tl.ioff[m])
-    out = tl.itime[j].copy()
-    if tl.start.size:
-        jj = np.minimum(j, tl.start.size - 1)
-        part = np.clip(t - tl.start[jj], 0.0, tl.end[jj] - tl.start[jj])
-        part = np.where(has & (j < tl.ioff[m + 1]), part, 0.0)
-        out[np.arange(m.size), tl.cat[jj].astype(np.int64)] += part
-    return out
+    tl.append_counts(cm[o], cts[o], good[o], reject[o], ideal[o])
+    end = np.asarray(end, np.float64)
+    tl.set_now(np.arange(n), np.where(np.isnan(end), -np.inf, end))
+    return tl
 
 
 def totals(tl: Timeline, a, b) -> np.ndarray:
-    """Additive totals of every machine for the window [a, b) (counts: samples in (a, b]).
-
-    ``a`` and ``b`` are scalars or per-machine arrays. Shape (n, N_TOT).
-    """
-    m = np.arange(tl.n)
-    a = np.broadcast_to(np.asarray(a, dtype=np.float64), (tl.n,))
-    b = np.maximum(np.broadcast_to(np.asarray(b, dtype=np.float64), (tl.n,)), a)
-    out = np.zeros((tl.n, N_TOT))
-    out[:, :N_CAT] = _time_upto(tl, m, b) - _time_upto(tl, m, a)
-    ib = oee.segment_search(tl.pts, tl.poff, m, b, "right")
-    ia = oee.segment_search(tl.pts, tl.poff, m, a, "right")
-    out[:, POINT_COLUMNS] = tl.ptot[ib] - tl.ptot[ia]
-    out[:, oee.FAILURES] = (oee.segment_search(tl.fts, tl.foff, m, b, "left")
-                            - oee.segment_search(tl.fts, tl.foff, m, a, "left"))
-    return out
+    return tl.totals(a, b)
 
 
 def stop_reasons(tl: Timeline, a: float, b: float) -> list[dict]:
-    """Stop time inside planned production time per machine, category and reason code in [a, b),
-    largest first (a Pareto)."""
-    s = np.maximum(tl.start, a)
-    e = np.minimum(tl.end, b)
-    d = np.maximum(e - s, 0.0)
-    sel = (d > 0) & (tl.cat != oee.RUN) & (tl.cat != NOT_SCHEDULED)  # losses inside planned time only
-    if not sel.any():
-        return []
-    key = np.column_stack([tl.im[sel], tl.cat[sel], tl.reason[sel]])
-    uniq, inv = np.unique(key, axis=0, return_inverse=True)
-    secs = np.bincount(inv.ravel(), d[sel])
-    order = np.argsort(-secs, kind="stable")
-    return [{"machine": int(uniq[i, 0]), "category": oee.CATEGORIES[uniq[i, 1]], "reason": int(uniq[i, 2]),
-             "seconds": float(secs[i])} for i in order]
+    return tl.stop_reasons(a, b)

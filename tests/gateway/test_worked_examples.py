@@ -160,3 +160,21 @@ def test_a_window_inside_the_history():
     k = kpis(changes, counts, 2000, window=(800, 1600))
     assert (k["run_s"], k["breakdown_s"], k["planned_s"]) == (300, 500, 800)
     assert k["good"] == 800 and k["failures"] == 1  # the sample at 900 (all parts up to then) is in (800, 1600]
+
+
+def test_a_stop_of_exactly_the_threshold_is_a_failure_closed_or_still_open():
+    closed = kpis([(0, EXECUTE), (100, HELD), (220, EXECUTE)], [(0, 0, 0, 1.0)], 300)
+    assert (closed["failures"], closed["small_stop_s"], closed["breakdown_s"]) == (1, 0, 120)
+    still_open = kpis([(0, EXECUTE), (100, HELD)], [(0, 0, 0, 1.0)], 220)
+    assert (still_open["failures"], still_open["small_stop_s"], still_open["breakdown_s"]) == (1, 0, 120)
+    short = kpis([(0, EXECUTE), (100, HELD)], [(0, 0, 0, 1.0)], 219)
+    assert (short["failures"], short["small_stop_s"]) == (0, 119)
+
+
+def test_back_to_back_startup_periods_count_a_reject_once():
+    conv = oee.Conventions(startup_s=3)
+    changes = [(0, SIMPLE_SETUP), (100, SIMPLE_RUNNING), (101, SIMPLE_SETUP), (103, SIMPLE_RUNNING)]
+    # setups end at 100 and 103: start-up periods [100, 103] and [103, 106] touch at 103
+    counts = [(0, 0, 0, 1.0), (103, 0, 1, 1.0), (105, 0, 2, 1.0), (107, 0, 3, 1.0)]
+    k = kpis(changes, counts, 110, model=1, conv=conv)
+    assert (k["reject"], k["startup_reject"]) == (3, 2)
