@@ -127,11 +127,12 @@ class KpiEngine:
         now = self.now_ts[: self.n]
         tl.set_now(np.arange(self.n), np.where(np.isnan(now), -np.inf, now))
         first = self.first_ts[: self.n]
-        out = {}
         spans = [("since_start", first)] + [(name, now - seconds) for name, seconds in self.windows]
-        for name, start in spans:
-            start = np.maximum(start, first)  # no history before the first message: not invented
-            k = oee.derive(tl.totals(start, now), self.conv)
+        starts = np.maximum(np.stack([s for _, s in spans]), first)  # no history before the first message
+        ends = np.broadcast_to(now, starts.shape)
+        out = {}
+        for (name, _), start, tot in zip(spans, starts, tl.windows(starts, ends)):
+            k = oee.derive(tot, self.conv)
             k["start"], k["end"] = start, now.copy()
             out[name] = k
         out["since_start"]["state"] = self.state_code[: self.n].copy()

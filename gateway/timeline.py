@@ -113,9 +113,9 @@ class _Rows:
         cap = self.cap
         while cap < need:
             cap *= 2
-        for name, (shape, dtype, fill) in self.spec.items():
+        for name, (shape, dtype, _) in self.spec.items():
             a = getattr(self, name)
-            b = np.full((a.shape[0], cap, *shape), fill, dtype=dtype)
+            b = np.empty((a.shape[0], cap, *shape), dtype=dtype)  # beyond ``fill`` is never read
             b[:, : self.cap] = a
             setattr(self, name, b)
         self.cap = cap
@@ -164,6 +164,15 @@ class Timeline:
         """State changes sorted by (machine, time), newer than what each machine has (the caller drops replays)."""
         m, ts = np.asarray(m, np.int64), np.asarray(ts, np.float64)
         cat, reason = np.asarray(cat, np.int8), np.asarray(reason, np.int64)
+        # a repeated state (same category and reason) only continues the piece: keep changes only
+        first, _ = oee.group_bounds(m)
+        pc, pr = np.empty_like(cat), np.empty_like(reason)
+        pc[1:], pr[1:] = cat[:-1], reason[:-1]
+        pc[first], pr[first] = self.last_cat[m[first]], self.last_reason[m[first]]
+        keep = (cat != pc) | (reason != pr)
+        if not keep.all():
+            np.maximum.at(self.now, m, ts)
+            m, ts, cat, reason = m[keep], ts[keep], cat[keep], reason[keep]
         if not m.size:
             return
         first, last = oee.group_bounds(m)
@@ -283,6 +292,10 @@ class Timeline:
         dr = oee.counter_increase(m, reject, self.last_reject).astype(np.float64)
         _, last = oee.group_bounds(m)
         self.last_good[m[last]], self.last_reject[m[last]] = good[last], reject[last]
+        made = (dg + dr) > 0  # a sample that adds nothing changes no window: not stored
+        m, ts, dg, dr, ideal = m[made], ts[made], dg[made], dr[made], ideal[made]
+        if not m.size:
+            return
         known = ~np.isnan(ideal)
         ict = np.where(known, ideal, 0.0)
         vals = np.column_stack([dg, dr, (dg + dr) * ict, dg * ict, np.where(known, 0.0, dg + dr)])
@@ -326,72 +339,87 @@ class Timeline:
     def totals(self, a, b) -> np.ndarray:
         """Additive totals of every machine for the window [a, b) (counts: samples in (a, b]).
 
-        ``a`` and ``b`` are scalars or per-machine arrays. Time after a machine's "now" is unknown
-        and not counted. Shape (n, N_TOT).
+        ``a`` and ``b`` are scalars or per-machine arrays. State time after a machine's "now" is
+        unknown and not counted. Shape (n, N_TOT).
         """
         n = self.n
-        m = np.arange(n)
-        now = self.now
-        b = np.broadcast_to(np.asarray(b, np.float64), (n,))
-        a = np.minimum(np.broadcast_to(np.asarray(a, np.float64), (n,)), b)
+        return self.query(np.arange(n), np.broadcast_to(np.asarray(a, np.float64), (n,)),
+                          np.broadcast_to(np.asarray(b, np.float64), (n,)))
+
+    def windows(self, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """Several windows of every machine in one vectorised pass: starts/ends shape (k, n) -> (k, n, N_TOT)."""
+        k, n = np.shape(starts)
+        out = self.query(np.tile(np.arange(n), k), np.ravel(starts), np.ravel(ends))
+        return out.reshape(k, n, N_TOT)
+
+    def query(self, m: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Totals for any list of (machine, window start, window end) queries. Shape (len(m), N_TOT)."""
+        m = np.asarray(m, np.int64)
+        q = np.arange(m.size)
+        now = self.now[m]
+        b = np.asarray(b, np.float64)
+        a = np.minimum(np.asarray(a, np.float64), b)
         bt = np.minimum(b, now)  # a machine's state after its "now" is unknown: no time is counted there
         at = np.minimum(a, bt)
-        out = np.zeros((n, N_TOT))
+        out = np.zeros((m.size, N_TOT))
         out[:, :N_CAT] = self._time_upto(m, bt) - self._time_upto(m, at)
         # the open episode is judged by its length so far
-        ep_open = ~np.isnan(self.ep_t) & (self.ep_cat >= 0)
-        ep_len = now - self.ep_t
-        small = ep_open & np.isin(self.ep_cat, (BREAKDOWN, STOPPED)) & (ep_len < self.conv.micro_stop_s)
+        ep_t, ep_cat = self.ep_t[m], self.ep_cat[m]
+        ep_open = ~np.isnan(ep_t) & (ep_cat >= 0)
+        small = ep_open & np.isin(ep_cat, (BREAKDOWN, STOPPED)) & (now - ep_t < self.conv.micro_stop_s)
         if small.any():
             k = np.flatnonzero(small)
-            c = self.ep_cat[k].astype(np.int64)
-            from_ = np.maximum(at[k], self.ep_t[k])
-            moved = self._time_upto(k, bt[k])[np.arange(k.size), c] - self._time_upto(k, from_)[np.arange(k.size), c]
+            c = ep_cat[k].astype(np.int64)
+            from_ = np.maximum(at[k], ep_t[k])
+            both = self._time_upto(np.concatenate([m[k], m[k]]), np.concatenate([bt[k], from_]))
+            moved = both[: k.size][np.arange(k.size), c] - both[k.size:][np.arange(k.size), c]
             moved = np.where(bt[k] > from_, moved, 0.0)
             out[k, c] -= moved
             out[k, SMALL_STOP] += moved
-        # counts (a, b]
-        cb = self.c.search(self.c.t, m, b, "right")
-        ca = self.c.search(self.c.t, m, a, "right")
-        pre = lambda i: np.where((i > 0)[:, None], self.c.pre[m, np.maximum(i - 1, 0)], 0.0)  # noqa: E731
-        d = pre(cb) - pre(ca)
+        # counts (a, b]: one search for both ends
+        cab = self.c.search(self.c.t, np.concatenate([m, m]), np.concatenate([b, a]), "right")
+        mm = np.concatenate([m, m])
+        pre = np.where((cab > 0)[:, None], self.c.pre[mm, np.maximum(cab - 1, 0)], 0.0)
+        d = pre[: m.size] - pre[m.size:]
         out[:, oee.GOOD], out[:, oee.REJECT] = d[:, C_GOOD], d[:, C_REJECT]
         out[:, oee.IDEAL], out[:, oee.IDEAL_GOOD], out[:, oee.NO_IDEAL] = d[:, C_IDEAL], d[:, C_IDEAL_GOOD], d[:, C_NO_IDEAL]
-        self._startup(out, a, b)
+        self._startup(out, m, a, b)
         # failures starting in [a, b): closed ones, and the open episode if it is already long
-        out[:, oee.FAILURES] = self.f.search(self.f.t, m, b, "left") - self.f.search(self.f.t, m, a, "left")
-        open_fail = ep_open & (self.ep_cat == BREAKDOWN) & ~small & (self.ep_t >= a) & (self.ep_t < b)
-        out[:, oee.FAILURES] += open_fail
+        fab = self.f.search(self.f.t, mm, np.concatenate([b, a]), "left")
+        out[:, oee.FAILURES] = fab[: m.size] - fab[m.size:]
+        out[q, oee.FAILURES] += ep_open & (ep_cat == BREAKDOWN) & ~small & (ep_t >= a) & (ep_t < b)
         return out
 
-    def _startup(self, out: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
-        """Rejects in [e, e + startup_s] after each setup end e, within (a, b]."""
+    def _startup(self, out: np.ndarray, m: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+        """Rejects in [e, e + startup_s] after each setup end e, within (a, b], for each query."""
         u = self.u
-        if not u.fill.any():
+        cnt = u.fill[m]
+        if not cnt.any():
             return
-        um = np.repeat(np.arange(self.n), u.fill)
-        idx = _ranges(np.zeros(self.n, np.int64), u.fill)
+        qi = np.repeat(np.arange(m.size), cnt)  # one row per (query, setup end of its machine)
+        um = m[qi]
+        idx = _ranges(np.zeros(m.size, np.int64), cnt)
         e = u.t[um, idx]
         hi = e + self.conv.startup_s
         prev_hi = np.concatenate([[-np.inf], hi[:-1]])
-        first, _ = oee.group_bounds(um)
+        first, _ = oee.group_bounds(qi)
         prev_hi[first] = -np.inf
         # merged, non-overlapping ranges: [e, hi] or, where it continues the previous one, (prev_hi, hi]
         cont = e <= prev_hi
         lo = np.where(cont, prev_hi, e)
         hi = np.maximum(hi, lo)
-        top = np.minimum(hi, b[um])
+        top = np.minimum(hi, b[qi])
         # lower end: after a (window is (a, b]); closed at e unless it continues a previous range
-        lo_excl = np.maximum(lo, a[um])
-        use_left = ~cont & (e > a[um])  # the range starts inside the window, at e itself: include e
+        lo_excl = np.maximum(lo, a[qi])
+        use_left = ~cont & (e > a[qi])  # the range starts inside the window, at e itself: include e
         c = self.c
         iu = c.search(c.t, um, top, "right")
         il = np.where(use_left, c.search(c.t, um, lo_excl, "left"), c.search(c.t, um, lo_excl, "right"))
         ok = top >= lo_excl
         pre = lambda i: np.where((i > 0)[:, None], c.pre[um, np.maximum(i - 1, 0)], 0.0)  # noqa: E731
         d = np.where(ok[:, None], pre(iu) - pre(np.minimum(il, iu)), 0.0)
-        out[:, oee.STARTUP_REJECT] += np.bincount(um, d[:, C_REJECT], self.n)
-        out[:, oee.IDEAL_STARTUP_REJECT] += np.bincount(um, d[:, C_IDEAL] - d[:, C_IDEAL_GOOD], self.n)
+        out[:, oee.STARTUP_REJECT] += np.bincount(qi, d[:, C_REJECT], m.size)
+        out[:, oee.IDEAL_STARTUP_REJECT] += np.bincount(qi, d[:, C_IDEAL] - d[:, C_IDEAL_GOOD], m.size)
 
     def stop_reasons(self, a: float, b: float) -> list[dict]:
         """Stop time inside planned production time per machine, category and reason code in [a, b),
