@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import random
 import shutil
 import socket
 import subprocess
@@ -25,10 +26,23 @@ log = logging.getLogger("fieldlab.broker")
 INSTALL_HINT = "install it with: sudo apt-get install -y mosquitto"
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+def free_port(host: str = "127.0.0.1", count: int = 1) -> int:
+    """A free port (the first of ``count`` consecutive free ones) for a server of ours.
+
+    Chosen below the kernel's ephemeral range (32768 and up on Linux), which outgoing connections
+    draw from: a port the kernel hands out with bind(0) may be taken by a client a moment later.
+    """
+    rng = random.Random()
+    for _ in range(1000):
+        first = rng.randrange(20000, 32000 - count)
+        try:
+            for p in range(first, first + count):
+                with socket.socket() as s:
+                    s.bind((host, p))
+        except OSError:
+            continue
+        return first
+    raise ServiceError(f"no {count} free consecutive ports found on {host} between 20000 and 32000")
 
 
 def check_port_free(port: int, what: str, option: str, host: str = "127.0.0.1") -> None:

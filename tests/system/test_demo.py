@@ -23,7 +23,7 @@ def fieldlab(*args, timeout=120):
 
 def test_kpis_on_mqtt_agree_with_what_the_machines_did(mosquitto, recorder, tmp_path):
     ledger_file = tmp_path / "ledger.json"
-    opc = free_port()
+    opc = free_port(count=3)
     # 12 s at 300x: an hour of production, with breakdowns and material shortages
     r = fieldlab("demo", "--broker", f"mqtt://127.0.0.1:{mosquitto.port}", "--duration", "12", "--speed", "300",
                  "--opcua-port", str(opc), "--seed", "3", "--ledger", str(ledger_file))
@@ -71,7 +71,7 @@ def test_kpis_on_mqtt_agree_with_what_the_machines_did(mosquitto, recorder, tmp_
 @pytest.mark.parametrize("impl", ["mosquitto", "amqtt"])
 def test_demo_starts_its_own_broker(impl):
     r = fieldlab("demo", "--duration", "4", "--speed", "60", "--broker-impl", impl,
-                 "--mqtt-port", str(free_port()), "--opcua-port", str(free_port()))
+                 "--mqtt-port", str(free_port()), "--opcua-port", str(free_port(count=3)))
     assert r.returncode == 0, r.stderr
     assert f"(private {'Mosquitto' if impl == 'mosquitto' else 'Amqtt'})" in r.stdout
     table = r.stdout.split("final KPIs")[1]
@@ -85,7 +85,7 @@ def test_taken_port_is_one_clear_line():
         s.bind(("127.0.0.1", 0))
         s.listen()
         taken = s.getsockname()[1]
-        r = fieldlab("demo", "--duration", "2", "--mqtt-port", str(taken), "--opcua-port", str(free_port()))
+        r = fieldlab("demo", "--duration", "2", "--mqtt-port", str(taken), "--opcua-port", str(free_port(count=3)))
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
         f"fieldlab demo: error: port {taken} on 127.0.0.1 is taken, so the MQTT broker cannot start there; "
@@ -105,7 +105,7 @@ def test_taken_opcua_port_is_one_clear_line():
 
 def test_unreachable_broker_is_one_clear_line():
     port = free_port()
-    r = fieldlab("demo", "--duration", "2", "--broker", f"mqtt://127.0.0.1:{port}", "--opcua-port", str(free_port()))
+    r = fieldlab("demo", "--duration", "2", "--broker", f"mqtt://127.0.0.1:{port}", "--opcua-port", str(free_port(count=3)))
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
         f"fieldlab demo: error: cannot reach the MQTT broker at mqtt://127.0.0.1:{port}: Connection refused"]
@@ -127,7 +127,7 @@ def test_the_readme_mosquitto_sub_line_shows_the_kpis(mosquitto, tmp_path):
     import shutil
 
     r = fieldlab("demo", "--broker", f"mqtt://127.0.0.1:{mosquitto.port}", "--duration", "3",
-                 "--opcua-port", str(free_port()))
+                 "--opcua-port", str(free_port(count=3)))
     assert r.returncode == 0, r.stderr
     line = re.search(r"KPIs on MQTT: (mosquitto_sub .*)", r.stdout).group(1)
     assert shutil.which("mosquitto_sub"), "install it with: sudo apt-get install -y mosquitto-clients"
@@ -144,7 +144,7 @@ def test_ctrl_c_stops_cleanly_with_the_final_table():
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     p = subprocess.Popen([sys.executable, "-m", "fieldlab", "demo", "--mqtt-port", str(free_port()),
-                          "--opcua-port", str(free_port())], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          "--opcua-port", str(free_port(count=3))], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, env=env, stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
