@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import signal
@@ -109,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--opcua-port", type=_port, default=4840, metavar="PORT",
                    help="OPC UA port of the first machine; the next machines use the next ports (default 4840)")
     d.add_argument("--seed", type=int, default=1, help="same seed, same production run (default 1)")
+    d.add_argument("--config", metavar="FILE", help="site configuration (YAML): time zone, shifts, breaks, "
+                   "OEE conventions; see docs/examples/site.yaml")
     d.add_argument("--ledger", metavar="FILE", help="at the end, write what the simulated machines really "
                    "did (time per state, good and reject parts) to this JSON file, to check the OEE by hand")
 
@@ -153,13 +156,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "ISO 8601 like 2026-12-01T06:00:00Z or Unix seconds")
     o.add_argument("--to", dest="end", metavar="TIME", help="end of the report (default: last event)")
     o.add_argument("--every", type=_duration, metavar="DURATION", help="split into windows of this length, e.g. 1h")
-    o.add_argument("--micro-stop", type=_duration, default=120.0, metavar="DURATION",
+    o.add_argument("--config", metavar="FILE", help="site configuration (YAML): its breaks and shifts are planned "
+                   "downtime, its conventions apply (the options below override them)")
+    o.add_argument("--micro-stop", type=_duration, metavar="DURATION",
                    help="stops shorter than this are small stops (default 2m)")
-    o.add_argument("--micro-stops-as", choices=("performance", "availability"), default="performance",
+    o.add_argument("--micro-stops-as", choices=("performance", "availability"),
                    help="book small stops as a performance loss (default) or an availability loss")
-    o.add_argument("--setup-as", choices=("availability", "excluded"), default="availability",
+    o.add_argument("--setup-as", choices=("availability", "excluded"),
                    help="planned setup/changeover: an availability loss (default), or outside planned time")
-    o.add_argument("--startup", type=_duration, default=600.0, metavar="DURATION",
+    o.add_argument("--startup", type=_duration, metavar="DURATION",
                    help="rejects this long after a setup are start-up rejects (default 10m)")
     o.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
@@ -170,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
             "example:\n  fieldlab gateway --broker mqtt://localhost:1883")
     g.add_argument("--broker", required=True, metavar="URL", help="MQTT broker, e.g. mqtt://localhost:1883")
     g.add_argument("--site", default="+", help="only this site (default: all sites)")
+    g.add_argument("--config", metavar="FILE", help="site configuration (YAML): time zone, shifts, breaks, "
+                   "OEE conventions; see docs/examples/site.yaml")
     g.add_argument("--duration", type=_positive, default=None, metavar="SECONDS", help="stop after this many seconds")
     return p
 
@@ -196,6 +203,12 @@ async def _wait_for_stop(duration: float | None, every: float | None = None, on_
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+def site_config(path: str | None):
+    from gateway.config import SiteConfig, load
+
+    return load(path) if path else SiteConfig()
 
 
 async def _sim(a) -> int:
@@ -247,7 +260,7 @@ async def _gateway(a) -> int:
 
     from . import table
 
-    gw = Gateway(BrokerUrl.parse(a.broker), site=a.site)
+    gw = Gateway(BrokerUrl.parse(a.broker), site=a.site, config=site_config(a.config))
     await gw.start()
     print(f"gateway reading {a.broker}", flush=True)
     try:
@@ -259,17 +272,22 @@ async def _gateway(a) -> int:
 
 
 async def _oee(a) -> int:
-    from gateway import eventlog, oee
+    from gateway import eventlog
 
     from . import report
 
+    cfg = site_config(a.config)
     log = eventlog.read(a.file)
     start = eventlog.parse_time(a.start, "--from") if a.start else log.first
     end = eventlog.parse_time(a.end, "--to") if a.end else log.last
     if end <= start:
         raise eventlog.EventLogError(f"the report ends ({end}) before it starts ({start}); check --from and --to")
-    conv = oee.Conventions(micro_stop_s=a.micro_stop, micro_stops_as=a.micro_stops_as, setup_as=a.setup_as,
-                           startup_s=a.startup)
+    given = {"micro_stop_s": a.micro_stop, "micro_stops_as": a.micro_stops_as, "setup_as": a.setup_as,
+             "startup_s": a.startup}
+    conv = dataclasses.replace(cfg.conventions, **{k: v for k, v in given.items() if v is not None})
+    if a.config:
+        cal = cfg.calendar(start, end)
+        log.planned += [(s, e, "site configuration") for s, e in zip(cal[0::2], cal[1::2])]
     rows = eventlog.report(log, start, end, a.every, conv)
     print(json.dumps(rows, indent=2) if a.json else report.render(rows))
     return 0
@@ -280,7 +298,7 @@ async def _demo(a) -> int:
 
     return await Demo(machines=a.machines, speed=a.speed, duration=a.duration, broker=a.broker,
                       broker_impl=a.broker_impl, mqtt_port=a.mqtt_port, opcua_port=a.opcua_port,
-                      seed=a.seed, ledger=a.ledger).run()
+                      seed=a.seed, ledger=a.ledger, config=site_config(a.config)).run()
 
 
 COMMANDS = {"demo": _demo, "sim": _sim, "edge": _edge, "gateway": _gateway, "oee": _oee}

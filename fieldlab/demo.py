@@ -43,10 +43,12 @@ def demo_machines(n: int, t0: float, seed: int) -> list[Machine]:
 class Demo:
     def __init__(self, machines: int = 3, speed: float = 60.0, duration: float | None = None,
                  broker: str | None = None, broker_impl: str = "auto", mqtt_port: int = 1883,
-                 opcua_port: int = 4840, seed: int = 1, ledger: str | None = None, out=sys.stdout):
+                 opcua_port: int = 4840, seed: int = 1, ledger: str | None = None, out=sys.stdout,
+                 config=None):
         self.n, self.speed, self.duration, self.seed = machines, speed, duration, seed
         self.broker_arg, self.broker_impl, self.mqtt_port, self.opcua_port = broker, broker_impl, mqtt_port, opcua_port
         self.ledger_path = ledger
+        self.config = config
         self.out = out
         self.tty = out.isatty()
         self._stop = asyncio.Event()
@@ -68,7 +70,7 @@ class Demo:
         try:
             sim = Simulation(demo_machines(self.n, clock.t0, self.seed), clock, base_port=self.opcua_port)
             await sim.start()
-            gateway = Gateway(url, site=SITE, client_id=f"fieldlab-gateway-{self.opcua_port}")
+            gateway = Gateway(url, site=SITE, client_id=f"fieldlab-gateway-{self.opcua_port}", config=self.config)
             await gateway.start()
             for s in sim.servers:
                 name = s.machine.spec.name

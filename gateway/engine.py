@@ -4,8 +4,9 @@ Batches are collected as they arrive (``add_*``, cheap) and appended to the
 timeline of all machines once per tick (``fold``, cost proportional to the new
 data); ``snapshot`` reads every window from the timeline's prefix sums
 (gateway/timeline.py). The windows: ``since_start`` (since the gateway first
-heard of the machine) and rolling ones (default the last 15 minutes and the
-last hour).
+heard of the machine), rolling ones (default the last 15 minutes and the last
+hour), the current ``shift`` and ``today`` (from the site configuration, in its
+time zone). Breaks and time outside the shifts are planned downtime.
 
 Time is the machines' own: a machine's "now" is the latest timestamp it sent.
 Replayed or duplicated data (older than what was already folded) is dropped, so
@@ -18,21 +19,25 @@ import numpy as np
 from contract import PACKML, SIMPLE, CountsBatch, StateBatch, TelemetryBatch
 
 from . import oee, timeline
+from .config import SiteConfig
 
 MODELS = oee.MODELS
 MODEL_NAMES = {"packml": PACKML, "simple": SIMPLE}
 DEFAULT_WINDOWS = (("last_15min", 900.0), ("last_1h", 3600.0))
+CALENDAR_AHEAD = 2 * 86400.0  # the shift calendar is laid out this far past the newest data
 
 
 class KpiEngine:
-    def __init__(self, conventions: oee.Conventions = oee.DEFAULT, windows=DEFAULT_WINDOWS, capacity: int = 16):
-        self.conv = conventions
+    def __init__(self, config: SiteConfig | None = None, windows=DEFAULT_WINDOWS, capacity: int = 16):
+        self.config = config or SiteConfig()
+        self.conv = self.config.conventions
         self.windows = tuple(windows)
+        self._calendar_span: tuple[float, float] | None = None
         self.n = 0
         self.capacity = 0
         self._grow(capacity)
         self._pending: list = []
-        self.timeline = timeline.Timeline(conventions)
+        self.timeline = timeline.Timeline(self.conv)
 
     def _grow(self, cap: int) -> None:
         def grow(name, fill, dtype):
@@ -77,12 +82,22 @@ class KpiEngine:
         firsts = np.fromiter((b.ts[0] for _, b in pending), np.float64, len(pending))
         np.fmax.at(self.now_ts, ms, last)
         np.fmin.at(self.first_ts, ms, firsts)
+        self._extend_calendar(float(firsts.min()), float(last.max()))
         states = [(m, b) for m, b in pending if isinstance(b, StateBatch)]
         counts = [(m, b) for m, b in pending if isinstance(b, CountsBatch)]
         if states:
             self._fold_states(states)
         if counts:
             self._fold_counts(counts)
+
+    def _extend_calendar(self, t0: float, t1: float) -> None:
+        """Lay out breaks and off-shift time (planned downtime) past the newest data, before appending it."""
+        span = self._calendar_span
+        if span is not None and span[0] <= t0 and t1 + 6 * 3600 <= span[1]:
+            return
+        lo = t0 - 86400.0 if span is None else min(span[0], t0 - 86400.0)
+        self._calendar_span = (lo, t1 + CALENDAR_AHEAD)
+        self.timeline.cal = self.config.calendar(*self._calendar_span)
 
     @staticmethod
     def _stack(items, *fields):
@@ -127,8 +142,9 @@ class KpiEngine:
         now = self.now_ts[: self.n]
         tl.set_now(np.arange(self.n), np.where(np.isnan(now), -np.inf, now))
         first = self.first_ts[: self.n]
-        spans = [("since_start", first)] + [(name, now - seconds) for name, seconds in self.windows]
-        starts = np.maximum(np.stack([s for _, s in spans]), first)  # no history before the first message
+        spans = ([("since_start", first)] + [(name, now - seconds) for name, seconds in self.windows]
+                 + [("shift", self.config.shift_start(now)), ("today", self.config.day_start(now))])
+        starts = np.fmax(np.stack([s for _, s in spans]), first)  # no history before the first message
         ends = np.broadcast_to(now, starts.shape)
         out = {}
         for (name, _), start, tot in zip(spans, starts, tl.windows(starts, ends)):

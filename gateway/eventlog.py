@@ -211,7 +211,7 @@ def report(log: EventLog, start: float, end: float, every: float | None, conv: o
         reasons = timeline.stop_reasons(tl, a, b)
         for m, name in enumerate(log.machines):
             out.append({"window": {"start": a, "end": b}, "machine": name, "line": log.lines[m],
-                        **{key: _plain(v[m]) for key, v in k.items()},
+                        **{key: oee.plain(v[m], key in oee.COUNT_FIELDS) for key, v in k.items()},
                         "stop_reasons": [{k2: v2 for k2, v2 in r.items() if k2 != "machine"}
                                          for r in reasons if r["machine"] == m]})
         if lines:
@@ -219,10 +219,5 @@ def report(log: EventLog, start: float, end: float, every: float | None, conv: o
             kl = oee.derive(oee.aggregate(tot[sel], group[sel], len(lines)), conv)
             for j, ln in enumerate(lines):
                 out.append({"window": {"start": a, "end": b}, "machine": None, "line": ln,
-                            **{key: _plain(v[j]) for key, v in kl.items()}})
+                            **{key: oee.plain(v[j], key in oee.COUNT_FIELDS) for key, v in kl.items()}})
     return out
-
-
-def _plain(v):
-    v = v.item() if hasattr(v, "item") else v
-    return None if isinstance(v, float) and math.isnan(v) else v

@@ -193,6 +193,19 @@ def derive(totals: np.ndarray, conv: Conventions = DEFAULT) -> dict[str, np.ndar
     return out
 
 
+#: KPIs that count things: shown as whole numbers
+COUNT_FIELDS = frozenset({"good", "reject", "total", "startup_reject", "parts_without_ideal", "failures"})
+
+
+def plain(v, whole: bool = False):
+    """NumPy scalar -> JSON-friendly Python value; NaN -> None (undefined); counts as whole numbers."""
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and not np.isfinite(v):
+        return None
+    return int(round(v)) if whole and v is not None else v
+
+
 def aggregate(totals: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
     """Sum machines' totals per group (line, area): the input for ``derive`` of the group."""
     out = np.zeros((n_groups, N_TOT))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import threading
 import time
 
@@ -19,6 +18,9 @@ from contract import (
 )
 from contract.mqtt import BrokerUrl, connect, wait_published
 
+from . import oee
+from .config import SiteConfig
+from .oee import plain
 from .engine import KpiEngine, state_name
 
 log = logging.getLogger("fieldlab.gateway")
@@ -27,10 +29,11 @@ INGEST_KINDS = (Kind.STATE, Kind.COUNTS, Kind.TELEMETRY, Kind.STATUS)
 
 
 class Gateway:
-    def __init__(self, broker: BrokerUrl, site: str = "+", publish_s: float = 1.0, client_id: str | None = None):
+    def __init__(self, broker: BrokerUrl, site: str = "+", publish_s: float = 1.0, client_id: str | None = None,
+                 config: SiteConfig | None = None):
         self.broker, self.site, self.publish_s = broker, site, publish_s
         self.client_id = client_id or "fieldlab-gateway"
-        self.engine = KpiEngine()
+        self.engine = KpiEngine(config)
         self.machines: list[MachineRef] = []
         self._index: dict[MachineRef, int] = {}
         self.status: dict[int, str] = {}
@@ -167,22 +170,13 @@ def kpi_row(snap: dict, i: int) -> dict:
     top level, the six big losses, and the rolling windows in brief."""
     main = snap["since_start"]
     code = int(main["state"][i])
-    row = {"ts": _plain(main["end"][i]),
-           "window": {"name": "since_start", "start": _plain(main["start"][i]), "end": _plain(main["end"][i])},
+    row = {"ts": plain(main["end"][i]),
+           "window": {"name": "since_start", "start": plain(main["start"][i]), "end": plain(main["end"][i])},
            "state": code if code >= 0 else None, "state_name": state_name(int(main["model"][i]), code)}
-    row.update({k: _plain(main[k][i]) for k in MAIN_FIELDS})
-    row["losses"] = {name: {"s": _plain(main[f"loss_{name}_s"][i]), "pp": _plain(main[f"loss_{name}_pp"][i])}
+    row.update({k: plain(main[k][i], k in oee.COUNT_FIELDS) for k in MAIN_FIELDS})
+    row["losses"] = {name: {"s": plain(main[f"loss_{name}_s"][i]), "pp": plain(main[f"loss_{name}_pp"][i])}
                      for name in LOSSES}
-    row["windows"] = {name: {"start": _plain(w["start"][i]), "end": _plain(w["end"][i]),
-                             **{k: _plain(w[k][i]) for k in WINDOW_FIELDS}}
+    row["windows"] = {name: {"start": plain(w["start"][i]), "end": plain(w["end"][i]),
+                             **{k: plain(w[k][i], k in oee.COUNT_FIELDS) for k in WINDOW_FIELDS}}
                       for name, w in snap.items() if name != "since_start"}
     return row
-
-
-def _plain(v):
-    """NumPy scalar -> JSON-friendly Python value; NaN -> None (undefined)."""
-    if hasattr(v, "item"):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
