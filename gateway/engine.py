@@ -151,6 +151,10 @@ class KpiEngine:
             k = oee.derive(tot, self.conv)
             k["start"], k["end"] = start, now.copy()
             out[name] = k
+        per_machine = [[] for _ in range(self.n)]
+        for r in tl.stop_reasons(out["shift"]["start"], now):  # the Pareto of the current shift
+            per_machine[r.pop("machine")].append(r)
+        out["shift"]["stop_reasons"] = per_machine
         out["since_start"]["state"] = self.state_code[: self.n].copy()
         out["since_start"]["model"] = self.state_model[: self.n].copy()
         return out

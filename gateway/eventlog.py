@@ -206,9 +206,9 @@ def report(log: EventLog, start: float, end: float, every: float | None, conv: o
     edges.append(end)
     out = []
     for a, b in zip(edges[:-1], edges[1:]):
-        tot = timeline.totals(tl, a, b)
+        tot = tl.totals(a, b)
         k = oee.derive(tot, conv)
-        reasons = timeline.stop_reasons(tl, a, b)
+        reasons = tl.stop_reasons(a, b)
         for m, name in enumerate(log.machines):
             out.append({"window": {"start": a, "end": b}, "machine": name, "line": log.lines[m],
                         **{key: oee.plain(v[m], key in oee.COUNT_FIELDS) for key, v in k.items()},

@@ -167,7 +167,7 @@ LOSSES = ("unplanned_stops", "planned_stops", "small_stops", "slow_cycles", "pro
 
 def kpi_row(snap: dict, i: int) -> dict:
     """The KPI message of machine ``i`` (docs/contract.md, kind kpi): the since-start window at the
-    top level, the six big losses, and the rolling windows in brief."""
+    top level, the six big losses, the other windows in brief, and the stop reasons of the shift."""
     main = snap["since_start"]
     code = int(main["state"][i])
     row = {"ts": plain(main["end"][i]),
@@ -179,4 +179,5 @@ def kpi_row(snap: dict, i: int) -> dict:
     row["windows"] = {name: {"start": plain(w["start"][i]), "end": plain(w["end"][i]),
                              **{k: plain(w[k][i], k in oee.COUNT_FIELDS) for k in WINDOW_FIELDS}}
                       for name, w in snap.items() if name != "since_start"}
+    row["windows"]["shift"]["stop_reasons"] = snap["shift"]["stop_reasons"][i][:10]
     return row

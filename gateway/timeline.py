@@ -421,23 +421,32 @@ class Timeline:
         out[:, oee.STARTUP_REJECT] += np.bincount(qi, d[:, C_REJECT], m.size)
         out[:, oee.IDEAL_STARTUP_REJECT] += np.bincount(qi, d[:, C_IDEAL] - d[:, C_IDEAL_GOOD], m.size)
 
-    def stop_reasons(self, a: float, b: float) -> list[dict]:
+    def stop_reasons(self, a, b) -> list[dict]:
         """Stop time inside planned production time per machine, category and reason code in [a, b),
-        largest first (a Pareto). Walks the history: for reports, not for the live path."""
+        largest first (a Pareto). ``a``, ``b``: scalars or per-machine arrays. Reads only the pieces
+        that overlap the window."""
+        n = self.n
         rows = self.p
-        m = np.repeat(np.arange(self.n), rows.fill)
-        idx = _ranges(np.zeros(self.n, np.int64), rows.fill)
+        a = np.broadcast_to(np.asarray(a, np.float64), (n,))
+        b = np.minimum(np.broadcast_to(np.asarray(b, np.float64), (n,)), self.now)
+        mach = np.arange(n)
+        j0 = np.maximum(rows.search(rows.t, mach, a, "right") - 1, 0)
+        j1 = rows.search(rows.t, mach, b, "left")
+        m = np.repeat(mach, np.maximum(j1 - j0, 0))
+        idx = _ranges(j0, np.maximum(j1, j0))
         s = rows.t[m, idx]
         e = np.where(idx + 1 < rows.fill[m], rows.t[m, np.minimum(idx + 1, rows.cap - 1)], self.last_t[m])
         cat, reason = rows.cat[m, idx], rows.reason[m, idx]
-        openm = np.flatnonzero(~np.isnan(self.last_t))
-        os_, oe_, inside, (om, oc, orr) = _split_at(self.cal, self.last_t[openm], np.maximum(self.now[openm],
-                                                    self.last_t[openm]), openm, self.last_cat[openm],
-                                                    self.last_reason[openm])
+        openm = np.flatnonzero(~np.isnan(self.last_t) & (self.now > self.last_t))
+        os_, oe_, inside, (om, oc, orr) = _split_at(self.cal, self.last_t[openm], self.now[openm], openm,
+                                                    self.last_cat[openm], self.last_reason[openm])
         oc = np.where(inside, np.int8(NOT_SCHEDULED), oc)
         m, s, e = np.concatenate([m, om]), np.concatenate([s, os_]), np.concatenate([e, oe_])
         cat, reason = np.concatenate([cat, oc]), np.concatenate([reason, orr])
-        d = np.maximum(np.minimum(e, b) - np.maximum(s, a), 0.0)
+        # the open episode, judged by its length so far (as in ``query``)
+        short = np.isin(self.ep_cat, (BREAKDOWN, STOPPED)) & (self.now - self.ep_t < self.conv.micro_stop_s)
+        cat = np.where(short[m] & (s >= self.ep_t[m]) & (cat == self.ep_cat[m]), np.int8(SMALL_STOP), cat)
+        d = np.maximum(np.minimum(e, b[m]) - np.maximum(s, a[m]), 0.0)
         sel = (d > 0) & (cat != oee.RUN) & (cat != NOT_SCHEDULED)
         if not sel.any():
             return []
@@ -467,11 +476,3 @@ def build(n: int, states, counts, end, calendar=np.zeros(0), conv: Conventions =
     end = np.asarray(end, np.float64)
     tl.set_now(np.arange(n), np.where(np.isnan(end), -np.inf, end))
     return tl
-
-
-def totals(tl: Timeline, a, b) -> np.ndarray:
-    return tl.totals(a, b)
-
-
-def stop_reasons(tl: Timeline, a: float, b: float) -> list[dict]:
-    return tl.stop_reasons(a, b)

@@ -143,7 +143,7 @@ def build(machines, periods, conv):
 @given(scenario())
 def test_timeline_equals_the_reference(sc):
     machines, periods, a, b, conv = sc
-    got = timeline.totals(build(machines, periods, conv), a, b)
+    got = build(machines, periods, conv).totals(a, b)
     for m, (changes, counts, end) in enumerate(machines):
         want = ref_totals(changes, counts, end, periods, a, b, conv)
         assert got[m] == pytest.approx(want, abs=1e-9), (m, oee.TOTALS)
@@ -155,8 +155,8 @@ def test_windows_add_up_and_ratios_stay_sane(sc, mid):
     machines, periods, a, b, conv = sc
     tl = build(machines, periods, conv)
     mid = min(max(mid, a), b)
-    whole = timeline.totals(tl, a, b)
-    np.testing.assert_allclose(whole, timeline.totals(tl, a, mid) + timeline.totals(tl, mid, b), atol=1e-9)
+    whole = tl.totals(a, b)
+    np.testing.assert_allclose(whole, tl.totals(a, mid) + tl.totals(mid, b), atol=1e-9)
     k = oee.derive(whole, conv)
     for name in ("availability", "quality", "utilisation"):
         v = k[name][~np.isnan(k[name])]
@@ -200,3 +200,17 @@ def test_appending_piece_by_piece_equals_building_at_once(sc, cuts):
         lo = hi
     tl.set_now(np.arange(len(machines)), [m[2] for m in machines])
     np.testing.assert_allclose(tl.totals(a, b), whole.totals(a, b), atol=1e-9)
+
+
+@settings(max_examples=150, deadline=None)
+@given(scenario())
+def test_stop_reasons_add_up_to_the_stop_time(sc):
+    """The Pareto of stop reasons covers exactly the planned stop time of the window, per category."""
+    machines, periods, a, b, conv = sc
+    tl = build(machines, periods, conv)
+    tot = tl.totals(a, b)
+    got = np.zeros_like(tot)
+    for r in tl.stop_reasons(a, b):
+        got[r["machine"], oee.CATEGORIES.index(r["category"])] += r["seconds"]
+    for c in (oee.BREAKDOWN, oee.STOPPED, oee.SETUP, oee.SMALL_STOP):
+        np.testing.assert_allclose(got[:, c], tot[:, c], atol=1e-9)

@@ -60,6 +60,7 @@ async def test_kpis_are_published_retained(mosquitto, site, publisher, recorder)
     assert kpi["losses"]["unplanned_stops"] == {"s": 200.0, "pp": 40.0}
     assert kpi["losses"]["production_rejects"]["s"] == 30.0  # 10 rejects x 3 s
     assert kpi["windows"]["last_15min"]["oee"] == pytest.approx(0.54)  # the whole history is 500 s
+    assert kpi["windows"]["shift"]["stop_reasons"] == [{"category": "breakdown", "reason": 0, "seconds": 200.0}]
 
 
 async def test_malformed_payload_is_parked_counted_and_harmless(mosquitto, site, publisher, recorder, caplog):

@@ -1,5 +1,5 @@
 """Worked examples from public OEE references, run through the whole pure path
-(timeline.build -> timeline.totals -> oee.derive), checked to the published precision."""
+(timeline.build -> Timeline.totals -> oee.derive), checked to the published precision."""
 import numpy as np
 import pytest
 
@@ -20,7 +20,7 @@ def kpis(changes, counts, end, calendar=(), conv=oee.DEFAULT, model=0, window=No
     cal = timeline.merge_calendar([p[0] for p in calendar], [p[1] for p in calendar])
     tl = timeline.build(1, states, cnt, [end], cal, conv)
     a, b = window or (ts[0], end)
-    k = oee.derive(timeline.totals(tl, a, b), conv)
+    k = oee.derive(tl.totals(a, b), conv)
     return {name: v[0] for name, v in k.items()}
 
 
