@@ -190,8 +190,7 @@ class Timeline:
         # start of the episode being closed at each break: the previous break of the machine, or the open one
         bidx = np.where(brk, np.arange(m.size), -1)
         prev_b = np.maximum.accumulate(np.concatenate([[-1], bidx[:-1]]))
-        same = (prev_b >= 0) & (prev_b < m.size)
-        same &= m[np.maximum(prev_b, 0)] == m
+        same = (prev_b >= 0) & (m[np.maximum(prev_b, 0)] == m)
         closing_start = np.where(same, ts[np.maximum(prev_b, 0)], self.ep_t[m])
         closed_ep = brk & closes
         # 1. append the closed pieces (base categories), split at the calendar
@@ -209,9 +208,7 @@ class Timeline:
         setup = ec == SETUP
         self._append_points(self.u, em[setup], ee[setup])
         # 3. the open episode of each machine
-        opened = np.where(brk, np.arange(m.size), -1)
-        last_open = np.maximum.accumulate(opened)  # latest break so far (across machines: checked below)
-        lo = last_open[last]
+        lo = np.maximum.accumulate(bidx)[last]  # the latest break up to each machine's last change
         ok = (lo >= 0) & (m[np.maximum(lo, 0)] == m[last])
         ml = m[last]
         self.ep_t[ml] = np.where(ok, ep_start[np.maximum(lo, 0)], self.ep_t[ml])
@@ -227,7 +224,8 @@ class Timeline:
         pos = self._positions(rows, m)
         rows.t[m, pos], rows.cat[m, pos], rows.reason[m, pos] = s, cat, reason
         rows.fill += np.bincount(m, minlength=self.n)
-        self._reprefix(m[oee.group_bounds(m)[0]], pos[oee.group_bounds(m)[0]])
+        first, _ = oee.group_bounds(m)
+        self._reprefix(m[first], pos[first])
 
     def _positions(self, rows: _Rows, m: np.ndarray) -> np.ndarray:
         """Row positions for appending elements of machines ``m`` (sorted by machine)."""
@@ -242,7 +240,7 @@ class Timeline:
         """Recompute the prefix seconds of machines m from row r0 on (cost: the rows touched)."""
         rows = self.p
         fill = rows.fill[m]
-        idx = _ranges(m * 0 + r0, fill)
+        idx = _ranges(r0, fill)
         mm = np.repeat(m, np.maximum(fill - r0, 0))
         if not mm.size:
             return
