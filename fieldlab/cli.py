@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=1, help="same seed, same production run (default 1)")
     d.add_argument("--config", metavar="FILE", help="site configuration (YAML): time zone, shifts, breaks, "
                    "OEE conventions; see docs/examples/site.yaml")
+    d.add_argument("--http-port", type=_port, default=8080, metavar="PORT",
+                   help="port of the gateway's /metrics and /healthz on 127.0.0.1 (default 8080)")
     d.add_argument("--ledger", metavar="FILE", help="at the end, write what the simulated machines really "
                    "did (time per state, good and reject parts) to this JSON file, to check the OEE by hand")
 
@@ -177,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--site", default="+", help="only this site (default: all sites)")
     g.add_argument("--config", metavar="FILE", help="site configuration (YAML): time zone, shifts, breaks, "
                    "OEE conventions; see docs/examples/site.yaml")
+    g.add_argument("--http-port", type=_port, default=8080, metavar="PORT",
+                   help="port for /metrics (Prometheus) and /healthz (default 8080)")
+    g.add_argument("--http-host", default="127.0.0.1", metavar="ADDRESS",
+                   help="address for the HTTP endpoint; 0.0.0.0 for the whole network (default 127.0.0.1)")
     g.add_argument("--duration", type=_positive, default=None, metavar="SECONDS", help="stop after this many seconds")
     return p
 
@@ -260,13 +266,18 @@ async def _gateway(a) -> int:
 
     from . import table
 
+    from gateway.http import HttpEndpoint
+
     gw = Gateway(BrokerUrl.parse(a.broker), site=a.site, config=site_config(a.config))
-    await gw.start()
-    print(f"gateway reading {a.broker}", flush=True)
+    http = HttpEndpoint(gw, a.http_host, a.http_port)
+    await http.start()
     try:
+        await gw.start()
+        print(f"gateway reading {a.broker}; metrics on {http.url}/metrics", flush=True)
         await _wait_for_stop(a.duration, every=5.0, on_tick=lambda: print(table.render(gw.rows) + "\n", flush=True))
     finally:
         await gw.stop()
+        await http.stop()
     print(table.render(gw.rows))
     return 0
 
@@ -298,7 +309,7 @@ async def _demo(a) -> int:
 
     return await Demo(machines=a.machines, speed=a.speed, duration=a.duration, broker=a.broker,
                       broker_impl=a.broker_impl, mqtt_port=a.mqtt_port, opcua_port=a.opcua_port,
-                      seed=a.seed, ledger=a.ledger, config=site_config(a.config)).run()
+                      seed=a.seed, ledger=a.ledger, config=site_config(a.config), http_port=a.http_port).run()
 
 
 COMMANDS = {"demo": _demo, "sim": _sim, "edge": _edge, "gateway": _gateway, "oee": _oee}

@@ -21,6 +21,7 @@ from contract import MachineRef
 from contract.mqtt import BrokerUrl
 from edge.agent import EdgeAgent
 from edge.opcua import OpcUaSource
+from gateway.http import HttpEndpoint
 from gateway.service import Gateway
 from simulators.machine import DEMO_MACHINES, Machine
 from simulators.opcua import SimClock, Simulation
@@ -44,11 +45,12 @@ class Demo:
     def __init__(self, machines: int = 3, speed: float = 60.0, duration: float | None = None,
                  broker: str | None = None, broker_impl: str = "auto", mqtt_port: int = 1883,
                  opcua_port: int = 4840, seed: int = 1, ledger: str | None = None, out=sys.stdout,
-                 config=None):
+                 config=None, http_port: int = 8080):
         self.n, self.speed, self.duration, self.seed = machines, speed, duration, seed
         self.broker_arg, self.broker_impl, self.mqtt_port, self.opcua_port = broker, broker_impl, mqtt_port, opcua_port
         self.ledger_path = ledger
         self.config = config
+        self.http_port = http_port
         self.out = out
         self.tty = out.isatty()
         self._stop = asyncio.Event()
@@ -59,25 +61,28 @@ class Demo:
         clock = SimClock(time.time(), self.speed)  # validates the speed before anything starts
         for i in range(self.n):
             check_port_free(self.opcua_port + i, f"OPC UA server of machine {i + 1}", "--opcua-port")
+        check_port_free(self.http_port, "gateway's HTTP endpoint", "--http-port")
         broker = None
         if self.broker_arg:
             url = BrokerUrl.parse(self.broker_arg)
         else:
             broker = await start_private_broker(self.broker_impl, self.mqtt_port)
             url = broker.url
-        sim = gateway = None
+        sim = gateway = http = None
         agents: list[EdgeAgent] = []
         try:
             sim = Simulation(demo_machines(self.n, clock.t0, self.seed), clock, base_port=self.opcua_port)
             await sim.start()
             gateway = Gateway(url, site=SITE, client_id=f"fieldlab-gateway-{self.opcua_port}", config=self.config)
             await gateway.start()
+            http = HttpEndpoint(gateway, "127.0.0.1", self.http_port)
+            await http.start()
             for s in sim.servers:
                 name = s.machine.spec.name
                 agent = EdgeAgent(MachineRef(SITE, AREA, LINE, name), url, OpcUaSource(s.endpoint, name))
                 await agent.start()
                 agents.append(agent)
-            self._print_intro(url, broker, sim)
+            self._print_intro(url, broker, sim, http)
             sim.run()
             await self._show_live(gateway, clock)
             t_end = await sim.freeze()
@@ -96,16 +101,19 @@ class Demo:
                 await a.stop()
             if gateway:
                 await gateway.stop()
+            if http:
+                await http.stop()
             if sim:
                 await sim.stop()
             if broker:
                 await stop_private_broker(broker)
 
-    def _print_intro(self, url, broker, sim) -> None:
+    def _print_intro(self, url, broker, sim, http) -> None:
         kind = "" if broker is None else f" (private {type(broker).__name__.replace('Private', '').replace('Embedded', '')})"
         lines = [f"fieldlab demo: {self.n} machines at {self.speed:g}x speed; MQTT broker {url}{kind}"]
         lines += [f"  OPC UA {name}: {ep}" for name, ep in sim.endpoints.items()]
         lines.append(f"  KPIs on MQTT: mosquitto_sub -h {url.host} -p {url.port} -t 'fieldlab/v1/{SITE}/+/+/+/kpi' -v")
+        lines.append(f"  Metrics: {http.url}/metrics")
         lines.append("  Stop with Ctrl-C." if self.duration is None else f"  Running for {self.duration:g} s.")
         self.intro = "\n".join(lines)
         print(self.intro + "\n", file=self.out, flush=True)

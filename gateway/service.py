@@ -40,6 +40,7 @@ class Gateway:
         self.stats = {"messages": 0, "samples": 0, "dead_letters": 0, "kpi_published": 0}
         self.last_error: str | None = None
         self.rows: list[dict] = []
+        self.tick_seconds = 0.0
         self._lock = threading.Lock()
         self._client = None
         self._task: asyncio.Task | None = None
@@ -108,6 +109,7 @@ class Gateway:
 
     def tick(self) -> list[dict]:
         """Fold what arrived, compute KPIs for all machines, publish them retained."""
+        started = time.perf_counter()
         with self._lock:
             self.engine.fold()
             snap = self.engine.snapshot()
@@ -121,6 +123,7 @@ class Gateway:
             self._publish_kpi(ref, row)
             rows.append({"machine": ref, **row})
         self.rows = rows
+        self.tick_seconds = time.perf_counter() - started
         return rows
 
     def _publish_kpi(self, ref: MachineRef, row: dict) -> None:

@@ -17,6 +17,8 @@ from gateway.oee import DEFAULT
 
 def fieldlab(*args, timeout=120):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if args and args[0] == "demo" and "--help" not in args and "--http-port" not in args:
+        args = (*args, "--http-port", str(free_port()))  # never the default 8080: tests must not collide
     return subprocess.run([sys.executable, "-m", "fieldlab", *args], capture_output=True, text=True,
                           timeout=timeout, env=env, stdin=subprocess.DEVNULL)
 
@@ -144,6 +146,7 @@ def test_ctrl_c_stops_cleanly_with_the_final_table():
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     p = subprocess.Popen([sys.executable, "-m", "fieldlab", "demo", "--mqtt-port", str(free_port()),
+                          "--http-port", str(free_port()),
                           "--opcua-port", str(free_port(count=3))], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, env=env, stdin=subprocess.DEVNULL)
     try:
