@@ -5,6 +5,7 @@ Thin on purpose: paho-mqtt does the protocol, its network thread does reconnects
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -15,6 +16,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from .errors import ServiceError
+
+log = logging.getLogger("fieldlab.mqtt")
 
 
 @dataclass(frozen=True)
@@ -42,8 +45,11 @@ class BrokerUrl:
 
 
 def connect(url: BrokerUrl, client_id: str | None = None, *, will: tuple[str, bytes] | None = None,
-            on_message=None, on_connect=None, timeout: float = 5.0) -> paho.Client:
+            on_message=None, on_connect=None, timeout: float = 5.0, retry: bool = False) -> paho.Client:
     """Create a paho client, connect it and start its network thread; ServiceError if that fails.
+
+    With ``retry``, a broker that cannot be reached yet is not an error: the client keeps trying in
+    the background (an edge agent that boots while the Wi-Fi is down still starts, and buffers).
 
     ``will`` is (topic, payload): published retained with QoS 1 by the broker if we vanish.
     ``on_connect(client)`` runs after every (re)connect, which is where subscriptions belong.
@@ -74,7 +80,12 @@ def connect(url: BrokerUrl, client_id: str | None = None, *, will: tuple[str, by
         client.connect(url.host, url.port, keepalive=30)
     except (OSError, ValueError) as e:
         reason = e.strerror or str(e) if isinstance(e, OSError) else str(e)
-        raise ServiceError(f"cannot reach the MQTT broker at {url}: {reason}") from None
+        if not retry:
+            raise ServiceError(f"cannot reach the MQTT broker at {url}: {reason}") from None
+        log.warning("MQTT broker not reachable yet, retrying in the background broker=%s reason=%s", url, reason)
+        client.connect_async(url.host, url.port, keepalive=30)
+        client.loop_start()
+        return client
     client.loop_start()
     if not connected.wait(timeout) or failure:
         client.loop_stop()

@@ -1,74 +1,147 @@
-"""The edge agent: a source feeds a Batcher; batches go to MQTT per the contract.
+"""The edge agent: a source feeds a Batcher; batches go through a disk outbox to MQTT.
+
+Every ``flush_s`` the Batcher's batches are written to the outbox (edge/buffer.py,
+on disk before anything is sent). A pump sends them in order with QoS 1, keeps
+at most ``window`` in flight, and deletes each one only when the broker has
+acknowledged it. After a reconnect everything not yet acknowledged is sent
+again, in order; the duplicates this can make are harmless downstream (counters
+are monotonic, every sample carries its timestamp, the gateway drops replays).
 
 Status: birth ("online", retained) on start, a graceful death ("offline",
 retained) on stop, and the same death as the MQTT last will if the agent
-vanishes. Batches are flushed every ``flush_s`` with QoS 1.
+vanishes. Status is not buffered: it describes the present.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
+from pathlib import Path
+
+import paho.mqtt.client as paho
 
 from contract import QOS, Kind, MachineRef, encode_status
 from contract.mqtt import BrokerUrl, connect, wait_published
 
 from .batcher import Batcher
+from .buffer import DiskQueue
 
 log = logging.getLogger("fieldlab.edge")
 
 
 class EdgeAgent:
-    def __init__(self, machine: MachineRef, broker: BrokerUrl, source, flush_s: float = 0.5):
+    def __init__(self, machine: MachineRef, broker: BrokerUrl, source, buffer: str | Path, flush_s: float = 0.5,
+                 max_buffer_bytes: int = 100 * 2**20, window: int = 100, wait_for_broker: bool = True):
         self.machine, self.broker, self.source, self.flush_s = machine, broker, source, flush_s
         self.batcher = Batcher()
-        self.published = 0
+        self.queue = DiskQueue(buffer, max_buffer_bytes)
+        self.window, self.wait_for_broker = window, wait_for_broker
+        self.stats = {"sent": 0, "acknowledged": 0, "reconnects": -1}
         self._client = None
-        self._task: asyncio.Task | None = None
-        self._pending: list = []
+        self._tasks: list[asyncio.Task] = []
+        self._inflight: dict[int, int] = {}  # MQTT message id -> outbox row id
+        self._acked: collections.deque[int] = collections.deque()  # message ids, from paho's thread
+        self._connected_again = True  # set by paho's thread on every (re)connect
+        self._last_sent = 0
 
     async def start(self) -> None:
         status = self.machine.topic(Kind.STATUS)
         self._client = await asyncio.to_thread(
-            connect, self.broker, f"fieldlab-edge-{self.machine.machine}",
-            will=(status, encode_status(time.time(), "offline", reason="connection lost")))
+            connect, self.broker, f"fieldlab-edge-{self.machine.path.replace('/', '-')}",
+            will=(status, encode_status(time.time(), "offline", reason="connection lost")),
+            on_connect=self._on_connect, retry=not self.wait_for_broker)
+        self._client.on_publish = self._on_publish
         await self.source.start(self.batcher)
-        self._publish(Kind.STATUS, encode_status(time.time(), "online", agent="fieldlab-edge"))
-        self._task = asyncio.create_task(self._loop())
-        log.info("edge agent up machine=%s broker=%s", self.machine.path, self.broker)
+        self._tasks = [asyncio.create_task(self._every(self.flush_s, self.flush)),
+                       asyncio.create_task(self._every(0.05, self.pump))]
+        log.info("edge agent up machine=%s broker=%s backlog=%d", self.machine.path, self.broker, len(self.queue))
 
-    def _publish(self, kind: Kind, payload: bytes) -> None:
-        info = self._client.publish(self.machine.topic(kind), payload, qos=QOS[kind], retain=kind == Kind.STATUS)
-        self._pending.append(info)
-        self._pending = [i for i in self._pending if not i.is_published()]
-        self.published += 1
+    # -- paho's network thread
+    def _on_connect(self, client) -> None:
+        self._connected_again = True
+        client.publish(self.machine.topic(Kind.STATUS), encode_status(time.time(), "online", agent="fieldlab-edge"),
+                       qos=QOS[Kind.STATUS], retain=True)
+
+    def _on_publish(self, client, userdata, mid, reason_code=None, properties=None) -> None:
+        self._acked.append(mid)
+
+    # -- the event loop
+    async def _every(self, seconds: float, fn) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                fn()
+            except Exception:  # a failing flush or pump must not end the agent; the log says why
+                log.exception("edge agent step failed machine=%s", self.machine.path)
 
     def flush(self) -> None:
-        for kind, payload in self.batcher.drain():
-            self._publish(kind, payload)
+        """Batches out of the Batcher and onto the disk outbox."""
+        batches = self.batcher.drain()
+        self.queue.put_many([(self.machine.topic(kind), payload, QOS[kind], False) for kind, payload in batches])
 
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_s)
-            self.flush()
+    def pump(self) -> None:
+        """Delete what the broker acknowledged; send what is next, in order, within the window."""
+        done = []
+        while self._acked:
+            row = self._inflight.pop(self._acked.popleft(), None)
+            if row is not None:
+                done.append(row)
+        self.queue.delete(done)
+        self.stats["acknowledged"] += len(done)
+        client = self._client
+        if self._connected_again:  # after a reconnect, send everything unacknowledged again, in order
+            self._connected_again = False
+            self.stats["reconnects"] += 1
+            self._inflight.clear()
+            self._last_sent = (self.queue.first_id() or 1) - 1
+        if client is None or not client.is_connected():
+            return
+        room = self.window - len(self._inflight)
+        if room <= 0:
+            return
+        for row, topic, payload, qos, retain in self.queue.peek(self._last_sent, room):
+            info = client.publish(topic, payload, qos=qos, retain=retain)
+            if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+                self.stats["last_error"] = paho.error_string(info.rc)
+                break  # paho's own queue refused it: try again next round
+            self._inflight[info.mid] = row
+            self._last_sent = row
+            self.stats["sent"] += 1
 
-    async def stop(self, settle_s: float = 0.0) -> None:
-        """Flush what is buffered (after ``settle_s`` for late notifications), say goodbye, disconnect."""
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-        if settle_s:
-            await asyncio.sleep(settle_s)
+    @property
+    def backlog(self) -> int:
+        return len(self.queue)
+
+    async def stop(self, settle_s: float = 0.0, drain_s: float = 10.0) -> None:
+        """Flush what is buffered (after ``settle_s`` for late notifications), deliver the outbox
+        (up to ``drain_s``; what is left stays on disk for the next start), say goodbye, disconnect."""
         if self._client is None:
             return
+        flusher, pump = self._tasks
+        flusher.cancel()
+        if settle_s:
+            await asyncio.sleep(settle_s)
         await self.source.stop()
         self.flush()
-        self._publish(Kind.STATUS, encode_status(time.time(), "offline", reason="stopped"))
-        if not await asyncio.to_thread(wait_published, list(self._pending), 10.0):
-            log.warning("edge agent stopping with unacknowledged messages machine=%s", self.machine.path)
+        deadline = time.monotonic() + drain_s
+        while len(self.queue) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        pump.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except asyncio.CancelledError:
+                pass
+        self.pump()  # the last acknowledgements
+        self.stats["left_on_disk"] = len(self.queue)
+        if len(self.queue):
+            log.warning("edge agent stopping with %d messages kept on disk machine=%s", len(self.queue),
+                        self.machine.path)
+        info = self._client.publish(self.machine.topic(Kind.STATUS), encode_status(time.time(), "offline",
+                                    reason="stopped"), qos=QOS[Kind.STATUS], retain=True)
+        await asyncio.to_thread(wait_published, [info], 5.0)
         self._client.disconnect()
         self._client.loop_stop()
         self._client = None
+        self.queue.close()

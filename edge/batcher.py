@@ -9,6 +9,7 @@ tags (good + reject, state + reason, counts + product) are built at drain time
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections import Counter
 from itertools import groupby
 
 from contract import Kind, encode_counts, encode_state, encode_telemetry
@@ -23,6 +24,7 @@ class Batcher:
         self._series: dict[str, list[tuple[float, object]]] = {r: [] for r in ROLES}
         self._carry: dict[str, object] = {}  # last value of each tag from earlier batches
         self._rows: dict[float, dict[str, float]] = {}
+        self.samples: Counter = Counter()  # samples put into batches, per kind
 
     def __len__(self) -> int:
         return sum(len(s) for s in self._series.values()) + len(self._rows)
@@ -49,6 +51,7 @@ class Batcher:
             ts = [t for t, _ in series["state"]]
             reason = [r or 0 for r in self._asof(series["reason"], "reason", ts)]
             out.append((Kind.STATE, encode_state(ts, [int(s) for _, s in series["state"]], reason, self.model)))
+            self.samples[Kind.STATE] += len(ts)
 
         ts = sorted({t for r in ("good", "reject") for t, _ in series[r]})
         if ts:
@@ -61,6 +64,7 @@ class Batcher:
                 out.append((Kind.COUNTS, encode_counts(t, [int(x) for x in g], [int(x) for x in rj],
                                                        None if product is None else str(product),
                                                        None if ideal is None else float(ideal))))
+                self.samples[Kind.COUNTS] += len(t)
 
         for role, s in series.items():
             if s:
@@ -73,4 +77,5 @@ class Batcher:
             self._rows = {}
             units = {n: self.units[n] for n in names if n in self.units}
             out.append((Kind.TELEMETRY, encode_telemetry(ts, signals, units)))
+            self.samples[Kind.TELEMETRY] += len(ts)
         return out

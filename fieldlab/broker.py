@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import random
 import shutil
 import socket
@@ -81,9 +82,10 @@ class PrivateMosquitto:
     """``mosquitto -c <tmp>/mosquitto.conf`` on 127.0.0.1:port; ``extra_conf`` adds lines (auth, ACL, TLS)."""
 
     def __init__(self, port: int | None = None, extra_conf: str = "allow_anonymous true\n",
-                 workdir: str | Path | None = None, binary: str | None = None):
+                 workdir: str | Path | None = None, binary: str | None = None, persistence: bool = False):
         self.port = port or free_port()
         self.extra_conf = extra_conf
+        self.persistence = persistence
         self.binary = binary or mosquitto_binary()
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="fieldlab-mosquitto-")
         self.dir = Path(workdir or self._tmp.name)
@@ -98,9 +100,12 @@ class PrivateMosquitto:
             raise ServiceError(f"no mosquitto binary found; {INSTALL_HINT}")
         check_port_free(self.port, "MQTT broker", "--mqtt-port")
         conf = self.dir / "mosquitto.conf"
-        conf.write_text(f"listener {self.port} 127.0.0.1\npersistence false\nlog_dest stderr\n"
+        keep = f"persistence true\npersistence_location {self.dir}/\n" if self.persistence else "persistence false\n"
+        # started as root, mosquitto drops to user "mosquitto", which may not write to our temp dir
+        user = "user root\n" if os.geteuid() == 0 else ""
+        conf.write_text(f"listener {self.port} 127.0.0.1\n{keep}{user}log_dest stderr\n"
                         f"log_type error\nlog_type warning\n{self.extra_conf}")
-        self._log = open(self.dir / "mosquitto.log", "wb")
+        self._log = open(self.dir / "mosquitto.log", "ab")
         self.proc = subprocess.Popen([self.binary, "-c", str(conf)], stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         if not wait_for_port("127.0.0.1", self.port, timeout, self.proc):

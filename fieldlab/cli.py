@@ -6,9 +6,11 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 from contract.errors import ContractError, ServiceError
 
@@ -70,6 +72,19 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r}: write a duration like 90, 90s, 2m, 1h or 1d") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
+def _size(text: str) -> int:
+    units = {"": 1, "b": 1, "kb": 2**10, "k": 2**10, "mb": 2**20, "m": 2**20, "gb": 2**30, "g": 2**30}
+    t = text.strip().lower()
+    num = t.rstrip("abcdefghijklmnopqrstuvwxyz")
+    try:
+        value = int(float(num) * units[t[len(num):]])
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"{text!r}: write a size like 500MB or 2GB") from None
+    if value < 4096:
+        raise argparse.ArgumentTypeError(f"{text!r}: at least 4KB")
     return value
 
 
@@ -143,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     for level, default in (("site", "demo"), ("area", "hall-1"), ("line", "line-1")):
         e.add_argument(f"--{level}", default=default, help=f"{level} name in the topic (default {default})")
     e.add_argument("--machine", help="machine name in the topic (default: the --object name)")
+    e.add_argument("--buffer", metavar="FILE", help="the store-and-forward outbox (SQLite): data waits here while "
+                   "the broker is unreachable (default: ~/.local/state/fieldlab/edge-<site>-<area>-<line>-<machine>.db)")
+    e.add_argument("--buffer-size", type=_size, default=100 * 2**20, metavar="SIZE",
+                   help="at most this much is kept; the oldest data is dropped beyond it (default 100MB)")
     e.add_argument("--duration", type=_positive, default=None, metavar="SECONDS", help="stop after this many seconds")
 
     o = add("oee", "compute OEE from an event log file (JSON Lines or CSV), to check exercises by hand",
@@ -250,7 +269,10 @@ async def _edge(a) -> int:
     from edge.opcua import OpcUaSource
 
     ref = MachineRef(a.site, a.area, a.line, a.machine or a.object)
-    agent = EdgeAgent(ref, BrokerUrl.parse(a.broker), OpcUaSource(a.opcua, a.object, a.namespace))
+    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "fieldlab"
+    buffer = a.buffer or state / f"edge-{ref.path.replace('/', '-')}.db"
+    agent = EdgeAgent(ref, BrokerUrl.parse(a.broker), OpcUaSource(a.opcua, a.object, a.namespace), buffer=buffer,
+                      max_buffer_bytes=a.buffer_size, wait_for_broker=False)
     await agent.start()
     print(f"edge agent for {ref.path}: {a.opcua} -> {a.broker}", flush=True)
     try:

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -54,6 +55,7 @@ class Demo:
         self.out = out
         self.tty = out.isatty()
         self._stop = asyncio.Event()
+        self._tmp = tempfile.TemporaryDirectory(prefix="fieldlab-demo-")  # the edge agents' outboxes
 
     async def run(self) -> int:
         if self.n < 1:
@@ -79,7 +81,8 @@ class Demo:
             await http.start()
             for s in sim.servers:
                 name = s.machine.spec.name
-                agent = EdgeAgent(MachineRef(SITE, AREA, LINE, name), url, OpcUaSource(s.endpoint, name))
+                agent = EdgeAgent(MachineRef(SITE, AREA, LINE, name), url, OpcUaSource(s.endpoint, name),
+                                  buffer=Path(self._tmp.name) / f"edge-{name}.db")
                 await agent.start()
                 agents.append(agent)
             self._print_intro(url, broker, sim, http)
@@ -107,6 +110,7 @@ class Demo:
                 await sim.stop()
             if broker:
                 await stop_private_broker(broker)
+            self._tmp.cleanup()
 
     def _print_intro(self, url, broker, sim, http) -> None:
         kind = "" if broker is None else f" (private {type(broker).__name__.replace('Private', '').replace('Embedded', '')})"

@@ -23,10 +23,11 @@ async def sim():
     await s.stop()
 
 
-async def test_agent_publishes_the_machine_per_contract(sim, mosquitto, site, recorder):
+async def test_agent_publishes_the_machine_per_contract(sim, mosquitto, site, recorder, tmp_path):
     ref = MachineRef(site, "a", "l", "filler-01")
     rec = recorder(mosquitto.url, f"fieldlab/v1/{site}/#")
-    agent = EdgeAgent(ref, mosquitto.url, OpcUaSource(sim.servers[0].endpoint, "filler-01"), flush_s=0.1)
+    agent = EdgeAgent(ref, mosquitto.url, OpcUaSource(sim.servers[0].endpoint, "filler-01"), buffer=tmp_path / "q.db",
+                      flush_s=0.1)
     await agent.start()
     sim.run()
     import asyncio
@@ -67,7 +68,8 @@ def test_last_will_marks_a_killed_agent_offline(mosquitto, site, recorder, tmp_p
         edge = subprocess.Popen([sys.executable, "-m", "fieldlab", "edge", "--opcua",
                                  f"opc.tcp://127.0.0.1:{opc_port}/fieldlab/", "--object", "cnc-01",
                                  "--broker", f"mqtt://127.0.0.1:{mosquitto.port}", "--site", site,
-                                 "--area", "a", "--line", "l"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+                                 "--area", "a", "--line", "l", "--buffer", str(tmp_path / "q.db")],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         assert rec.wait_for(lambda r: [m["status"] for m in r.json("/status")] == ["online"], 20), rec.messages
         edge.send_signal(signal.SIGKILL)
         edge.wait(5)
