@@ -9,6 +9,7 @@ import pytest
 from contract import Kind, MachineRef, decode
 from edge.agent import EdgeAgent
 from edge.opcua import OpcUaSource
+from tests.helpers import terminate
 from fieldlab.broker import free_port
 from simulators.machine import DEMO_MACHINES, Machine
 from simulators.opcua import SimClock, Simulation
@@ -76,10 +77,4 @@ def test_last_will_marks_a_killed_agent_offline(mosquitto, site, recorder, tmp_p
         assert rec.wait_for(lambda r: [m["status"] for m in r.json("/status")] == ["online", "offline"], 10)
         assert rec.json("/status")[-1]["info"]["reason"] == "connection lost"
     finally:
-        for p in (edge, sim):
-            if p and p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        terminate(edge, sim)

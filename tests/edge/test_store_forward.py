@@ -23,6 +23,7 @@ from contract import Kind, MachineRef, decode
 from contract.errors import ServiceError
 from edge.agent import EdgeAgent
 from edge.opcua import OpcUaSource
+from tests.helpers import terminate
 from fieldlab.broker import PrivateMosquitto, free_port
 from gateway.engine import KpiEngine
 from simulators.machine import DEMO_MACHINES, Machine
@@ -176,10 +177,4 @@ def test_killed_agent_delivers_what_it_had_on_disk(durable_broker, tmp_path):
         assert all(json.loads(p)["v"] == 1 for _, p in kept)
     finally:
         sub.close()
-        for p in (edge, sim):
-            if p and p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        terminate(edge, sim)
