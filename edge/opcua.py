@@ -1,8 +1,9 @@
 """OPC UA source: subscribe (not poll) to a machine's variables and feed a Batcher.
 
 The mapping says which variable is what; the default fits fieldlab's simulated
-machines (browse names under Objects/<machine>). A mapping file for real
-machines, reconnect-and-resubscribe and security come with the edge-agent issue.
+machines (browse names under Objects/<machine>). After a server restart or a
+network drop the client reconnects and re-creates the subscription by itself.
+A mapping file for real machines and security come with the edge-agent issue.
 """
 from __future__ import annotations
 
@@ -43,7 +44,9 @@ class OpcUaSource:
         self.endpoint, self.object_name, self.namespace = endpoint, object_name, namespace
         self.mapping = dict(mapping or DEFAULT_MAPPING)
         self.publishing_ms = publishing_ms
-        self.client = Client(endpoint, timeout=5)
+        # asyncua's supervisor reconnects after a server restart or a network drop and re-creates the
+        # subscription: data flows again without anyone restarting the agent
+        self.client = Client(endpoint, timeout=5, auto_reconnect=True, reconnect_max_delay=5.0)
         self._roles: dict[str, str] = {}
         self._batcher: Batcher | None = None
         self.notifications = 0

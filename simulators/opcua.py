@@ -77,12 +77,14 @@ class MachineServer:
             "GoodCount": (m.good, V.UInt64), "RejectCount": (m.reject, V.UInt64),
             "Product": (m.spec.product, V.String), "IdealCycleTime": (m.spec.ideal_cycle_s, V.Double),
         }
+        nodes = {}
         for name, (value, vtype) in initial.items():
-            self._vars[name] = await obj.add_variable(idx, name, ua.Variant(value, vtype))
+            nodes[name] = await obj.add_variable(idx, name, ua.Variant(value, vtype))
         folder = await obj.add_folder(idx, "Process")
         for name, value in m.process_values(0.0).items():
-            self._vars[name] = await folder.add_variable(idx, name.capitalize(), ua.Variant(value, V.Double))
-        # Stamp the initial values with the machine's start time.
+            nodes[name] = await folder.add_variable(idx, name.capitalize(), ua.Variant(value, V.Double))
+        self._vars = nodes  # complete: from now on the simulation loop writes to them
+        # Stamp the initial values with the machine's time.
         await self._write_many([(n, v, vt) for n, (v, vt) in initial.items()], m.clock)
         try:
             await self.server.start()
@@ -103,7 +105,10 @@ class MachineServer:
     async def advance(self, t: float) -> None:
         """Run the machine to simulated time ``t`` and publish what happened in its address space."""
         V = ua.VariantType
-        for ev in self.machine.advance(t):
+        events = self.machine.advance(t)
+        if not self._vars:  # the server is down (restarting): the machine runs on, unseen
+            return
+        for ev in events:
             if ev[0] == "state":
                 _, ts, state, reason = ev
                 await self._write_many([("StateReason", reason, V.Int32), ("State", state, V.Int32)], ts)
@@ -116,6 +121,14 @@ class MachineServer:
 
     async def stop(self) -> None:
         await self.server.stop()
+
+    async def restart(self, down_s: float = 0.0) -> None:
+        """Stop the OPC UA server and start a fresh one (as a PLC reboot does); the machine runs on."""
+        self._vars = {}
+        await self.server.stop()
+        await asyncio.sleep(down_s)
+        self.server = Server()
+        await self.start()
 
 
 class Simulation:

@@ -78,3 +78,33 @@ def test_last_will_marks_a_killed_agent_offline(mosquitto, site, recorder, tmp_p
         assert rec.json("/status")[-1]["info"]["reason"] == "connection lost"
     finally:
         terminate(edge, sim)
+
+
+async def test_agent_resubscribes_after_the_opcua_server_restarts(sim, mosquitto, site, recorder, tmp_path):
+    """A PLC reboot: the agent reconnects and re-subscribes by itself; the counters catch up exactly."""
+    import asyncio
+
+    ref = MachineRef(site, "a", "l", "filler-01")
+    rec = recorder(mosquitto.url, ref.topic(Kind.TELEMETRY), ref.topic(Kind.COUNTS))
+    agent = EdgeAgent(ref, mosquitto.url, OpcUaSource(sim.servers[0].endpoint, "filler-01"), buffer=tmp_path / "q.db",
+                      flush_s=0.1)
+    await agent.start()
+    sim.run()
+    await asyncio.sleep(1.0)
+    await sim.servers[0].restart(down_s=1.0)
+    restarted = sim.clock.now()
+    deadline = asyncio.get_running_loop().time() + 15
+    while asyncio.get_running_loop().time() < deadline:
+        tel = [decode(Kind.TELEMETRY, p) for t, p, _ in rec.messages if t.endswith("/telemetry")]
+        if any(b.ts[-1] > restarted for b in tel):
+            break
+        await asyncio.sleep(0.1)
+    else:
+        pytest.fail("no data from the machine within 15 s after its OPC UA server restarted")
+    await asyncio.sleep(0.5)
+    await sim.freeze()
+    await agent.stop(settle_s=0.5)
+    led = sim.ledgers()["filler-01"]
+    assert rec.wait_for(lambda r: any(
+        int(c.good[-1]) == led["good"] and int(c.reject[-1]) == led["reject"]
+        for c in (decode(Kind.COUNTS, p) for t, p, _ in r.messages if t.endswith("/counts"))), 10)
