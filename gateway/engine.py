@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from contract import PACKML, SIMPLE, CountsBatch, StateBatch, TelemetryBatch
+from contract import STATE_MODELS, CountsBatch, StateBatch, TelemetryBatch
 
 from . import oee, timeline
 from .config import SiteConfig
 
 MODELS = oee.MODELS
-MODEL_NAMES = {"packml": PACKML, "simple": SIMPLE}
 DEFAULT_WINDOWS = (("last_15min", 900.0), ("last_1h", 3600.0))
 CALENDAR_AHEAD = 2 * 86400.0  # the shift calendar is laid out this far past the newest data
 
@@ -163,4 +162,4 @@ class KpiEngine:
 def state_name(model: int, code: int) -> str | None:
     if code < 0:
         return None
-    return MODEL_NAMES[MODELS[model]].get(int(code))
+    return STATE_MODELS[MODELS[model]].get(int(code))

@@ -37,14 +37,15 @@ class EventLog:
     counts: list[tuple] = field(default_factory=list)  # (m, ts, good, reject, ideal)
     planned: list[tuple] = field(default_factory=list)  # (start, end, label)
     ends: dict[int | None, float] = field(default_factory=dict)  # machine (None = all) -> end
+    _index: dict[str, int] = field(default_factory=dict)
 
     def machine(self, name: str, line: str | None) -> int:
-        try:
-            m = self.machines.index(name)
-        except ValueError:
+        m = self._index.get(name)
+        if m is None:
+            m = self._index[name] = len(self.machines)
             self.machines.append(name)
             self.lines.append(line)
-            return len(self.machines) - 1
+            return m
         if line and not self.lines[m]:
             self.lines[m] = line
         return m

@@ -212,16 +212,3 @@ def aggregate(totals: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarra
     for j in range(N_TOT):
         out[:, j] = np.bincount(group, totals[:, j], n_groups)
     return out
-
-
-def ratios(planned_s, run_s, ideal_s, good, reject, ideal_good_s):
-    """Availability, performance, quality, OEE and the cross-check for simple inputs (one window each)."""
-    n = np.size(planned_s)
-    T = np.zeros((n, N_TOT))
-    T[:, RUN] = run_s
-    T[:, STOPPED] = np.asarray(planned_s, dtype=np.float64) - np.asarray(run_s, dtype=np.float64)
-    T[:, GOOD], T[:, REJECT], T[:, IDEAL], T[:, IDEAL_GOOD] = good, reject, ideal_s, ideal_good_s
-    T[:, NO_IDEAL] = np.isnan(np.asarray(ideal_s, dtype=np.float64))
-    T[:, [IDEAL, IDEAL_GOOD]] = np.nan_to_num(T[:, [IDEAL, IDEAL_GOOD]])
-    k = derive(T)
-    return k["availability"], k["performance"], k["quality"], k["oee"], k["oee_simple"]
