@@ -45,14 +45,17 @@ class BrokerUrl:
 
 
 def connect(url: BrokerUrl, client_id: str | None = None, *, will: tuple[str, bytes] | None = None,
-            on_message=None, on_connect=None, timeout: float = 5.0, retry: bool = False) -> paho.Client:
+            on_message=None, on_connect=None, subscriptions: list[tuple[str, int]] = (), timeout: float = 5.0,
+            retry: bool = False) -> paho.Client:
     """Create a paho client, connect it and start its network thread; ServiceError if that fails.
 
     With ``retry``, a broker that cannot be reached yet is not an error: the client keeps trying in
     the background (an edge agent that boots while the Wi-Fi is down still starts, and buffers).
 
     ``will`` is (topic, payload): published retained with QoS 1 by the broker if we vanish.
-    ``on_connect(client)`` runs after every (re)connect, which is where subscriptions belong.
+    ``on_connect(client)`` runs after every (re)connect. ``subscriptions`` (topic filter, QoS) are made
+    on every (re)connect; the first time, ``connect`` returns only once the broker has confirmed them
+    (SUBACK), so no message published after it returns is missed.
     """
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"fieldlab-{uuid.uuid4().hex[:8]}",
                          clean_session=True)
@@ -63,17 +66,24 @@ def connect(url: BrokerUrl, client_id: str | None = None, *, will: tuple[str, by
     if will:
         client.will_set(will[0], will[1], qos=1, retain=True)
     connected = threading.Event()
+    subscribed = threading.Event()
     failure: list[str] = []
 
     def _on_connect(c, userdata, flags, reason_code, properties):
         if reason_code.is_failure:
             failure.append(str(reason_code))
+            connected.set()
+            return
+        if subscriptions:
+            c.subscribe(list(subscriptions))
         else:
-            if on_connect:
-                on_connect(c)
+            subscribed.set()
+        if on_connect:
+            on_connect(c)
         connected.set()
 
     client.on_connect = _on_connect
+    client.on_subscribe = lambda *args: subscribed.set()
     if on_message:
         client.on_message = on_message
     try:
@@ -87,7 +97,7 @@ def connect(url: BrokerUrl, client_id: str | None = None, *, will: tuple[str, by
         client.loop_start()
         return client
     client.loop_start()
-    if not connected.wait(timeout) or failure:
+    if not connected.wait(timeout) or failure or not subscribed.wait(timeout):
         client.loop_stop()
         client.disconnect()
         why = failure[0] if failure else f"no answer within {timeout:g} s"

@@ -47,9 +47,6 @@ class Gateway:
         self._pending: list = []
 
     # -- MQTT side (paho's network thread)
-    def _subscribe(self, client) -> None:
-        client.subscribe([(subscription(k, self.site), 1) for k in INGEST_KINDS])
-
     def _on_message(self, client, userdata, msg) -> None:
         try:
             self._ingest(msg.topic, msg.payload)
@@ -94,8 +91,9 @@ class Gateway:
 
     # -- lifecycle
     async def start(self) -> None:
-        self._client = await asyncio.to_thread(connect, self.broker, self.client_id,
-                                               on_message=self._on_message, on_connect=self._subscribe)
+        self._client = await asyncio.to_thread(
+            connect, self.broker, self.client_id, on_message=self._on_message,
+            subscriptions=[(subscription(k, self.site), 1) for k in INGEST_KINDS])
         self._task = asyncio.create_task(self._loop())
         log.info("gateway up broker=%s", self.broker)
 
