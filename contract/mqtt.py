@@ -6,10 +6,12 @@ Thin on purpose: paho-mqtt does the protocol, its network thread does reconnects
 from __future__ import annotations
 
 import logging
+import re
+import ssl
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as paho
@@ -19,29 +21,168 @@ from .errors import ServiceError
 
 log = logging.getLogger("fieldlab.mqtt")
 
+DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+_FILES = (("ca_file", "CA file"), ("cert_file", "certificate file"), ("key_file", "key file"))
+# MQTT 5 reason codes; paho maps the MQTT 3.1.1 CONNACK codes 4 and 5 onto them
+_NOT_AUTHORISED = {134, 135}  # Bad user name or password, Not authorized
+
 
 @dataclass(frozen=True)
 class BrokerUrl:
+    """Where the broker is and how to log in. ``str()`` never shows the password.
+
+    ``tls`` (an ``mqtts://`` URL) encrypts the connection and verifies the broker's certificate and
+    host name against ``ca_file`` (PEM; None: the system's CA certificates). ``cert_file`` and
+    ``key_file`` (PEM, key unencrypted) are the client's own certificate, for brokers that require one.
+    ``port`` None means the scheme's default: 1883, or 8883 with TLS.
+    """
     host: str
-    port: int = 1883
+    port: int | None = None
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    def __post_init__(self):
+        if self.port is None:
+            object.__setattr__(self, "port", DEFAULT_PORTS["mqtts" if self.tls else "mqtt"])
+        given = [name for name, _ in _FILES if getattr(self, name)]
+        if given and not self.tls:
+            raise ServiceError(f"broker {self}: {' and '.join(given)} only work over TLS; "
+                               f"use an mqtts:// URL, e.g. mqtts://{self.host}:8883")
+        if self.key_file and not self.cert_file:
+            raise ServiceError(f"broker {self}: key_file {self.key_file} needs the client certificate too (cert_file)")
+        if self.password is not None and not self.username:
+            raise ServiceError(f"broker {self}: a password needs a username")
 
     @classmethod
-    def parse(cls, url: str) -> "BrokerUrl":
-        """``mqtt://[user[:password]@]host[:port]`` (port defaults to 1883)."""
-        u = urlsplit(url if "://" in url else f"mqtt://{url}")
-        if u.scheme != "mqtt" or not u.hostname:
-            raise ServiceError(f"broker URL {url!r}: expected mqtt://host:port, e.g. mqtt://localhost:1883")
+    def parse(cls, url: str, *, ca_file: str | None = None, cert_file: str | None = None,
+              key_file: str | None = None) -> "BrokerUrl":
+        """``mqtt[s]://[user[:password]@]host[:port]``; the port defaults to 1883, with ``mqtts`` (TLS) to 8883.
+
+        ``ca_file``, ``cert_file`` and ``key_file`` need ``mqtts``; each must be a readable file.
+        """
+        full = url if "://" in url else f"mqtt://{url}"
+        shown = _hide_password(full)  # error messages must not leak the password either
+        u = urlsplit(full)
+        if u.scheme not in DEFAULT_PORTS or not u.hostname:
+            raise ServiceError(f"broker URL {shown!r}: expected mqtt://host:port or mqtts://host:port (TLS), "
+                               f"e.g. mqtt://localhost:1883")
         try:
-            port = u.port or 1883
+            port = u.port or DEFAULT_PORTS[u.scheme]
         except ValueError:
-            raise ServiceError(f"broker URL {url!r}: the port must be a number") from None
-        return cls(u.hostname, port, unquote(u.username) if u.username else None,
-                   unquote(u.password) if u.password else None)
+            raise ServiceError(f"broker URL {shown!r}: the port must be a number") from None
+        b = cls(u.hostname, port, unquote(u.username) if u.username else None,
+                unquote(u.password) if u.password else None, tls=u.scheme == "mqtts",
+                ca_file=ca_file, cert_file=cert_file, key_file=key_file)
+        b.check_files()
+        return b
+
+    def check_files(self) -> None:
+        """ServiceError naming the file if the CA, certificate or key file is missing or unreadable."""
+        for name, what in _FILES:
+            path = getattr(self, name)
+            if not path:
+                continue
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as e:
+                raise ServiceError(f"{what} {path} for the MQTT broker at {self}: {e.strerror or e}; "
+                                   f"check the path ({name}) and that this user may read it") from None
 
     def __str__(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        user = f"{self.username}@" if self.username else ""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
+
+
+def _hide_password(url: str) -> str:
+    return re.sub(r"^([^:/]+://[^/@:]*):[^/]*@", r"\1:***@", url)
+
+
+class _Client(paho.Client):
+    """paho's client plus ``fieldlab_last_error``, and hooks that see why a (re)connect attempt failed.
+
+    paho's network thread swallows the exception of a failed background reconnect; overriding the
+    public ``reconnect()`` is the one place that still sees it. A connection the broker closes after
+    the TLS handshake but before its CONNACK (TLS 1.3 sends "certificate required" then) shows only
+    in paho's log, so ``on_log`` is set while a connection attempt is under way, and unset once
+    connected (paho formats a log line per packet while it is set).
+    """
+    fieldlab_last_error: str | None = None
+    _fieldlab_on_fail = None
+    _fieldlab_on_log = None
+
+    def reconnect(self):
+        if self._fieldlab_on_log is not None and self.on_log is None:
+            self.on_log = self._fieldlab_on_log
+        try:
+            return super().reconnect()
+        except OSError as e:
+            if self._fieldlab_on_fail is not None:
+                self._fieldlab_on_fail(e)
+            raise
+
+
+def _unreachable(url: BrokerUrl, e: BaseException) -> str:
+    """One line for a connection attempt that failed before MQTT (socket or TLS)."""
+    if isinstance(e, ssl.SSLCertVerificationError):
+        ca = f"CA file {url.ca_file}" if url.ca_file else "the system's default CA certificates (no ca_file given)"
+        why = (e.verify_message or str(e)).strip().rstrip(".")
+        return (f"TLS certificate verification failed for the MQTT broker at {url}: {why}; CA used: {ca}. "
+                f"The broker's certificate must be signed by that CA and name the host {url.host!r}")
+    if url.tls and isinstance(e, (ssl.SSLError, ConnectionResetError)):
+        why = getattr(e, "reason", None) or e.strerror or str(e)
+        return (f"TLS handshake with the MQTT broker at {url} failed: {why}; "
+                f"is port {url.port} the broker's TLS (mqtts) listener?")
+    why = e.strerror or str(e) if isinstance(e, OSError) else str(e)
+    return f"cannot reach the MQTT broker at {url}: {why}"
+
+
+def _dropped(url: BrokerUrl, reason: str) -> str:
+    """One line for a connection the broker closed before answering the CONNECT."""
+    reason = re.sub(r"^\[SSL: [A-Z0-9_]+\] |\s*\(_ssl\.c:\d+\)$", "", reason.strip())
+    hint = ""
+    if url.tls and "certificate required" in reason:
+        hint = "; the broker requires a client certificate: give cert_file and key_file"
+    elif url.tls and ("alert" in reason or "EOF" in reason):  # the alert may be lost in the close
+        hint = (f"; did the broker reject the client certificate {url.cert_file}? It must be signed by a CA the broker "
+                f"trusts" if url.cert_file else
+                "; does the broker require a client certificate? Then give cert_file and key_file")
+    return f"the MQTT broker at {url} closed the connection before accepting it: {reason}{hint}"
+
+
+def _refused(url: BrokerUrl, reason_code) -> str:
+    """One line for a CONNACK that refused us."""
+    if getattr(reason_code, "value", None) in _NOT_AUTHORISED:
+        hint = (f"check username and password of user {url.username!r}" if url.username else
+                "check username and password: none was given, and this broker does not accept anonymous clients")
+        return f"the MQTT broker at {url} refused the connection: not authorised ({hint})"
+    return f"the MQTT broker at {url} refused the connection: {reason_code}"
+
+
+def _no_passphrase(url: BrokerUrl):
+    def ask():  # called by OpenSSL only for an encrypted key; without it, OpenSSL would prompt on the terminal
+        raise ServiceError(f"key file {url.key_file or url.cert_file} for the MQTT broker at {url} is encrypted "
+                           f"with a passphrase; give an unencrypted key and protect it with file permissions "
+                           f"(chmod 600)")
+    return ask
+
+
+def _tls_files_error(url: BrokerUrl, e: ssl.SSLError) -> str:
+    why = e.reason or str(e)
+    if url.ca_file:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(url.ca_file)
+        except ssl.SSLError as ca_error:
+            return (f"CA file {url.ca_file} for the MQTT broker at {url} holds no usable PEM certificate: "
+                    f"{ca_error.reason or ca_error}")
+    files = f"certificate file {url.cert_file}" + (f" and key file {url.key_file}" if url.key_file else "")
+    if why == "KEY_VALUES_MISMATCH":
+        return f"{files} for the MQTT broker at {url} do not belong together (the key is not the certificate's)"
+    return f"{files} for the MQTT broker at {url}: cannot load them as a PEM certificate and key ({why})"
 
 
 def connect(url: BrokerUrl, client_id: str | None = None, *, will: tuple[str, bytes] | None = None,
@@ -49,18 +190,40 @@ def connect(url: BrokerUrl, client_id: str | None = None, *, will: tuple[str, by
             retry: bool = False) -> paho.Client:
     """Create a paho client, connect it and start its network thread; ServiceError if that fails.
 
-    With ``retry``, a broker that cannot be reached yet is not an error: the client keeps trying in
-    the background (an edge agent that boots while the Wi-Fi is down still starts, and buffers).
+    With ``url.tls`` the connection is TLS, with the broker's certificate and host name verified
+    against ``url.ca_file`` (or the system's CAs), and ``url.cert_file``/``key_file`` as the client's
+    certificate if given. ``url.username``/``password`` log in. Errors are one line each: a missing
+    file, "not authorised (check username and password …)", "TLS certificate verification failed …
+    CA used: …", "cannot reach …".
+
+    With ``retry``, a broker that cannot be reached yet, or that refuses us, is not an error: the
+    client keeps trying in the background (an edge agent that boots while the Wi-Fi is down still
+    starts, and buffers). A broker that cannot be reached is logged once per outage (per distinct
+    reason); a refused CONNACK (wrong password, not authorised) is logged as a warning every time.
+
+    The returned client has ``fieldlab_last_error``: why the latest connection attempt failed (the
+    same one-line text as the errors above), or None; cleared on every successful (re)connect. It
+    is set by paho's network thread and meant for status reports (heartbeats, health checks).
 
     ``will`` is (topic, payload): published retained with QoS 1 by the broker if we vanish.
     ``on_connect(client)`` runs after every (re)connect. ``subscriptions`` (topic filter, QoS) are made
     on every (re)connect; the first time, ``connect`` returns only once the broker has confirmed them
     (SUBACK), so no message published after it returns is missed.
     """
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"fieldlab-{uuid.uuid4().hex[:8]}",
-                         clean_session=True)
+    client = _Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"fieldlab-{uuid.uuid4().hex[:8]}",
+                     clean_session=True)
     client.max_queued_messages_set(0)  # unbounded in memory; disk-backed buffering lives in the edge agent
     client.reconnect_delay_set(0.2, 5)
+    if url.tls:
+        url.check_files()
+        try:
+            client.tls_set(ca_certs=url.ca_file, certfile=url.cert_file, keyfile=url.key_file,
+                           keyfile_password=_no_passphrase(url))
+        except ssl.SSLError as e:
+            raise ServiceError(_tls_files_error(url, e)) from None
+        except OSError as e:  # the file vanished since check_files
+            raise ServiceError(f"cannot read the TLS files for the MQTT broker at {url}: {e}") from None
+        client.tls_insecure_set(False)  # the default; said here so nobody "fixes" an error by turning it off
     if url.username:
         client.username_pw_set(url.username, url.password)
     if will:
@@ -68,12 +231,40 @@ def connect(url: BrokerUrl, client_id: str | None = None, *, will: tuple[str, by
     connected = threading.Event()
     subscribed = threading.Event()
     failure: list[str] = []
+    logged: set[str] = set()  # reasons already logged in this outage
+    background = [retry]  # log refusals (instead of raising them) once connect() handed the client over
+
+    def _on_fail(e: OSError) -> None:  # paho's thread, or connect() below
+        why = _unreachable(url, e)
+        client.fieldlab_last_error = why
+        if why not in logged:
+            logged.add(why)
+            log.warning("MQTT connection failed, retrying in the background (logged once per outage): %s", why)
+
+    def _on_log(c, userdata, level, buf: str) -> None:  # paho's thread, while (re)connecting
+        if level != paho.MQTT_LOG_ERR or c.is_connected() or not buf.startswith("failed to receive on socket: "):
+            return
+        why = _dropped(url, buf.partition(": ")[2])
+        c.fieldlab_last_error = why
+        failure[:] = [why]
+        if background[0] and why not in logged:
+            logged.add(why)
+            log.warning("MQTT connection failed, retrying in the background (logged once per outage): %s", why)
+        connected.set()
 
     def _on_connect(c, userdata, flags, reason_code, properties):
         if reason_code.is_failure:
-            failure.append(str(reason_code))
+            why = _refused(url, reason_code)
+            c.fieldlab_last_error = why
+            failure[:] = [why]
+            if background[0]:
+                log.warning("%s; retrying in the background", why)
             connected.set()
             return
+        c.fieldlab_last_error = None
+        logged.clear()
+        if c.on_log is _on_log:
+            c.on_log = None
         if subscriptions:
             c.subscribe(list(subscriptions))
         else:
@@ -83,25 +274,35 @@ def connect(url: BrokerUrl, client_id: str | None = None, *, will: tuple[str, by
         connected.set()
 
     client.on_connect = _on_connect
+    client._fieldlab_on_log = _on_log
     client.on_subscribe = lambda *args: subscribed.set()
     if on_message:
         client.on_message = on_message
     try:
         client.connect(url.host, url.port, keepalive=30)
-    except (OSError, ValueError) as e:
-        reason = e.strerror or str(e) if isinstance(e, OSError) else str(e)
+    except OSError as e:  # also TLS errors: ssl.SSLError is an OSError
         if not retry:
-            raise ServiceError(f"cannot reach the MQTT broker at {url}: {reason}") from None
-        log.warning("MQTT broker not reachable yet, retrying in the background broker=%s reason=%s", url, reason)
+            raise ServiceError(_unreachable(url, e)) from None
+        _on_fail(e)
+        client._fieldlab_on_fail = _on_fail
         client.connect_async(url.host, url.port, keepalive=30)
         client.loop_start()
         return client
+    except ValueError as e:  # an invalid host or port: retrying cannot help
+        raise ServiceError(_unreachable(url, e)) from None
+    client._fieldlab_on_fail = _on_fail
     client.loop_start()
-    if not connected.wait(timeout) or failure or not subscribed.wait(timeout):
+    answered = connected.wait(timeout)
+    if answered and failure and retry:
+        return client  # refused: logged, in fieldlab_last_error, and paho keeps trying with back-off
+    if not answered or failure or not subscribed.wait(timeout):
         client.loop_stop()
         client.disconnect()
-        why = failure[0] if failure else f"no answer within {timeout:g} s"
-        raise ServiceError(f"the MQTT broker at {url} refused the connection: {why}")
+        if failure:
+            raise ServiceError(failure[0])
+        hint = "" if url.tls else f" (if port {url.port} is a TLS listener, use mqtts://)"
+        raise ServiceError(f"the MQTT broker at {url} refused the connection: no answer within {timeout:g} s{hint}")
+    background[0] = True
     return client
 
 

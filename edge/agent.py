@@ -9,7 +9,10 @@ are monotonic, every sample carries its timestamp, the gateway drops replays).
 
 Status: birth ("online", retained) on start, a graceful death ("offline",
 retained) on stop, and the same death as the MQTT last will if the agent
-vanishes. Status is not buffered: it describes the present.
+vanishes. Every ``heartbeat_s`` (and on every reconnect) the "online" status is
+published again with the agent's health in ``info`` (backlog, dropped, reconnects,
+last error, ...: docs/contract.md lists the fields), so a dashboard sees an agent
+that is alive but struggling. Status is not buffered: it describes the present.
 """
 from __future__ import annotations
 
@@ -32,9 +35,14 @@ log = logging.getLogger("fieldlab.edge")
 
 class EdgeAgent:
     def __init__(self, machine: MachineRef, broker: BrokerUrl, source, buffer: str | Path, flush_s: float = 0.5,
-                 max_buffer_bytes: int = 100 * 2**20, window: int = 100, wait_for_broker: bool = True):
+                 max_buffer_bytes: int = 100 * 2**20, window: int = 100, wait_for_broker: bool = True,
+                 heartbeat_s: float = 30.0, batcher: Batcher | None = None, client_id: str | None = None):
         self.machine, self.broker, self.source, self.flush_s = machine, broker, source, flush_s
-        self.batcher = Batcher()
+        self.batcher = batcher if batcher is not None else Batcher()  # (an empty Batcher is falsy)
+        self.heartbeat_s = heartbeat_s
+        # the agent's identity towards the broker (its ACL entry): stable, so a reconnect is the same client
+        self.client_id = client_id or f"fieldlab-edge-{machine.path.replace('/', '-')}"
+        self._started = time.monotonic()
         self.queue = DiskQueue(buffer, max_buffer_bytes)
         self.window, self.wait_for_broker = window, wait_for_broker
         self.stats = {"sent": 0, "acknowledged": 0, "reconnects": -1}
@@ -48,20 +56,47 @@ class EdgeAgent:
     async def start(self) -> None:
         status = self.machine.topic(Kind.STATUS)
         self._client = await asyncio.to_thread(
-            connect, self.broker, f"fieldlab-edge-{self.machine.path.replace('/', '-')}",
+            connect, self.broker, self.client_id,
             will=(status, encode_status(time.time(), "offline", reason="connection lost")),
             on_connect=self._on_connect, retry=not self.wait_for_broker)
         self._client.on_publish = self._on_publish
         await self.source.start(self.batcher)
         self._tasks = [asyncio.create_task(self._every(self.flush_s, self.flush)),
-                       asyncio.create_task(self._every(0.05, self.pump))]
+                       asyncio.create_task(self._every(0.05, self.pump)),
+                       asyncio.create_task(self._every(self.heartbeat_s, self.heartbeat))]
         log.info("edge agent up machine=%s broker=%s backlog=%d", self.machine.path, self.broker, len(self.queue))
 
     # -- paho's network thread
     def _on_connect(self, client) -> None:
-        self._connected_again = True
-        client.publish(self.machine.topic(Kind.STATUS), encode_status(time.time(), "online", agent="fieldlab-edge"),
-                       qos=QOS[Kind.STATUS], retain=True)
+        self._connected_again = True  # the pump (on the event loop) says "online" and resends
+
+    def _publish_status(self, client):
+        return client.publish(self.machine.topic(Kind.STATUS), encode_status(time.time(), "online", **self.health()),
+                              qos=QOS[Kind.STATUS], retain=True)
+
+    def health(self) -> dict:
+        """What the heartbeat reports (docs/contract.md, status): numbers a person can act on."""
+        client = self._client
+        last_error = getattr(client, "fieldlab_last_error", None) or self.stats.get("last_error")
+        source_stats = getattr(self.source, "stats", None)
+        if source_stats and source_stats.get("last_error"):
+            last_error = last_error or f"source: {source_stats['last_error']}"
+        return {
+            "agent": "fieldlab-edge",
+            "uptime_s": round(time.monotonic() - self._started, 1),
+            "backlog": len(self.queue), "backlog_bytes": self.queue.bytes, "dropped": self.queue.dropped,
+            "sent": self.stats["sent"], "acknowledged": self.stats["acknowledged"],
+            "reconnects": max(self.stats["reconnects"], 0),
+            "samples": sum(self.batcher.samples.values()), "rejected": sum(self.batcher.rejected.values()),
+            "last_error": last_error,
+            **({"source": {k: v for k, v in source_stats.items() if isinstance(v, (int, float, str))}}
+               if source_stats else {}),
+        }
+
+    def heartbeat(self) -> None:
+        client = self._client
+        if client is not None and client.is_connected():
+            self._publish_status(client)
 
     def _on_publish(self, client, userdata, mid, reason_code=None, properties=None) -> None:
         self._acked.append(mid)
@@ -95,6 +130,8 @@ class EdgeAgent:
             self.stats["reconnects"] += 1
             self._inflight.clear()
             self._last_sent = (self.queue.first_id() or 1) - 1
+            if client is not None:
+                self._publish_status(client)  # birth first, then the backlog
         if client is None or not client.is_connected():
             return
         room = self.window - len(self._inflight)
@@ -118,8 +155,9 @@ class EdgeAgent:
         (up to ``drain_s``; what is left stays on disk for the next start), say goodbye, disconnect."""
         if self._client is None:
             return
-        flusher, pump = self._tasks
+        flusher, pump, heartbeat = self._tasks
         flusher.cancel()
+        heartbeat.cancel()
         if settle_s:
             await asyncio.sleep(settle_s)
         await self.source.stop()

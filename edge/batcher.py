@@ -8,18 +8,28 @@ tags (good + reject, state + reason, counts + product) are built at drain time
 """
 from __future__ import annotations
 
+import logging
 from bisect import bisect_right
 from collections import Counter
 from itertools import groupby
 
-from contract import Kind, encode_counts, encode_state, encode_telemetry
+from contract import STATE_MODELS, Kind, encode_counts, encode_state, encode_telemetry
+
+log = logging.getLogger("fieldlab.edge")
 
 ROLES = ("state", "reason", "good", "reject", "product", "ideal_cycle_s")
 
 
 class Batcher:
-    def __init__(self, model: str = "packml"):
-        self.model = model
+    """``state_map`` translates the machine's own state codes into the model's (from the mapping file).
+    Values that cannot be sent (a state code outside the model, a negative or fractional counter) are
+    counted in ``rejected`` and logged once per kind of problem, never sent."""
+
+    def __init__(self, model: str = "packml", state_map: dict[int, int] | None = None):
+        self.model, self.state_map = model, dict(state_map) if state_map else None
+        self._states = STATE_MODELS[model]
+        self.rejected: Counter = Counter()  # role -> values not sent
+        self._warned: set = set()
         self.units: dict[str, str] = {}
         self._series: dict[str, list[tuple[float, object]]] = {r: [] for r in ROLES}
         self._carry: dict[str, object] = {}  # last value of each tag from earlier batches
@@ -31,7 +41,42 @@ class Batcher:
 
     def record(self, role: str, ts: float, value) -> None:
         """A tag changed: ``role`` is one of ROLES."""
+        if role in ("state", "reason", "good", "reject"):
+            value = self._code(role, value)
+            if value is None:
+                return
         self._series[role].append((ts, value))
+
+    def assume(self, role: str, value) -> None:
+        """A tag the machine does not have, taken as constant (e.g. reject = 0 with only a good counter)."""
+        self._carry[role] = value
+
+    def _code(self, role: str, value) -> int | None:
+        try:
+            whole = not isinstance(value, float) or value.is_integer()
+            code = int(value) if whole else None
+        except (TypeError, ValueError, OverflowError):
+            code = None
+        problem = None
+        if code is None:
+            problem = f"{value!r} is not a whole number"
+        elif role == "state":
+            if self.state_map is not None:
+                if code not in self.state_map:
+                    problem = f"machine state code {code} is not in the tag's map"
+                code = self.state_map.get(code, code)
+            if problem is None and code not in self._states:
+                problem = f"{code} is not a {self.model} state"
+        elif code < 0:
+            problem = f"{code} is negative"
+        if problem:
+            self.rejected[role] += 1
+            if (role, problem) not in self._warned:
+                self._warned.add((role, problem))
+                log.warning("value not sent role=%s problem=%r (counted in rejected; fix the mapping file)", role,
+                            problem)
+            return None
+        return code
 
     def value(self, ts: float, name: str, value: float) -> None:
         """A process value (telemetry)."""
@@ -50,7 +95,7 @@ class Batcher:
         if series["state"]:
             ts = [t for t, _ in series["state"]]
             reason = [r or 0 for r in self._asof(series["reason"], "reason", ts)]
-            out.append((Kind.STATE, encode_state(ts, [int(s) for _, s in series["state"]], reason, self.model)))
+            out.append((Kind.STATE, encode_state(ts, [s for _, s in series["state"]], reason, self.model)))
             self.samples[Kind.STATE] += len(ts)
 
         ts = sorted({t for r in ("good", "reject") for t, _ in series[r]})

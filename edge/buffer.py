@@ -38,6 +38,7 @@ class DiskQueue:
         self.db.executescript(SCHEMA)
         self.bytes = self.db.execute(
             "SELECT COALESCE(SUM(LENGTH(topic) + LENGTH(payload)), 0) FROM outbox").fetchone()[0]
+        self.count = self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]  # kept in memory from here on
         row = self.db.execute("SELECT value FROM meta WHERE key = 'dropped'").fetchone()
         self.dropped = row[0] if row else 0
 
@@ -50,6 +51,7 @@ class DiskQueue:
             self.db.executemany("INSERT INTO outbox (topic, payload, qos, retain) VALUES (?, ?, ?, ?)",
                                 [(t, p, q, int(r)) for t, p, q, r in items])
             self.bytes += sum(len(t.encode()) + len(p) for t, p, _, _ in items)
+            self.count += len(items)
             if self.bytes > self.max_bytes:
                 self._drop_oldest()
 
@@ -65,6 +67,7 @@ class DiskQueue:
         if last is not None:
             self.db.execute("DELETE FROM outbox WHERE id <= ?", (last,))
             self.bytes -= freed
+            self.count -= n
             self.dropped += n
             self.db.execute("INSERT INTO meta (key, value) VALUES ('dropped', ?) "
                             "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (self.dropped,))
@@ -86,14 +89,14 @@ class DiskQueue:
                 marks = ",".join("?" * len(chunk))
                 size = self.db.execute(f"SELECT COALESCE(SUM(LENGTH(topic) + LENGTH(payload)), 0) FROM outbox "
                                        f"WHERE id IN ({marks})", chunk).fetchone()[0]
-                self.db.execute(f"DELETE FROM outbox WHERE id IN ({marks})", chunk)
+                self.count -= self.db.execute(f"DELETE FROM outbox WHERE id IN ({marks})", chunk).rowcount
                 self.bytes -= size
 
     def first_id(self) -> int | None:
         return self.db.execute("SELECT MIN(id) FROM outbox").fetchone()[0]
 
     def __len__(self) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+        return self.count
 
     def close(self) -> None:
         self.db.close()

@@ -79,13 +79,40 @@ def mosquitto_binary() -> str | None:
 
 
 class PrivateMosquitto:
-    """``mosquitto -c <tmp>/mosquitto.conf`` on 127.0.0.1:port; ``extra_conf`` adds lines (auth, ACL, TLS)."""
+    """``mosquitto -c <tmp>/mosquitto.conf`` on 127.0.0.1:port; ``extra_conf`` adds lines (auth, ACL, TLS).
 
-    def __init__(self, port: int | None = None, extra_conf: str = "allow_anonymous true\n",
-                 workdir: str | Path | None = None, binary: str | None = None, persistence: bool = False):
+    Optional, keyword-only, for a broker that checks who connects (tests of the secure set-up):
+
+    - ``password_file``: a file made with ``mosquitto_passwd``; then anonymous clients are refused
+      (without one they are allowed, as before, unless ``extra_conf`` says otherwise).
+    - ``acl_file``: Mosquitto's ACL file (``user alice`` / ``topic readwrite fieldlab/#``).
+    - ``tls=(cafile, certfile, keyfile)``: PEM files for a second, TLS-only listener on 127.0.0.1:
+      ``tls_port`` (a free one if not given); ``tls_url`` connects to it. The plain listener on ``port``
+      stays. ``require_certificate``: the TLS listener accepts only clients with a certificate signed
+      by ``cafile``.
+    """
+
+    def __init__(self, port: int | None = None, extra_conf: str | None = None,
+                 workdir: str | Path | None = None, binary: str | None = None, persistence: bool = False, *,
+                 password_file: str | Path | None = None, acl_file: str | Path | None = None,
+                 tls: tuple[str | Path, str | Path, str | Path] | None = None, tls_port: int | None = None,
+                 require_certificate: bool = False):
         self.port = port or free_port()
+        if extra_conf is None:
+            extra_conf = "" if password_file else "allow_anonymous true\n"
         self.extra_conf = extra_conf
         self.persistence = persistence
+        self.password_file = password_file
+        self.acl_file = acl_file
+        if tls is not None and len(tls) != 3:
+            raise ServiceError("PrivateMosquitto: tls must be (cafile, certfile, keyfile)")
+        self.tls = tuple(str(f) for f in tls) if tls else None
+        self.tls_port = None
+        if self.tls:
+            self.tls_port = tls_port
+            while not self.tls_port or self.tls_port == self.port:
+                self.tls_port = free_port()
+        self.require_certificate = require_certificate
         self.binary = binary or mosquitto_binary()
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="fieldlab-mosquitto-")
         self.dir = Path(workdir or self._tmp.name)
@@ -95,24 +122,57 @@ class PrivateMosquitto:
     def url(self) -> BrokerUrl:
         return BrokerUrl("127.0.0.1", self.port)
 
+    @property
+    def tls_url(self) -> BrokerUrl:
+        """The TLS listener, verified with the given cafile (its certificate must name 127.0.0.1); no user."""
+        if not self.tls:
+            raise ServiceError("this private Mosquitto has no TLS listener; "
+                               "start it with tls=(cafile, certfile, keyfile)")
+        return BrokerUrl("127.0.0.1", self.tls_port, tls=True, ca_file=self.tls[0])
+
+    def _security_conf(self) -> tuple[str, str]:
+        """(global lines, TLS listener block) for the keyword-only options."""
+        lines = ""
+        if self.password_file:
+            lines += f"password_file {self.password_file}\nallow_anonymous false\n"
+        if self.acl_file:
+            lines += f"acl_file {self.acl_file}\n"
+        block = ""
+        if self.tls:
+            cafile, certfile, keyfile = self.tls
+            block = (f"listener {self.tls_port} 127.0.0.1\ncafile {cafile}\ncertfile {certfile}\nkeyfile {keyfile}\n"
+                     f"require_certificate {'true' if self.require_certificate else 'false'}\n")
+        for f in (self.password_file, self.acl_file, *(self.tls or ())):
+            if f and ("\n" in str(f) or "\r" in str(f)):
+                raise ServiceError(f"PrivateMosquitto: a file name must not contain a line break: {str(f)!r}")
+        return lines, block
+
     def start(self, timeout: float = 10.0) -> "PrivateMosquitto":
         if not self.binary:
             raise ServiceError(f"no mosquitto binary found; {INSTALL_HINT}")
         check_port_free(self.port, "MQTT broker", "--mqtt-port")
+        if self.tls:
+            check_port_free(self.tls_port, "MQTT TLS listener", "tls_port=")
         conf = self.dir / "mosquitto.conf"
         keep = f"persistence true\npersistence_location {self.dir}/\n" if self.persistence else "persistence false\n"
         # started as root, mosquitto drops to user "mosquitto", which may not write to our temp dir
         user = "user root\n" if os.geteuid() == 0 else ""
+        security, tls_listener = self._security_conf()
+        # the TLS listener comes last: lines after a "listener" line configure that listener
+        extra = self.extra_conf if not self.extra_conf or self.extra_conf.endswith("\n") else self.extra_conf + "\n"
         conf.write_text(f"listener {self.port} 127.0.0.1\n{keep}{user}log_dest stderr\n"
-                        f"log_type error\nlog_type warning\n{self.extra_conf}")
+                        f"log_type error\nlog_type warning\n{security}{extra}{tls_listener}")
         self._log = open(self.dir / "mosquitto.log", "ab")
         self.proc = subprocess.Popen([self.binary, "-c", str(conf)], stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
-        if not wait_for_port("127.0.0.1", self.port, timeout, self.proc):
+        ports = [self.port] + ([self.tls_port] if self.tls else [])
+        deadline = time.monotonic() + timeout
+        if not all(wait_for_port("127.0.0.1", p, max(0.0, deadline - time.monotonic()), self.proc) for p in ports):
             self.stop()
             tail = (self.dir / "mosquitto.log").read_text(errors="replace")[-500:].strip()
-            raise ServiceError(f"mosquitto did not start on port {self.port}: {tail or 'no output'}")
-        log.info("mosquitto up port=%d pid=%d", self.port, self.proc.pid)
+            where = f"port {self.port}" + (f" (TLS: {self.tls_port})" if self.tls else "")
+            raise ServiceError(f"mosquitto did not start on {where}: {tail or 'no output'}")
+        log.info("mosquitto up port=%d tls_port=%s pid=%d", self.port, self.tls_port, self.proc.pid)
         return self
 
     def stop(self) -> None:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from contract.errors import ContractError, ServiceError
+from contract.yamlfile import size
 
 from . import __version__, logs
 
@@ -76,13 +77,9 @@ def _duration(text: str) -> float:
 
 
 def _size(text: str) -> int:
-    units = {"": 1, "b": 1, "kb": 2**10, "k": 2**10, "mb": 2**20, "m": 2**20, "gb": 2**30, "g": 2**30}
-    t = text.strip().lower()
-    num = t.rstrip("abcdefghijklmnopqrstuvwxyz")
-    try:
-        value = int(float(num) * units[t[len(num):]])
-    except (ValueError, KeyError):
-        raise argparse.ArgumentTypeError(f"{text!r}: write a size like 500MB or 2GB") from None
+    value = size(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: write a size like 500MB or 2GB")
     if value < 4096:
         raise argparse.ArgumentTypeError(f"{text!r}: at least 4KB")
     return value
@@ -132,37 +129,62 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--ledger", metavar="FILE", help="at the end, write what the simulated machines really "
                    "did (time per state, good and reject parts) to this JSON file, to check the OEE by hand")
 
-    s = add("sim", "run simulated machines with OPC UA servers (point UaExpert or an edge agent at them)",
-            "Run simulated machines on their own, each with an OPC UA server, so that\n"
-            "other tools (UaExpert, Node-RED, an edge agent on a Pi) can read them.\n\n"
-            "example:\n  fieldlab sim --machines 3 --speed 1     real-time machines on ports 4840-4842")
+    s = add("sim", "run simulated machines with OPC UA (and Modbus TCP) servers for other tools",
+            "Run simulated machines on their own, each with an OPC UA server (and, if asked,\n"
+            "a Modbus TCP server), so that other tools (UaExpert, Node-RED, a Modbus client,\n"
+            "an edge agent on a Pi) can read them.\n\n"
+            "examples:\n  fieldlab sim --machines 3 --speed 1     real-time machines on ports 4840-4842\n"
+            "  fieldlab sim --modbus-port 5020         also Modbus TCP on ports 5020-5022")
     s.add_argument("--machines", type=_count, default=3, metavar="N", help="how many machines (default 3)")
     s.add_argument("--speed", type=_positive, default=1.0, metavar="K", help="time runs K times faster (default 1)")
     s.add_argument("--duration", type=_positive, default=None, metavar="SECONDS", help="stop after this many seconds")
     s.add_argument("--host", default="127.0.0.1", help="address to serve on; 0.0.0.0 for the whole network "
                    "(default 127.0.0.1, this computer only)")
     s.add_argument("--opcua-port", type=_port, default=4840, metavar="PORT", help="port of the first machine (default 4840)")
+    s.add_argument("--modbus-port", type=_port, default=None, metavar="PORT",
+                   help="also serve each machine over Modbus TCP, the first on PORT, the next on PORT+1 ... "
+                        "(register map: docs/simulators.md). Modbus values carry no time stamps: with an edge "
+                        "agent reading Modbus, keep --speed 1")
     s.add_argument("--seed", type=int, default=1, help="same seed, same production run (default 1)")
     s.add_argument("--ledger", metavar="FILE", help="write what the machines really did to this JSON file at the end")
 
-    e = add("edge", "read one machine over OPC UA and publish its data to MQTT",
-            "Run an edge agent: it subscribes to one machine's OPC UA variables and\n"
-            "publishes state changes, counters and process values to MQTT in the\n"
-            "fieldlab format (docs/contract.md).\n\n"
-            "example:\n  fieldlab edge --opcua opc.tcp://127.0.0.1:4840/fieldlab/ --object cnc-01 \\\n"
-            "                --broker mqtt://localhost:1883 --site demo --area hall-1 --line line-1")
-    e.add_argument("--opcua", required=True, metavar="URL", help="OPC UA endpoint of the machine")
-    e.add_argument("--object", required=True, metavar="NAME", help="browse name of the machine object under Objects")
-    e.add_argument("--namespace", default="urn:fieldlab:sim", help="namespace URI of the machine's variables")
-    e.add_argument("--broker", required=True, metavar="URL", help="MQTT broker, e.g. mqtt://localhost:1883")
+    e = add("edge", "read one machine (OPC UA, Modbus TCP, digital I/O) and publish its data to MQTT",
+            "Run an edge agent: it reads one machine and publishes state changes,\n"
+            "counters and process values to MQTT in the fieldlab format (docs/contract.md).\n"
+            "While the broker is unreachable everything is kept on disk and sent later.\n\n"
+            "A mapping file (YAML) says which machine, broker, source and tags; examples\n"
+            "in docs/examples/edge-*.yaml, every key in docs/edge-on-a-pi.md.\n\n"
+            "examples:\n"
+            "  fieldlab edge --config /etc/fieldlab/edge.yaml           run from a mapping file\n"
+            "  fieldlab edge --config edge.yaml --check                 check the file, then stop\n"
+            "  fieldlab edge discover opc.tcp://192.168.0.10:4840 -o edge.yaml   write a starter file\n"
+            "  fieldlab edge --opcua opc.tcp://127.0.0.1:4840/fieldlab/ --object cnc-01 \\\n"
+            "                --broker mqtt://localhost:1883     a fieldlab simulated machine, no file")
+    e.add_argument("--config", metavar="FILE", help="the mapping file (YAML); on a Pi /etc/fieldlab/edge.yaml")
+    e.add_argument("--check", action="store_true", help="check the mapping file, say what it will read, and stop")
+    e.add_argument("--opcua", metavar="URL", help="without a file: OPC UA endpoint of a fieldlab simulated machine")
+    e.add_argument("--object", metavar="NAME", help="without a file: browse name of the machine object under Objects")
+    e.add_argument("--namespace", default="urn:fieldlab:sim", help="without a file: namespace URI of its variables")
+    e.add_argument("--broker", metavar="URL", help="MQTT broker, e.g. mqtt://localhost:1883 (overrides the file's)")
     for level, default in (("site", "demo"), ("area", "hall-1"), ("line", "line-1")):
-        e.add_argument(f"--{level}", default=default, help=f"{level} name in the topic (default {default})")
-    e.add_argument("--machine", help="machine name in the topic (default: the --object name)")
+        e.add_argument(f"--{level}", default=default, help=f"without a file: {level} name in the topic "
+                       f"(default {default})")
+    e.add_argument("--machine", help="without a file: machine name in the topic (default: the --object name)")
     e.add_argument("--buffer", metavar="FILE", help="the store-and-forward outbox (SQLite): data waits here while "
                    "the broker is unreachable (default: ~/.local/state/fieldlab/edge-<site>-<area>-<line>-<machine>.db)")
-    e.add_argument("--buffer-size", type=_size, default=100 * 2**20, metavar="SIZE",
+    e.add_argument("--buffer-size", type=_size, default=None, metavar="SIZE",
                    help="at most this much is kept; the oldest data is dropped beyond it (default 100MB)")
     e.add_argument("--duration", type=_positive, default=None, metavar="SECONDS", help="stop after this many seconds")
+    esub = e.add_subparsers(dest="edge_command", metavar="discover")
+    dsc = esub.add_parser("discover", help="browse an OPC UA server and write a starter mapping file",
+                          description="Browse an OPC UA server's variables and write a starter mapping file\n"
+                                      "with guessed tags, to check and edit by hand.\n\n"
+                                      "example:\n  fieldlab edge discover opc.tcp://192.168.0.10:4840 -o edge.yaml",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    dsc.add_argument("url", metavar="opc.tcp://HOST:PORT", help="the server's endpoint")
+    dsc.add_argument("-o", "--output", metavar="FILE", help="write the file here (default: print it)")
+    dsc.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    dsc.add_argument("--username", help="OPC UA user, if the server wants one (password from $OPCUA_PASSWORD)")
 
     o = add("oee", "compute OEE from an event log file (JSON Lines or CSV), to check exercises by hand",
             "Compute OEE, its losses, MTBF and MTTR from an event log: machine states,\n"
@@ -242,11 +264,13 @@ async def _sim(a) -> int:
     from .demo import demo_machines
 
     clock = SimClock(time.time(), a.speed)
-    sim = Simulation(demo_machines(a.machines, clock.t0, a.seed), clock, host=a.host, base_port=a.opcua_port)
+    sim = Simulation(demo_machines(a.machines, clock.t0, a.seed), clock, host=a.host, base_port=a.opcua_port,
+                     modbus_base_port=a.modbus_port)
     await sim.start()
     try:
         for name, ep in sim.endpoints.items():
-            print(f"{name}: {ep}", flush=True)
+            modbus = f"  modbus://{sim.modbus_endpoints[name]}" if a.modbus_port else ""
+            print(f"{name}: {ep}{modbus}", flush=True)
         sim.run()
         await _wait_for_stop(a.duration)
         await sim.freeze()
@@ -265,20 +289,91 @@ async def _sim(a) -> int:
 async def _edge(a) -> int:
     from contract import MachineRef
     from contract.mqtt import BrokerUrl
+    from edge import config as edge_config
     from edge.agent import EdgeAgent
+    from edge.batcher import Batcher
     from edge.opcua import OpcUaSource
 
-    ref = MachineRef(a.site, a.area, a.line, a.machine or a.object)
+    if a.edge_command == "discover":
+        return await _discover(a)
+    if a.config:
+        cfg = edge_config.load(a.config)
+        if a.broker:  # another address for the same broker identity (user, password, certificates)
+            url, b = BrokerUrl.parse(a.broker), cfg.broker
+            tls = {"ca_file": b.ca_file, "cert_file": b.cert_file, "key_file": b.key_file} if url.tls else {}
+            cfg.broker = dataclasses.replace(url, username=url.username or b.username,
+                                             password=url.password or b.password, **tls)
+        source = _simulated_source(cfg) if cfg.source_type == "sim" else edge_config.build_source(cfg)
+    elif a.opcua and a.object and a.broker:
+        ref = MachineRef(a.site, a.area, a.line, a.machine or a.object)
+        cfg = edge_config.EdgeConfig("(command line)", ref, BrokerUrl.parse(a.broker), "opcua", {"endpoint": a.opcua})
+        source = OpcUaSource(a.opcua, a.object, a.namespace)
+    else:
+        raise ServiceError("give a mapping file with --config FILE (see docs/examples/edge-opcua.yaml), or "
+                           "--opcua, --object and --broker for a fieldlab simulated machine")
+    if a.check:
+        print(_describe(cfg))
+        return 0
     state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "fieldlab"
-    buffer = a.buffer or state / f"edge-{ref.path.replace('/', '-')}.db"
-    agent = EdgeAgent(ref, BrokerUrl.parse(a.broker), OpcUaSource(a.opcua, a.object, a.namespace), buffer=buffer,
-                      max_buffer_bytes=a.buffer_size, wait_for_broker=False)
+    buffer = a.buffer or cfg.buffer_path or state / f"edge-{cfg.machine.path.replace('/', '-')}.db"
+    batcher = Batcher(cfg.state_model, cfg.state_map)
+    names = {t.name for t in cfg.tags}
+    if cfg.source_type in ("opcua", "modbus") and cfg.tags and "good" in names and "reject" not in names:
+        batcher.assume("reject", 0)  # a machine without a reject counter: every part counted is good
+    agent = EdgeAgent(cfg.machine, cfg.broker, source, buffer=buffer, flush_s=cfg.flush_s,
+                      max_buffer_bytes=a.buffer_size or cfg.buffer_bytes, wait_for_broker=False,
+                      heartbeat_s=cfg.heartbeat_s, batcher=batcher)
     await agent.start()
-    print(f"edge agent for {ref.path}: {a.opcua} -> {a.broker}", flush=True)
+    print(f"edge agent for {cfg.machine.path}: {cfg.source_type} {_source_address(cfg)} -> {cfg.broker}", flush=True)
     try:
         await _wait_for_stop(a.duration)
     finally:
         await agent.stop()
+    return 0
+
+
+def _source_address(cfg) -> str:
+    s = cfg.source
+    return s.get("endpoint") or (f"{s['host']}:{s['port']}" if "host" in s else s.get("machine") or "pins")
+
+
+def _simulated_source(cfg):
+    from simulators.feed import MachineFeed
+
+    s = cfg.source
+    return MachineFeed(s["machine"], seed=s["seed"], speed=s["speed"])
+
+
+def _describe(cfg) -> str:
+    lines = [f"{cfg.path}: OK",
+             f"  machine   {cfg.machine.path}  (topics {cfg.machine.topic('state').rsplit('/', 1)[0]}/...)",
+             f"  broker    {cfg.broker}" + (f" as {cfg.broker.username}" if cfg.broker.username else "")
+             + (" with password" if cfg.broker.password else ""),
+             f"  source    {cfg.source_type} {_source_address(cfg)}",
+             f"  outbox    {cfg.buffer_path or '(default path)'}, at most {cfg.buffer_bytes // 2**20} MB",
+             f"  publish   every {cfg.flush_s:g} s, heartbeat every {cfg.heartbeat_s:g} s"]
+    for t in cfg.tags:
+        where = {k: v for k, v in t.options.items() if k not in ("register", "pin_spec", "light_spec")}
+        lines.append(f"  tag       {t.name:<14} {where}" + (f" [{t.unit}]" if t.unit else "")
+                     + (f" map {t.state_map}" if t.state_map else ""))
+    return "\n".join(lines)
+
+
+async def _discover(a) -> int:
+    from edge import discover
+
+    out = Path(a.output) if a.output else None
+    if out and out.exists() and not a.force:
+        raise ServiceError(f"{out} exists; choose another file or add --force")
+    variables, namespaces = await discover.browse(a.url, username=a.username,
+                                                  password=os.environ.get("OPCUA_PASSWORD"))
+    text = discover.starter_file(a.url, variables, namespaces)
+    if out:
+        out.write_text(text)
+        print(f"wrote {out}: {len(variables)} variables, {len(discover.guess(variables))} tags guessed; "
+              f"check it, then: fieldlab edge --config {out} --check", flush=True)
+    else:
+        print(text, end="")
     return 0
 
 

@@ -15,17 +15,15 @@ import numpy as np
 import yaml
 
 from contract import PACKML, SIMPLE
+from contract.yamlfile import ConfigError, duration
 
 from . import oee
 
 KEYS = ("timezone", "shifts", "breaks", "conventions")
 CONVENTION_KEYS = ("micro_stop", "micro_stops_as", "setup_as", "startup", "packml", "simple", "reasons")
 _CLOCK = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|min|h)?$")
 
 
-class ConfigError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -126,10 +124,10 @@ def _clock(value, path, key: str) -> int:
 
 
 def _duration(value, path, key: str) -> float:
-    m = _DURATION.match(str(value).strip()) if value is not None else None
-    if not m:
+    seconds = duration(value)
+    if seconds is None:
         raise ConfigError(f"{_where(path, key)} = {value!r}: write a duration like 90s, 2m or 1h")
-    return float(m.group(1)) * {"s": 1, None: 1, "m": 60, "min": 60, "h": 3600}[m.group(2)]
+    return seconds
 
 
 def _periods(items, path, key: str, need_name: bool) -> list[Period]:

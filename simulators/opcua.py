@@ -25,6 +25,7 @@ from asyncua import Server, ua
 from contract.errors import ServiceError
 
 from .machine import UNITS, Machine
+from .modbus import ModbusMachineServer
 
 NAMESPACE = "urn:fieldlab:sim"
 log = logging.getLogger("fieldlab.sim")
@@ -62,6 +63,7 @@ class MachineServer:
         self.server = Server()
         self._vars: dict[str, object] = {}
         self._last_pv_t = machine.clock
+        self.last_pv: dict[str, float] = {}  # the latest process values (for the Modbus view)
 
     async def start(self) -> None:
         m = self.machine
@@ -81,7 +83,8 @@ class MachineServer:
         for name, (value, vtype) in initial.items():
             nodes[name] = await obj.add_variable(idx, name, ua.Variant(value, vtype))
         folder = await obj.add_folder(idx, "Process")
-        for name, value in m.process_values(0.0).items():
+        self.last_pv = m.process_values(0.0)
+        for name, value in self.last_pv.items():
             nodes[name] = await folder.add_variable(idx, name.capitalize(), ua.Variant(value, V.Double))
         self._vars = nodes  # complete: from now on the simulation loop writes to them
         # Stamp the initial values with the machine's time.
@@ -117,6 +120,7 @@ class MachineServer:
                 await self._write_many([("GoodCount", good, V.UInt64), ("RejectCount", reject, V.UInt64)], ts)
         pv = self.machine.process_values(t - self._last_pv_t)
         self._last_pv_t = t
+        self.last_pv = pv
         await self._write_many([(k, v, V.Double) for k, v in pv.items()], t)
 
     async def stop(self) -> None:
@@ -132,20 +136,32 @@ class MachineServer:
 
 
 class Simulation:
-    """Several machines, each behind its own OPC UA server, driven by one simulated clock."""
+    """Several machines, each behind its own OPC UA server, driven by one simulated clock.
+
+    With ``modbus_base_port`` each machine is also served over Modbus TCP (machine i on
+    modbus_base_port + i), showing the values of its latest tick.
+    """
 
     def __init__(self, machines: list[Machine], clock: SimClock, host: str = "127.0.0.1",
-                 base_port: int = 4840, tick_s: float = 0.1):
+                 base_port: int = 4840, tick_s: float = 0.1, *, modbus_base_port: int | None = None):
         self.clock, self.tick_s = clock, tick_s
         self.servers = [MachineServer(m, host, base_port + i) for i, m in enumerate(machines)]
+        self.modbus_servers = ([] if modbus_base_port is None else
+                               [ModbusMachineServer(m, host, modbus_base_port + i) for i, m in enumerate(machines)])
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
         started = []
         try:
+            # Modbus first: it starts in milliseconds, so a taken port fails before OPC UA's slow start.
+            for mb in self.modbus_servers:
+                await mb.start()
+                started.append(mb)
             for s in self.servers:
                 await s.start()
                 started.append(s)
+            for s, mb in zip(self.servers, self.modbus_servers):
+                mb.refresh(s.last_pv)  # the same initial process values as over OPC UA
         except BaseException:
             for s in started:
                 await s.stop()
@@ -159,9 +175,14 @@ class Simulation:
     async def _loop(self) -> None:
         while True:
             t = self.clock.now()
-            for s in self.servers:
-                await s.advance(t)
+            await self._advance(t)
             await asyncio.sleep(self.tick_s)
+
+    async def _advance(self, t: float) -> None:
+        for i, s in enumerate(self.servers):
+            await s.advance(t)
+            if self.modbus_servers:
+                self.modbus_servers[i].refresh(s.last_pv)
 
     async def freeze(self) -> float:
         """Stop the clock: advance every machine to one final time and stop ticking. Returns that time."""
@@ -173,19 +194,23 @@ class Simulation:
                 pass
             self._task = None
         t = self.clock.now()
-        for s in self.servers:
-            await s.advance(t)
+        await self._advance(t)
         return t
 
     def ledgers(self) -> dict[str, dict]:
         return {s.machine.spec.name: s.machine.ledger_now().to_dict() for s in self.servers}
 
     async def stop(self) -> None:
-        await asyncio.gather(*(s.stop() for s in self.servers))
+        await asyncio.gather(*(s.stop() for s in [*self.servers, *self.modbus_servers]))
 
     @property
     def endpoints(self) -> dict[str, str]:
         return {s.machine.spec.name: s.endpoint for s in self.servers}
+
+    @property
+    def modbus_endpoints(self) -> dict[str, str]:
+        """{machine name: "host:port"}; empty without ``modbus_base_port``."""
+        return {s.machine.spec.name: s.endpoint for s in self.modbus_servers}
 
 
 __all__ = ["NAMESPACE", "UNITS", "MachineServer", "SimClock", "Simulation"]
