@@ -115,7 +115,7 @@ class _Block:
     groups: list[_Group]
 
 
-def plan(registers: Sequence[Register]) -> list[_Block]:
+def _plan(registers: Sequence[Register]) -> list[_Block]:
     """Contiguous read blocks per table: neighbours merged across small gaps, within the spec's limits."""
     blocks = []
     for table in TABLES:
@@ -145,7 +145,7 @@ def plan(registers: Sequence[Register]) -> list[_Block]:
     return blocks
 
 
-def decode_words(words: np.ndarray, index: np.ndarray, type_: str, word_order: str, byte_order: str) -> np.ndarray:
+def _decode_words(words: np.ndarray, index: np.ndarray, type_: str, word_order: str, byte_order: str) -> np.ndarray:
     """Raw values from a block's registers: ``index`` is (n, words per value) into ``words`` (uint16)."""
     w = np.asarray(words, dtype=np.uint16)[index]
     if byte_order == "little":
@@ -169,7 +169,7 @@ class ModbusSource:
         self.host, self.port, self.unit_id = host, port, unit_id
         self.poll_s, self.timeout_s = poll_s, timeout_s
         self.registers = tuple(registers)
-        self.blocks = plan(self.registers)
+        self.blocks = _plan(self.registers)
         # retries=0 and no built-in reconnect: a failed request fails this poll; _connect() reconnects
         self.client = AsyncModbusTcpClient(host, port=port, timeout=timeout_s, retries=0, reconnect_delay=0)
         self.stats: dict = {"polls": 0, "errors": 0, "last_error": None, "reconnects": 0}
@@ -182,20 +182,20 @@ class ModbusSource:
         self._next_connect = 0.0
 
     @property
-    def where(self) -> str:
+    def _where(self) -> str:
         return f"{self.host}:{self.port}"
 
     async def start(self, batcher: Batcher) -> None:
         self._batcher, self._stopping = batcher, False
         batcher.units.update({r.tag[6:]: r.unit for r in self.registers if r.unit and r.tag.startswith("value:")})
         if not await self.client.connect():
-            raise ServiceError(f"cannot reach the Modbus device at {self.where}: connection refused or no answer "
+            raise ServiceError(f"cannot reach the Modbus device at {self._where}: connection refused or no answer "
                                f"within {self.timeout_s:g} s (check host, port, network, and that Modbus TCP "
                                f"is enabled on the device)")
         log.info("polling Modbus device=%s unit=%d registers=%d requests/poll=%d every %gs",
-                 self.where, self.unit_id, len(self.registers), len(self.blocks), self.poll_s)
+                 self._where, self.unit_id, len(self.registers), len(self.blocks), self.poll_s)
         await self._poll_safely()
-        self._task = asyncio.create_task(self._run(), name=f"modbus-poll-{self.where}")
+        self._task = asyncio.create_task(self._run(), name=f"modbus-poll-{self._where}")
 
     async def stop(self) -> None:
         self._stopping = True
@@ -234,7 +234,7 @@ class ModbusSource:
         if not self._failing:
             self._failing = True
             log.warning("Modbus device %s unit %d: %s (retrying, up to every %gs)",
-                        self.where, self.unit_id, what, MAX_BACKOFF_S)
+                        self._where, self.unit_id, what, MAX_BACKOFF_S)
 
     async def _connect(self) -> bool:
         loop = asyncio.get_running_loop()
@@ -246,7 +246,7 @@ class ModbusSource:
             return True
         self._next_connect = loop.time() + self._backoff
         self._backoff = min(2 * self._backoff, MAX_BACKOFF_S)
-        self._error(f"cannot connect to {self.where}")
+        self._error(f"cannot connect to {self._where}")
         return False
 
     async def poll(self) -> None:
@@ -255,7 +255,7 @@ class ModbusSource:
             return
         self.stats["polls"] += 1
         ts = time.time()
-        ok = True
+        errors = self.stats["errors"]
         read = {"coil": self.client.read_coils, "discrete": self.client.read_discrete_inputs,
                 "holding": self.client.read_holding_registers, "input": self.client.read_input_registers}
         for block in self.blocks:
@@ -271,12 +271,11 @@ class ModbusSource:
             if resp.isError():
                 # the device answered with a Modbus exception (e.g. 2: illegal data address): other blocks go on
                 self._error(f"reading {where}: Modbus exception {resp.exception_code} (FC{TABLES[block.table]})")
-                ok = False
                 continue
             self._report(ts, block, resp.bits[:block.count] if block.table in _BITS else resp.registers)
-        if ok and self._failing:
+        if self._failing and self.stats["errors"] == errors:
             self._failing = False
-            log.info("Modbus device %s unit %d answers again", self.where, self.unit_id)
+            log.info("Modbus device %s unit %d answers again", self._where, self.unit_id)
 
     def _report(self, ts: float, block: _Block, data: list) -> None:
         b = self._batcher
@@ -285,7 +284,7 @@ class ModbusSource:
             if block.table in _BITS:
                 raw = np.asarray(data, dtype=bool)[g.index]
             else:
-                raw = decode_words(np.asarray(data, dtype=np.uint16), g.index, r0.type, r0.word_order, r0.byte_order)
+                raw = _decode_words(np.asarray(data, dtype=np.uint16), g.index, r0.type, r0.word_order, r0.byte_order)
             eng = raw.astype(np.float64) * g.scale + g.offset
             for reg, r, e in zip(g.regs, raw.tolist(), eng.tolist()):
                 last = self._last.get(reg.tag)
@@ -294,11 +293,11 @@ class ModbusSource:
                         self._last[reg.tag] = e
                         b.value(ts, reg.tag[6:], e)
                     continue
+                if not math.isfinite(e):
+                    self._error(f"{reg.tag} reads {e} from {reg.table} {reg.address}")
+                    continue
                 if reg.tag == "ideal_cycle_s":
                     v = e
-                elif not math.isfinite(e):
-                    self._error(f"{reg.tag} reads {e} from {reg.table} {reg.address}: not a whole number")
-                    continue
                 elif reg.type in _FLOATS or (reg.scale, reg.offset) != (1.0, 0.0):
                     v = round(e)
                 else:

@@ -107,8 +107,10 @@ class OpcUaSource:
             await self.client.connect()
         except (OSError, TimeoutError, ua.UaError) as e:
             why = e.__class__.__name__ if not str(e) else str(e)
-            if isinstance(e, ua.UaStatusCodeError) and "Identity" in why:
+            if any(code in why for code in ("BadUserAccessDenied", "BadIdentityToken")):
                 why += " (check the OPC UA username and password)"
+            elif any(code in why for code in ("BadSecurity", "BadCertificate")):
+                why += " (check source.security and the certificates; does the server trust ours?)"
             raise ServiceError(f"cannot connect to the OPC UA server at {self.endpoint}: {why}") from None
         idx = await self.client.get_namespace_index(self.namespace) if self.namespace else None
         plain, banded = [], []

@@ -292,7 +292,6 @@ async def _edge(a) -> int:
     from edge import config as edge_config
     from edge.agent import EdgeAgent
     from edge.batcher import Batcher
-    from edge.opcua import OpcUaSource
 
     if a.edge_command == "discover":
         return await _discover(a)
@@ -305,6 +304,8 @@ async def _edge(a) -> int:
                                              password=url.password or b.password, **tls)
         source = _simulated_source(cfg) if cfg.source_type == "sim" else edge_config.build_source(cfg)
     elif a.opcua and a.object and a.broker:
+        from edge.opcua import OpcUaSource  # only here: a Modbus or GPIO agent does not load asyncua (~28 MB)
+
         ref = MachineRef(a.site, a.area, a.line, a.machine or a.object)
         cfg = edge_config.EdgeConfig("(command line)", ref, BrokerUrl.parse(a.broker), "opcua", {"endpoint": a.opcua})
         source = OpcUaSource(a.opcua, a.object, a.namespace)

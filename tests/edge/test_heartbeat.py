@@ -125,3 +125,55 @@ def test_cli_reports_a_bad_mapping_file_with_line_and_key(tmp_path):
     assert r.stderr.strip() == (f"fieldlab edge: error: {path}:6: source.port: 99999: write a whole number "
                                 "from 1 to 65535")
     assert time.monotonic() - started < 20
+
+
+class Firehose:
+    """A source producing far more than the outbox may keep: 200 values every 10 ms."""
+
+    def __init__(self):
+        self.stats, self._task, self.t = {}, None, 1_800_000_000.0
+
+    async def start(self, batcher):
+        async def run():
+            while True:
+                for _ in range(20):
+                    self.t += 0.01
+                    for k in range(10):
+                        batcher.value(self.t, f"v{k}", k + self.t % 1)
+                await asyncio.sleep(0.01)
+        self._task = asyncio.create_task(run())
+
+    async def stop(self):
+        self._task.cancel()
+
+
+async def test_full_outbox_drops_the_oldest_counts_them_and_stays_up(tmp_path, site, recorder):
+    from fieldlab.broker import free_port
+
+    port = free_port()  # nobody listens yet: the Wi-Fi is down
+    broker = PrivateMosquitto(workdir=tmp_path / "broker", port=port)
+    (tmp_path / "broker").mkdir()
+    ref = MachineRef(site, "a", "l", "m")
+    bound = 2**20
+    agent = EdgeAgent(ref, broker.url, Firehose(), buffer=tmp_path / "q.db", flush_s=0.05,
+                      max_buffer_bytes=bound, wait_for_broker=False, heartbeat_s=0.5)
+    await agent.start()
+    try:
+        for _ in range(150):
+            await asyncio.sleep(0.1)
+            if agent.health()["dropped"] > 50:
+                break
+        health = agent.health()
+        assert health["dropped"] > 50 and health["backlog_bytes"] <= bound
+        assert all(not t.done() for t in agent._tasks), "the agent's loops must keep running"
+        files = [tmp_path / n for n in ("q.db", "q.db-wal")]
+        assert sum(f.stat().st_size for f in files if f.exists()) < 1.5 * bound + 1.5 * 2**20
+        oldest_kept = agent.queue.peek(0, 1)[0][0]
+        assert oldest_kept > health["dropped"]  # rows 1..dropped are the ones that went
+        broker.start()  # the Wi-Fi is back: what is kept is delivered, the heartbeat says what was lost
+        rec = recorder(broker.url, ref.topic(Kind.STATUS))
+        assert await asyncio.to_thread(rec.wait_for, lambda r: any(
+            decode(Kind.STATUS, p).info.get("dropped", 0) >= health["dropped"] for _, p, _ in r.messages), 15)
+    finally:
+        await agent.stop(drain_s=2.0)
+        broker.stop()

@@ -264,17 +264,23 @@ async def test_device_restart_is_survived_and_data_flows_again(plc, caplog):
     assert f"127.0.0.1:{plc.port}" in warnings[0].getMessage()
 
 
-async def test_modbus_exception_skips_only_that_block(plc):
+async def test_modbus_exception_skips_only_that_block(plc, caplog):
+    caplog.set_level(logging.INFO, logger="fieldlab.edge.modbus")
     await plc.set("holding", 0, [42])
+    await plc.set("input", 5, [43])
     b = Batcher()
-    src = ModbusSource("127.0.0.1", plc.port, [Register("value:ok", 0), Register("value:missing", 500)],
-                       poll_s=0.03)
+    # blocks are read coil, discrete, holding, input: the one after the failing block must still be read
+    regs = [Register("value:before", 0), Register("value:missing", 500), Register("value:after", 5, table="input")]
+    src = ModbusSource("127.0.0.1", plc.port, regs, poll_s=0.03)
     await src.start(b)
     try:
         await polls(src, 3)
         tel, = drain(b)[Kind.TELEMETRY]
-        assert {n: v.tolist() for n, v in tel.signals.items()} == {"ok": [42.0]}
+        assert {n: v.tolist() for n, v in tel.signals.items()} == {"before": [42.0], "after": [43.0]}
         assert src.stats["errors"] >= 3 and "exception 2" in src.stats["last_error"]
+        warnings = [r.getMessage() for r in caplog.records
+                    if r.name == "fieldlab.edge.modbus" and r.levelno >= logging.WARNING]
+        assert len(warnings) == 1 and "holding 500-500: Modbus exception 2" in warnings[0], warnings
     finally:
         await src.stop()
 
