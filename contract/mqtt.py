@@ -187,7 +187,7 @@ def _tls_files_error(url: BrokerUrl, e: ssl.SSLError) -> str:
 
 def connect(url: BrokerUrl, client_id: str | None = None, *, will: tuple[str, bytes] | None = None,
             on_message=None, on_connect=None, subscriptions: list[tuple[str, int]] = (), timeout: float = 5.0,
-            retry: bool = False) -> paho.Client:
+            retry: bool = False, persistent: bool = False) -> paho.Client:
     """Create a paho client, connect it and start its network thread; ServiceError if that fails.
 
     With ``url.tls`` the connection is TLS, with the broker's certificate and host name verified
@@ -209,9 +209,16 @@ def connect(url: BrokerUrl, client_id: str | None = None, *, will: tuple[str, by
     ``on_connect(client)`` runs after every (re)connect. ``subscriptions`` (topic filter, QoS) are made
     on every (re)connect; the first time, ``connect`` returns only once the broker has confirmed them
     (SUBACK), so no message published after it returns is missed.
+
+    ``persistent`` asks the broker to keep our session (MQTT 3.1.1 clean session = 0): while we are
+    away (restarting, or reconnecting after a broker restart) it queues the QoS 1 messages of our
+    subscriptions and hands them over when we are back. It needs a stable ``client_id`` that no other
+    client uses, and a broker with ``persistence true`` to survive the broker's own restart.
     """
+    if persistent and not client_id:
+        raise ValueError("a persistent session needs a stable client_id")
     client = _Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"fieldlab-{uuid.uuid4().hex[:8]}",
-                     clean_session=True)
+                     clean_session=not persistent)
     client.max_queued_messages_set(0)  # unbounded in memory; disk-backed buffering lives in the edge agent
     client.reconnect_delay_set(0.2, 5)
     if url.tls:

@@ -32,7 +32,9 @@ class Gateway:
     def __init__(self, broker: BrokerUrl, site: str = "+", publish_s: float = 1.0, client_id: str | None = None,
                  config: SiteConfig | None = None):
         self.broker, self.site, self.publish_s = broker, site, publish_s
-        self.client_id = client_id or "fieldlab-gateway"
+        # stable per site: the broker keeps this gateway's session (its subscriptions and the QoS 1 messages
+        # that arrive while it restarts or reconnects) and hands them over when it is back
+        self.client_id = client_id or f"fieldlab-gateway-{'all' if site == '+' else site}"
         self.engine = KpiEngine(config)
         self.machines: list[MachineRef] = []
         self._index: dict[MachineRef, int] = {}
@@ -92,7 +94,7 @@ class Gateway:
     # -- lifecycle
     async def start(self) -> None:
         self._client = await asyncio.to_thread(
-            connect, self.broker, self.client_id, on_message=self._on_message,
+            connect, self.broker, self.client_id, on_message=self._on_message, persistent=True,
             subscriptions=[(subscription(k, self.site), 1) for k in INGEST_KINDS])
         self._task = asyncio.create_task(self._loop())
         log.info("gateway up broker=%s", self.broker)

@@ -129,6 +129,11 @@ class _Rows:
 
 
 class Timeline:
+    # per-machine state: name, initial value, dtype
+    PER_MACHINE = (("now", -np.inf, np.float64), ("last_t", np.nan, np.float64), ("last_cat", -1, np.int8),
+                   ("last_reason", 0, np.int64), ("ep_t", np.nan, np.float64), ("ep_cat", -1, np.int8),
+                   ("last_good", -1, np.int64), ("last_reject", -1, np.int64))
+
     def __init__(self, conv: Conventions = oee.DEFAULT, calendar=np.zeros(0), machines: int = 0, capacity: int = 64):
         self.conv = conv
         self.cal = np.asarray(calendar, dtype=np.float64)
@@ -138,6 +143,8 @@ class Timeline:
         self.c = _Rows(0, capacity, t=((), np.float64, np.inf), pre=((5,), np.float64, 0.0))  # inclusive prefix
         self.f = _Rows(0, 4, t=((), np.float64, np.inf))
         self.u = _Rows(0, 4, t=((), np.float64, np.inf))
+        for name, _, dtype in self.PER_MACHINE:  # present (empty) before the first machine comes
+            setattr(self, name, np.zeros(0, dtype))
         self.add_machines(machines)
 
     # -- per-machine state
@@ -145,12 +152,8 @@ class Timeline:
         if n <= self.n:
             return
         grow = n - self.n
-        for name, fill, dtype in (("now", -np.inf, np.float64), ("last_t", np.nan, np.float64),
-                                  ("last_cat", -1, np.int8), ("last_reason", 0, np.int64),
-                                  ("ep_t", np.nan, np.float64), ("ep_cat", -1, np.int8),
-                                  ("last_good", -1, np.int64), ("last_reject", -1, np.int64)):
-            old = getattr(self, name, np.zeros(0, dtype))
-            setattr(self, name, np.concatenate([old, np.full(grow, fill, dtype)]))
+        for name, fill, dtype in self.PER_MACHINE:
+            setattr(self, name, np.concatenate([getattr(self, name), np.full(grow, fill, dtype)]))
         for rows in (self.p, self.c, self.f, self.u):
             rows.machines(n)
         self.n = n

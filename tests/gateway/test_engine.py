@@ -137,3 +137,9 @@ def test_open_state_runs_until_the_latest_timestamp_seen():
     e.fold()
     k = e.snapshot()["since_start"]
     assert (k["run_s"][0], k["planned_s"][0], k["state"][0]) == (30.0, 90.0, HELD)
+
+
+def test_snapshot_without_any_machine_is_empty_not_an_error():
+    """A gateway that stops before the first machine spoke (it used to crash in Timeline.set_now)."""
+    snap = KpiEngine().snapshot()
+    assert snap and all(len(v) == 0 for kpis in snap.values() for v in kpis.values())

@@ -99,3 +99,24 @@ async def test_unreachable_broker_is_a_clear_error():
     gw = Gateway(BrokerUrl("127.0.0.1", free_port()))
     with pytest.raises(ServiceError, match=r"cannot reach the MQTT broker at mqtt://127.0.0.1:\d+: Connection refused"):
         await gw.start()
+
+
+async def test_messages_sent_while_the_gateway_restarts_are_not_lost(mosquitto, site, publisher, recorder):
+    """The broker keeps the gateway's session: what arrives while it is away is handed over when it is back."""
+    ref = MachineRef(site, "a", "l", "m1")
+    first = Gateway(mosquitto.url, site=site, publish_s=0.1)
+    await first.start()
+    await first.stop()  # e.g. an update of the gateway; the machines keep producing
+    publisher(ref.topic(Kind.STATE), encode_state([0.0], [4]))
+    publisher(ref.topic(Kind.COUNTS), encode_counts([0.0, 100.0], [0, 40], [0, 2], "p", 2.0))
+    second = Gateway(mosquitto.url, site=site, publish_s=0.1)
+    assert second.client_id == first.client_id == f"fieldlab-gateway-{site}"
+    await second.start()
+    try:
+        assert await wait_until(lambda: second.stats["messages"] == 2), second.stats
+        second.tick()
+    finally:
+        await second.stop()
+    rec = recorder(mosquitto.url, ref.topic(Kind.KPI))
+    assert rec.wait_for(lambda r: r.json("/kpi"))
+    assert (rec.json("/kpi")[-1]["good"], rec.json("/kpi")[-1]["reject"]) == (40, 2)
