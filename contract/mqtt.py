@@ -300,8 +300,14 @@ def connect(url: BrokerUrl, client_id: str | None = None, *, will: tuple[str, by
     client._fieldlab_on_fail = _on_fail
     client.loop_start()
     answered = connected.wait(timeout)
-    if answered and failure and retry:
-        return client  # refused: logged, in fieldlab_last_error, and paho keeps trying with back-off
+    if retry and (failure or not answered):
+        # refused (logged, in fieldlab_last_error) or no CONNACK yet from a slow broker: the caller (an
+        # edge agent that buffers) starts anyway, and paho keeps trying with back-off
+        if not answered:
+            client.fieldlab_last_error = f"the MQTT broker at {url} did not answer within {timeout:g} s"
+            log.warning("%s; retrying in the background", client.fieldlab_last_error)
+        background[0] = True
+        return client
     if not answered or failure or not subscribed.wait(timeout):
         client.loop_stop()
         client.disconnect()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|min|h)?$")
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|min|h|d)?$")
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kKmMgG]i?[bB]?|[bB])?$")
 
 
@@ -76,13 +76,13 @@ def _walk(node, path: str, lines: dict[str, int]) -> None:
 
 
 def duration(value) -> float | None:
-    """Seconds from 250ms, 0.5s, 2m, 1h or a plain number of seconds; None if it is not one."""
+    """Seconds from 250ms, 0.5s, 2m, 1h, 1d or a plain number of seconds; None if it is not one."""
     if isinstance(value, bool):
         return None
     m = _DURATION.match(str(value).strip()) if value is not None else None
     if not m:
         return None
-    return float(m.group(1)) * {"ms": 0.001, "s": 1, None: 1, "m": 60, "min": 60, "h": 3600}[m.group(2)]
+    return float(m.group(1)) * {"ms": 0.001, "s": 1, None: 1, "m": 60, "min": 60, "h": 3600, "d": 86400}[m.group(2)]
 
 
 def size(value) -> int | None:

@@ -60,7 +60,14 @@ class EdgeAgent:
             will=(status, encode_status(time.time(), "offline", reason="connection lost")),
             on_connect=self._on_connect, retry=not self.wait_for_broker)
         self._client.on_publish = self._on_publish
-        await self.source.start(self.batcher)
+        try:
+            await self.source.start(self.batcher)
+        except BaseException:  # the machine cannot be read: leave nothing running or open behind
+            self._client.loop_stop()
+            self._client.disconnect()
+            self._client = None
+            self.queue.close()
+            raise
         self._tasks = [asyncio.create_task(self._every(self.flush_s, self.flush)),
                        asyncio.create_task(self._every(0.05, self.pump)),
                        asyncio.create_task(self._every(self.heartbeat_s, self.heartbeat))]
@@ -145,6 +152,7 @@ class EdgeAgent:
             self._inflight[info.mid] = row
             self._last_sent = row
             self.stats["sent"] += 1
+            self.stats.pop("last_error", None)
 
     @property
     def backlog(self) -> int:

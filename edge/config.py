@@ -103,6 +103,8 @@ def parse(doc: YamlFile, environ=os.environ) -> EdgeConfig:
         raise doc.error("source.type", f"{stype!r}: use one of {', '.join(SOURCE_TYPES)}")
     _no_unknown(doc, source, "source", ("type",) + SOURCE_KEYS[stype])
     src = _source(doc, stype, source, environ)
+    if stype == "gpio" and model != "packml":
+        raise doc.error("state_model", "a stack light's states are PackML states: leave state_model out")
     tags = _tags(doc, stype, data.get("tags"), STATE_MODELS[model])
     cfg = EdgeConfig(doc.path, machine, broker, stype, src, tags, state_model=model)
 
@@ -219,9 +221,11 @@ def _source(doc: YamlFile, stype: str, s: dict, environ) -> dict:
         for k in ("namespace", "root", "username"):
             if k in s:
                 out[k] = str(s[k])
-        for k, default in (("publishing_interval", 0.1), ("sampling_interval", 0.0), ("timeout", 5.0)):
+        for k, default, lo, hi in (("publishing_interval", 0.1, 0.01, 60.0), ("sampling_interval", 0.0, 0.0, 60.0),
+                                   ("timeout", 5.0, 0.5, 20.0)):
             out[k] = default if k not in s else _need(doc, f"{key}.{k}", duration(s[k]),
-                                                      "write a duration like 100ms or 1s")
+                                                      "write a duration like 100ms or 1s", lambda v: lo <= v <= hi,
+                                                      f"between {lo:g}s and {hi:g}s")
         if "security" in s:
             policy = str(s["security"]).split(",")
             if len(policy) != 2 or policy[1] not in ("Sign", "SignAndEncrypt"):
@@ -247,7 +251,8 @@ def _source(doc: YamlFile, stype: str, s: dict, environ) -> dict:
                                                           "write a duration like 100ms", lambda v: v >= 0.01,
                                                           "at least 10ms")
         out["timeout_s"] = 1.0 if "timeout" not in s else _need(doc, f"{key}.timeout", duration(s["timeout"]),
-                                                                "write a duration like 1s")
+                                                                "write a duration like 1s", lambda v: 0.05 <= v <= 20,
+                                                                "between 50ms and 20s")
     elif stype == "gpio":
         pf = s.get("pin_factory")
         if pf not in (None, "mock"):
@@ -259,9 +264,10 @@ def _source(doc: YamlFile, stype: str, s: dict, environ) -> dict:
             raise doc.error(f"{key}.machine", "name a simulated machine, e.g. machine: cnc-01")
         out["machine"] = s["machine"]
         out["seed"] = _int(doc, s, key, "seed", 1, 0, 2**31)
-        out["speed"] = float(s.get("speed", 1.0))
-        if not out["speed"] > 0:
-            raise doc.error(f"{key}.speed", "must be > 0 (1 = real time)")
+        speed = s.get("speed", 1.0)
+        if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not speed > 0:
+            raise doc.error(f"{key}.speed", f"{speed!r}: write a number > 0 (1 = real time, 60 = an hour a minute)")
+        out["speed"] = float(speed)
     return out
 
 
@@ -279,19 +285,29 @@ def _number(doc, t: dict, key: str, name: str, default: float) -> float:
     return float(v)
 
 
+def _state_code(doc: YamlFile, key: str, state, table: dict[int, str]) -> int:
+    """A state of the model by name (Execute, held) or number."""
+    target = {n.lower(): c for c, n in table.items()}.get(state.lower()) if isinstance(state, str) else state
+    if isinstance(target, bool) or target not in table:
+        raise doc.error(key, f"{state!r} is not a state; use one of {', '.join(table.values())}")
+    return target
+
+
 def _state_map(doc: YamlFile, value, key: str, table: dict[int, str]) -> dict[int, int]:
     if not isinstance(value, dict) or not value:
         raise doc.error(key, "write vendor code -> state, e.g. {1: Execute, 2: Held, 3: Stopped}")
-    names = {n.lower(): c for c, n in table.items()}
     out = {}
     for code, state in value.items():
         if isinstance(code, bool) or not isinstance(code, int):
             raise doc.error(key, f"{code!r}: the machine's own state codes are whole numbers")
-        target = names.get(str(state).lower()) if isinstance(state, str) else state
-        if isinstance(target, bool) or target not in table:
-            raise doc.error(f"{key}.{code}", f"{state!r} is not a state; use one of {', '.join(table.values())}")
-        out[code] = target
+        out[code] = _state_code(doc, f"{key}.{code}", state, table)
     return out
+
+
+def _bool(doc: YamlFile, key: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise doc.error(key, f"{value!r}: write true or false")
+    return value
 
 
 def _tags(doc: YamlFile, stype: str, items, table: dict[int, str]) -> list[Tag]:
@@ -316,15 +332,20 @@ def _tags(doc: YamlFile, stype: str, items, table: dict[int, str]) -> list[Tag]:
             raise doc.error(f"{key}.tag", f"{name!r} appears twice")
         seen.add(name)
         unit = t.get("unit")
-        smap = _state_map(doc, t["map"], f"{key}.map", table) if "map" in t else None
-        if smap and name != "state":
+        if "map" in t and name != "state":
             raise doc.error(f"{key}.map", "only the state tag can map codes")
+        if "map" in t and stype == "gpio":
+            raise doc.error(f"{key}.map", "a stack light gives states directly: use states: {red: Held, ...}")
+        smap = _state_map(doc, t["map"], f"{key}.map", table) if "map" in t else None
         opts = {k: v for k, v in t.items() if k in TAG_KEYS[stype]}
         if stype == "opcua":
             if not isinstance(t.get("node"), str):
                 raise doc.error(f"{key}.node", "write a node id (ns=2;s=Press.Count) or a browse path below the "
                                                "source's root (Counters/Good)")
             for k, d in (("scale", 1.0), ("offset", 0.0), ("deadband", 0.0)):
+                if k in t and name in ROLES and name != "ideal_cycle_s":
+                    raise doc.error(f"{key}.{k}", f"only for process values: the {name} is sent as the machine "
+                                                  "reports it (a deadband would hide changes)")
                 opts[k] = _number(doc, t, key, k, d)
         out.append(Tag(name, opts, None if unit is None else str(unit), smap))
     if stype == "modbus":
@@ -333,6 +354,8 @@ def _tags(doc: YamlFile, stype: str, items, table: dict[int, str]) -> list[Tag]:
         _gpio_pins(doc, out)
     if stype != "gpio" and "state" not in seen and not any(n in seen for n in ("good", "reject")):
         raise doc.error("tags", "no state and no counter: OEE needs at least the state or the good counter")
+    if "reject" in seen and "good" not in seen:
+        raise doc.error("tags", "a reject counter needs the good counter too (counts are good + reject)")
     return out
 
 
@@ -363,7 +386,9 @@ def _gpio_pins(doc: YamlFile, tags: list[Tag]) -> None:
                 extra = set(o) - {"pin", "active_high", "pull_up", "bounce"}
                 if extra:
                     raise doc.error(f"{key}.{sorted(extra)[0]}", "only for the state tag (stack light)")
-                kw = {k: o[k] for k in ("active_high", "pull_up") if k in o}
+                kw = {k: _bool(doc, f"{key}.{k}", o[k]) for k in ("active_high",) if k in o}
+                if "pull_up" in o:
+                    kw["pull_up"] = None if o["pull_up"] is None else _bool(doc, f"{key}.pull_up", o["pull_up"])
                 if "bounce" in o:
                     kw["bounce_s"] = _need(doc, f"{key}.bounce", duration(o["bounce"]), "write a duration like 5ms")
                 o["pin_spec"] = CounterPin(t.name, o["pin"], **kw)
@@ -371,18 +396,14 @@ def _gpio_pins(doc: YamlFile, tags: list[Tag]) -> None:
                 lights = o.get("stack_light")
                 if not isinstance(lights, dict) or not lights:
                     raise doc.error(f"{key}.stack_light", "write colour -> pin, e.g. {green: 22, orange: 27, red: 23}")
-                kw = {k: o[k] for k in ("active_high",) if k in o}
+                kw = {k: _bool(doc, f"{key}.{k}", o[k]) for k in ("active_high",) if k in o}
                 if "states" in o:
                     if not isinstance(o["states"], dict):
                         raise doc.error(f"{key}.states", "write light -> state, e.g. {red: Held, off: Stopped}")
-                    names = {n.lower(): c for c, n in PACKML.items()}
                     kw["states"] = {}
                     for light, st in o["states"].items():
-                        light = "off" if light is False else light  # YAML 1.1 reads a bare off as false
-                        code = names.get(str(st).lower()) if isinstance(st, str) else st
-                        if code not in PACKML:
-                            raise doc.error(f"{key}.states.{light}", f"{st!r} is not a PackML state")
-                        kw["states"][str(light)] = code
+                        light = "off" if light is False else str(light)  # YAML 1.1 reads a bare off as false
+                        kw["states"][light] = _state_code(doc, f"{key}.states.{light}", st, PACKML)
                 if "priority" in o:
                     kw["priority"] = tuple(o["priority"])
                 if "settle" in o:

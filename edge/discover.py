@@ -9,12 +9,13 @@ as a comment so nothing is hidden.
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
 from asyncua import Client, ua
 
-from contract.errors import ServiceError
+from .opcua import open_session
 
 NUMERIC = {"Boolean", "SByte", "Byte", "Int16", "UInt16", "Int32", "UInt32", "Int64", "UInt64", "Float", "Double"}
 INTEGER = NUMERIC - {"Float", "Double", "Boolean"}
@@ -47,13 +48,7 @@ async def browse(endpoint: str, max_depth: int = 8, max_variables: int = 2000, t
                  username: str | None = None, password: str | None = None) -> tuple[list[Variable], list[str]]:
     """Every variable below Objects (namespaces > 0) and the server's namespace array."""
     client = Client(endpoint, timeout=timeout)
-    if username:
-        client.set_user(username)
-        client.set_password(password or "")
-    try:
-        await client.connect()
-    except (OSError, TimeoutError, ua.UaError) as e:
-        raise ServiceError(f"cannot connect to the OPC UA server at {endpoint}: {e or type(e).__name__}") from None
+    await open_session(client, endpoint, username=username, password=password)
     try:
         namespaces = await client.get_namespace_array()
         found: list[Variable] = []
@@ -164,12 +159,12 @@ def starter_file(endpoint: str, variables: list[Variable], namespaces: list[str]
         "  # password_file: /etc/fieldlab/mqtt-password",
         "source:",
         "  type: opcua",
-        f"  endpoint: {endpoint}",
+        f"  endpoint: {json.dumps(endpoint)}",
     ]
     if ns is not None:
-        lines.append(f"  namespace: {namespaces[ns] if ns < len(namespaces) else ns}")
+        lines.append(f"  namespace: {json.dumps(namespaces[ns] if ns < len(namespaces) else ns)}")
     if root:
-        lines.append(f"  root: {'/'.join(step(ix, n) for ix, n in root)}")
+        lines.append(f"  root: {json.dumps('/'.join(step(ix, n) for ix, n in root))}")
     lines += ["  publishing_interval: 100ms", "tags:"]
     if not any(t in ("state", "good") for t in tags.values()):
         lines.append("  # no machine state or good counter recognised: pick them from the variables below")
@@ -177,10 +172,10 @@ def starter_file(endpoint: str, variables: list[Variable], namespaces: list[str]
     for i, v in enumerate(variables):
         about = f"# {v.datatype}, now {v.value!r}"[:70]
         if i in tags:
-            unit = f", unit: {v.unit}" if v.unit else ""
-            lines.append(f"  - {{tag: {tags[i]}, node: \"{rel(v)}\"{unit}}}   {about}")
+            unit = f", unit: {json.dumps(v.unit)}" if v.unit else ""
+            lines.append(f"  - {{tag: {tags[i]}, node: {json.dumps(rel(v))}{unit}}}   {about}")
         else:
-            skipped.append(f"  # - {{tag: ?, node: \"{rel(v)}\"}}   {about}")
+            skipped.append(f"  # - {{tag: ?, node: {json.dumps(rel(v))}}}   {about}")
     if skipped:
         lines += ["  # not recognised (not a number, or no guess):"] + skipped
     return "\n".join(lines) + "\n"

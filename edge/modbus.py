@@ -275,6 +275,7 @@ class ModbusSource:
             self._report(ts, block, resp.bits[:block.count] if block.table in _BITS else resp.registers)
         if self._failing and self.stats["errors"] == errors:
             self._failing = False
+            self.stats["last_error"] = None  # the heartbeat reports current problems, not old ones
             log.info("Modbus device %s unit %d answers again", self._where, self.unit_id)
 
     def _report(self, ts: float, block: _Block, data: list) -> None:

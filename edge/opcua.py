@@ -47,6 +47,25 @@ def _seconds(stamp: dt.datetime | None) -> float | None:
     return stamp.timestamp()
 
 
+async def open_session(client: Client, endpoint: str, security: str | None = None, username: str | None = None,
+                       password: str | None = None) -> None:
+    """Connect ``client`` with optional security and user; a ServiceError saying what to check if refused."""
+    try:
+        if security:
+            await client.set_security_string(security)
+        if username:
+            client.set_user(username)
+            client.set_password(password or "")
+        await client.connect()
+    except (OSError, TimeoutError, ua.UaError) as e:
+        why = e.__class__.__name__ if not str(e) else str(e)
+        if any(code in why for code in ("BadUserAccessDenied", "BadIdentityToken")):
+            why += " (check the OPC UA username and password)"
+        elif any(code in why for code in ("BadSecurity", "BadCertificate")):
+            why += " (check source.security and the certificates; does the server trust ours?)"
+        raise ServiceError(f"cannot connect to the OPC UA server at {endpoint}: {why}") from None
+
+
 @dataclass(frozen=True)
 class OpcTag:
     role: str  # a role of edge.batcher.ROLES or "value:<name>"
@@ -98,20 +117,7 @@ class OpcUaSource:
     async def start(self, batcher: Batcher) -> None:
         self._batcher = batcher
         batcher.units.update({t.role[6:]: t.unit for t in self.tags if t.unit and t.role.startswith("value:")})
-        try:
-            if self.security:
-                await self.client.set_security_string(self.security)
-            if self.username:
-                self.client.set_user(self.username)
-                self.client.set_password(self.password or "")
-            await self.client.connect()
-        except (OSError, TimeoutError, ua.UaError) as e:
-            why = e.__class__.__name__ if not str(e) else str(e)
-            if any(code in why for code in ("BadUserAccessDenied", "BadIdentityToken")):
-                why += " (check the OPC UA username and password)"
-            elif any(code in why for code in ("BadSecurity", "BadCertificate")):
-                why += " (check source.security and the certificates; does the server trust ours?)"
-            raise ServiceError(f"cannot connect to the OPC UA server at {self.endpoint}: {why}") from None
+        await open_session(self.client, self.endpoint, self.security, self.username, self.password)
         idx = await self.client.get_namespace_index(self.namespace) if self.namespace else None
         plain, banded = [], []
         for tag in self.tags:

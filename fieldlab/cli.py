@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from contract.errors import ContractError, ServiceError
-from contract.yamlfile import size
+from contract.yamlfile import ConfigError, duration, size
 
 from . import __version__, logs
 
@@ -63,16 +63,9 @@ def _port(text: str) -> int:
 
 
 def _duration(text: str) -> float:
-    units = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
-    t = text.strip().lower()
-    num = t.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = t[len(num):] or "s"
-    try:
-        value = float(num) * units[unit]
-    except (ValueError, KeyError):
-        raise argparse.ArgumentTypeError(f"{text!r}: write a duration like 90, 90s, 2m, 1h or 1d") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    value = duration(text.strip().lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: write a duration like 90, 90s, 2m, 1h or 1d")
     return value
 
 
@@ -224,6 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="port for /metrics (Prometheus) and /healthz (default 8080)")
     g.add_argument("--http-host", default="127.0.0.1", metavar="ADDRESS",
                    help="address for the HTTP endpoint; 0.0.0.0 for the whole network (default 127.0.0.1)")
+    g.add_argument("--influx", metavar="URL", help="also store everything in InfluxDB 1.x (or 2.x/3.x in 1.x "
+                   "compatibility mode), e.g. http://localhost:8086; a user as http://user@host:8086 with the "
+                   "password in $FIELDLAB_INFLUX_PASSWORD (scheme: docs/storage.md)")
+    g.add_argument("--influx-db", default="fieldlab", metavar="NAME", help="InfluxDB database (default fieldlab; "
+                   "created if missing)")
     g.add_argument("--duration", type=_positive, default=None, metavar="SECONDS", help="stop after this many seconds")
     return p
 
@@ -299,6 +297,9 @@ async def _edge(a) -> int:
         cfg = edge_config.load(a.config)
         if a.broker:  # another address for the same broker identity (user, password, certificates)
             url, b = BrokerUrl.parse(a.broker), cfg.broker
+            if b.tls and not url.tls:
+                raise ServiceError(f"--broker {a.broker}: {cfg.path} connects with TLS (mqtts://); the password "
+                                   "must not travel unencrypted: use an mqtts:// address")
             tls = {"ca_file": b.ca_file, "cert_file": b.cert_file, "key_file": b.key_file} if url.tls else {}
             cfg.broker = dataclasses.replace(url, username=url.username or b.username,
                                              password=url.password or b.password, **tls)
@@ -386,7 +387,8 @@ async def _gateway(a) -> int:
 
     from gateway.http import HttpEndpoint
 
-    gw = Gateway(BrokerUrl.parse(a.broker), site=a.site, config=site_config(a.config))
+    sinks = [_influx_sink(a.influx, a.influx_db)] if a.influx else []
+    gw = Gateway(BrokerUrl.parse(a.broker), site=a.site, config=site_config(a.config), sinks=sinks)
     http = HttpEndpoint(gw, a.http_host, a.http_port)
     await http.start()
     try:
@@ -398,6 +400,22 @@ async def _gateway(a) -> int:
         await http.stop()
     print(table.render(gw.rows))
     return 0
+
+
+def _influx_sink(url: str, database: str):
+    from urllib.parse import unquote, urlsplit
+
+    from gateway.influx import InfluxV1Sink
+
+    u = urlsplit(url)
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise ServiceError(f"--influx {url!r}: write the database's address like http://localhost:8086")
+    if u.password:
+        raise ServiceError("--influx: do not put the password in the address (it shows in the process list); "
+                           "set FIELDLAB_INFLUX_PASSWORD")
+    base = f"{u.scheme}://{u.hostname}:{u.port or 8086}{u.path.rstrip('/')}"
+    return InfluxV1Sink(base, database, username=unquote(u.username) if u.username else None,
+                        password=os.environ.get("FIELDLAB_INFLUX_PASSWORD"))
 
 
 async def _oee(a) -> int:
@@ -430,6 +448,8 @@ async def _demo(a) -> int:
                       seed=a.seed, ledger=a.ledger, config=site_config(a.config), http_port=a.http_port).run()
 
 
+EXIT_CONFIG = 78  # EX_CONFIG of sysexits.h: configuration error
+
 COMMANDS = {"demo": _demo, "sim": _sim, "edge": _edge, "gateway": _gateway, "oee": _oee}
 
 
@@ -439,6 +459,9 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(logging.INFO if args.verbose or not quiet else logging.WARNING)
     try:
         return asyncio.run(COMMANDS[args.command](args))
+    except ConfigError as e:  # a mistake in a file: retrying will not help (the systemd unit stops trying)
+        print(f"fieldlab {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
     except (ServiceError, ContractError, ValueError) as e:  # EventLogError is a ValueError
         print(f"fieldlab {args.command}: error: {e}", file=sys.stderr)
         return 2

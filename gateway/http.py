@@ -21,6 +21,13 @@ COUNTERS = (
     ("kpi_published", "KPI messages published."),
 )
 MACHINE_GAUGES = ("availability", "performance", "quality", "oee")
+SINK_METRICS = (
+    ("written_total", "counter", "Lines the database accepted."),
+    ("dropped_total", "counter", "Lines dropped because the sink's buffer was full (or left at shutdown)."),
+    ("rejected_total", "counter", "Lines the database refused as invalid."),
+    ("retries_total", "counter", "Writes retried because the database was unreachable or failing."),
+    ("backlog_lines", "gauge", "Lines waiting to be written."),
+)
 
 
 def _label(value: str) -> str:
@@ -37,6 +44,12 @@ def render_metrics(gateway) -> str:
               "# TYPE fieldlab_gateway_machines gauge", f"fieldlab_gateway_machines {len(gateway.machines)}",
               "# HELP fieldlab_gateway_tick_seconds Duration of the last KPI computation for all machines.",
               "# TYPE fieldlab_gateway_tick_seconds gauge", f"fieldlab_gateway_tick_seconds {gateway.tick_seconds:.6f}"]
+    sinks = getattr(gateway, "sinks", [])
+    for name, kind, help_ in SINK_METRICS:
+        lines += [f"# HELP fieldlab_sink_{name} {help_}", f"# TYPE fieldlab_sink_{name} {kind}"]
+        for sink in sinks:
+            value = sink.backlog if name == "backlog_lines" else sink.stats[name.removesuffix("_total")]
+            lines.append(f'fieldlab_sink_{name}{{sink="{_label(str(sink))}"}} {value}')
     rows = gateway.rows
     for kpi in MACHINE_GAUGES:
         lines += [f"# HELP fieldlab_machine_{kpi} {kpi.capitalize()} since the gateway started (fraction; "

@@ -18,7 +18,7 @@ from contract import (
 )
 from contract.mqtt import BrokerUrl, connect, wait_published
 
-from . import oee
+from . import oee, storage
 from .config import SiteConfig
 from .oee import plain
 from .engine import KpiEngine, state_name
@@ -30,8 +30,13 @@ INGEST_KINDS = (Kind.STATE, Kind.COUNTS, Kind.TELEMETRY, Kind.STATUS)
 
 class Gateway:
     def __init__(self, broker: BrokerUrl, site: str = "+", publish_s: float = 1.0, client_id: str | None = None,
-                 config: SiteConfig | None = None):
+                 config: SiteConfig | None = None, sinks: list | None = None, store_kpis_s: float = 10.0):
         self.broker, self.site, self.publish_s = broker, site, publish_s
+        # sinks (gateway/influx.py) get every decoded message and, every store_kpis_s, the KPIs per window
+        self.sinks = list(sinks or [])
+        self.store_kpis_s = store_kpis_s
+        self._to_store: list = []
+        self._kpis_stored_at = -float("inf")
         # stable per site: the broker keeps this gateway's session (its subscriptions and the QoS 1 messages
         # that arrive while it restarts or reconnects) and hands them over when it is back
         self.client_id = client_id or f"fieldlab-gateway-{'all' if site == '+' else site}"
@@ -70,6 +75,8 @@ class Gateway:
                 m = self._index[ref] = self.engine.add_machine()
                 self.machines.append(ref)
                 log.info("new machine machine=%s", ref.path)
+            if self.sinks:
+                self._to_store.append((ref, kind, item))
             if kind is Kind.STATUS:
                 self.status[m] = item.status
             elif kind is Kind.STATE:
@@ -93,6 +100,8 @@ class Gateway:
 
     # -- lifecycle
     async def start(self) -> None:
+        for sink in self.sinks:
+            await sink.start()
         self._client = await asyncio.to_thread(
             connect, self.broker, self.client_id, on_message=self._on_message, persistent=True,
             subscriptions=[(subscription(k, self.site), 1) for k in INGEST_KINDS])
@@ -115,6 +124,10 @@ class Gateway:
             snap = self.engine.snapshot()
             machines = list(self.machines)
             status = dict(self.status)
+            to_store, self._to_store = self._to_store, []
+            now = self.engine.now_ts[: len(machines)].copy()
+        if self.sinks:
+            self._store(to_store, machines, snap, now)
         self._pending = [i for i in self._pending if not i.is_published()]
         rows = []
         for i, ref in enumerate(machines):
@@ -125,6 +138,18 @@ class Gateway:
         self.rows = rows
         self.tick_seconds = time.perf_counter() - started
         return rows
+
+    def _store(self, items: list, machines: list[MachineRef], snap: dict, now) -> None:
+        """Hand the new data (and, every store_kpis_s, the KPIs) to the sinks as line protocol."""
+        out = []
+        for ref, kind, item in items:
+            out += storage.batch_lines(ref, kind, item)
+        wall = time.monotonic()
+        if wall - self._kpis_stored_at >= self.store_kpis_s or self._task is None:
+            self._kpis_stored_at = wall
+            out += storage.kpi_lines(machines, snap, now)
+        for sink in self.sinks:
+            sink.accept(out)
 
     def _publish_kpi(self, ref: MachineRef, row: dict) -> None:
         info = self._client.publish(ref.topic(Kind.KPI), encode_kpi(row), qos=QOS[Kind.KPI], retain=True)
@@ -158,6 +183,8 @@ class Gateway:
         self._client.disconnect()
         self._client.loop_stop()
         self._client = None
+        for sink in self.sinks:
+            await sink.stop()
 
 
 MAIN_FIELDS = ("planned_s", "run_s", "operating_s", "not_scheduled_s", "breakdown_s", "stopped_s", "setup_s",

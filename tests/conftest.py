@@ -41,6 +41,31 @@ def own_mosquitto(tmp_path_factory):
     broker.stop()
 
 
+def _start_influxdb(tmp_path_factory):
+    from fieldlab.influxd import PrivateInfluxDB
+
+    try:
+        return PrivateInfluxDB(workdir=tmp_path_factory.mktemp("influxdb")).start()
+    except ServiceError as e:
+        pytest.fail(str(e), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def influxdb(tmp_path_factory):
+    """One private InfluxDB 1.x for the session; tests keep apart by using their own database names."""
+    db = _start_influxdb(tmp_path_factory)
+    yield db
+    db.stop()
+
+
+@pytest.fixture
+def own_influxdb(tmp_path_factory):
+    """A private InfluxDB for one test (for tests that stop or restart it)."""
+    db = _start_influxdb(tmp_path_factory)
+    yield db
+    db.stop()
+
+
 @pytest.fixture
 def site() -> str:
     """A site name no other test uses, so tests can share one broker."""

@@ -73,7 +73,10 @@ def test_process_values_become_value_roles_with_units_scale_and_deadband(tmp_pat
     (10, "  - {tag: good, nod: Counters/Good}", "edge.yaml:10: tags[1].nod:", "unknown key"),
     (10, "  - {tag: Good, node: X}", "edge.yaml:10: tags[1].tag:", "lower case"),
     (10, "  - {tag: state, node: X}", "edge.yaml:10: tags[1].tag:", "appears twice"),
-    (10, "  - {tag: good, node: X, scale: ten}", "edge.yaml:10: tags[1].scale:", "write a number"),
+    (10, "  - {tag: speed, node: X, scale: ten}", "edge.yaml:10: tags[1].scale:", "write a number"),
+    (10, "  - {tag: good, node: X, deadband: 5}", "edge.yaml:10: tags[1].deadband:", "only for process values"),
+    (10, "  - {tag: reject, node: X}", "edge.yaml:8: tags:", "needs the good counter"),
+    (6, "  endpoint: opc.tcp://h:4840\n  timeout: 0s", "edge.yaml:7: source.timeout:", "between 0.5s and 20s"),
     (10, "  - {tag: good, node: X, map: {1: Execute}}", "edge.yaml:10: tags[1].map:", "only the state tag"),
     (9, "  - {tag: state, node: State, map: {1: Running}}", "edge.yaml:9: tags[0].map.1:", "Execute"),
     (11, "colour: blue", "edge.yaml:11: colour:", "unknown key"),
@@ -154,3 +157,14 @@ def test_tls_to_the_broker(tmp_path):
     msg = error(MINIMAL.replace("  url: mqtt://localhost:1883", "  url: mqtts://b\n  ca_file: /nope/ca.crt"),
                 tmp_path)
     assert msg.startswith(f"{tmp_path / 'edge.yaml'}:4: broker.ca_file:") and "/nope/ca.crt" in msg
+
+
+def test_gpio_states_are_packml_and_pins_take_booleans(tmp_path):
+    base = ("machine: a/b/c/d\nbroker: {url: mqtt://x}\nsource: {type: gpio, pin_factory: mock}\ntags:\n"
+            "  - {tag: good, pin: 17}\n")
+    assert "state_model" in error(base + "state_model: simple\n", tmp_path)
+    assert "tags[0].active_high: 'no'" in error(base.replace("pin: 17", "pin: 17, active_high: 'no'"), tmp_path)
+    msg = error(base + "  - {tag: state, stack_light: {green: 22}, map: {1: Execute}}\n", tmp_path)
+    assert "tags[1].map" in msg and "states:" in msg
+    msg = error(base + "  - {tag: state, stack_light: {green: 22}, states: {green: Running}}\n", tmp_path)
+    assert "tags[1].states.green" in msg and "Execute" in msg

@@ -34,11 +34,23 @@ def test_guesses_from_names_and_types():
     assert discover.snake("SpindleSpeedRPM") == "spindle_speed_rpm" and discover.snake("2ndAxis") == "v_2nd_axis"
 
 
+def test_starter_file_is_valid_yaml_whatever_the_names_and_units(tmp_path):
+    V = discover.Variable
+    vs = [V([(2, "Press: #1"), (2, "Good")], "ns=2;i=1", "UInt32", None, 5),
+          V([(2, "Press: #1"), (2, "Load")], "ns=2;i=2", "Double", "%", 12.5),
+          V([(2, "Press: #1"), (2, "Mode 'A'")], "ns=2;i=3", "String", None, "x\ny")]
+    path = tmp_path / "edge.yaml"
+    path.write_text(discover.starter_file("opc.tcp://h:4840", vs, ["http://opcfoundation.org/UA/", "", "urn:p"]))
+    cfg = edge_config.load(path, {})
+    assert cfg.source["root"] == "Press: #1"
+    assert [(t.name, t.options["node"], t.unit) for t in cfg.tags] == [("good", "Good", None), ("load", "Load", "%")]
+
+
 async def test_discovered_file_maps_the_simulated_machine_and_runs(sim, mosquitto, site, recorder, tmp_path):
     endpoint = sim.servers[0].endpoint
     variables, namespaces = await discover.browse(endpoint)
     text = discover.starter_file(endpoint, variables, namespaces)
-    assert "namespace: urn:fieldlab:sim" in text and "root: cnc-01" in text
+    assert 'namespace: "urn:fieldlab:sim"' in text and 'root: "cnc-01"' in text
     path = tmp_path / "edge.yaml"
     path.write_text(text.replace("my-site/hall-1/line-1/machine-1", f"{site}/a/l/cnc-01")
                         .replace("mqtt://localhost:1883", f"mqtt://127.0.0.1:{mosquitto.port}"))

@@ -31,6 +31,7 @@ source: {{type: sim, machine: filler-01, speed: 60}}
     try:
         await agent.start()
         await asyncio.sleep(1.5)
+        assert agent.health()["last_error"] is None and agent.health()["acknowledged"] > 0
         await agent.stop()
         for _ in range(50):
             if any(t == ref.topic(Kind.STATUS) and b"offline" in p for t, p in got):
@@ -43,4 +44,3 @@ source: {{type: sim, machine: filler-01, speed: 60}}
     led = agent.source.machine.ledger_now()
     assert counts and (int(counts[-1].good[-1]), int(counts[-1].reject[-1])) == (led.good, led.reject)
     assert [decode(Kind.STATUS, p).status for t, p in got if t == ref.topic(Kind.STATUS)][-1] == "offline"
-    assert agent.health()["last_error"] is None

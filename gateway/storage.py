@@ -1,0 +1,68 @@
+"""What the gateway stores, as InfluxDB line protocol (scheme: docs/storage.md).
+
+Measurements, each tagged ``site``, ``area``, ``line``, ``machine``:
+
+- ``telemetry``: one field per process value (float), at the sample's time;
+- ``state``: ``state`` and ``reason`` (integers) and ``state_name`` (string), at each change;
+- ``counts``: ``good`` and ``reject`` (integer running totals) and ``ideal_cycle_s``, tag ``product``;
+- ``agent``: ``online`` (1/0) and the edge agent's numeric health fields, at each status message;
+- ``kpi``: tag ``window`` (since_start, last_15min, last_1h, shift, today): A, P, Q, OEE, times,
+  counts, failures, MTBF/MTTR, at the machine's own latest time.
+
+Pure functions from decoded contract batches and engine snapshots to lines; no I/O.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from contract import Kind, MachineRef, PACKML, STATE_MODELS
+
+from .lineproto import lines, series
+
+KPI_FIELDS = ("availability", "performance", "quality", "oee", "planned_s", "run_s", "good", "reject",
+              "failures", "mtbf_s", "mttr_s", "breakdown_s", "setup_s", "small_stop_s", "utilisation", "teep")
+KPI_INTEGERS = frozenset({"good", "reject", "failures"})
+
+
+def tags(ref: MachineRef) -> dict[str, str]:
+    return {"site": ref.site, "area": ref.area, "line": ref.line, "machine": ref.machine}
+
+
+def batch_lines(ref: MachineRef, kind: Kind, batch) -> list[str]:
+    """The lines of one decoded message (contract.decode's result)."""
+    t = tags(ref)
+    if kind is Kind.TELEMETRY:
+        return lines(series("telemetry", t), batch.ts, batch.signals)
+    if kind is Kind.STATE:
+        names = STATE_MODELS.get(batch.model, PACKML)
+        out = []
+        for code in np.unique(batch.state):  # one group per state: state_name is a constant string there
+            rows = batch.state == code
+            out += lines(series("state", t), batch.ts[rows], {"state": batch.state[rows], "reason": batch.reason[rows]},
+                         frozenset({"state", "reason"}), {"state_name": names.get(int(code), str(code))})
+        return out
+    if kind is Kind.COUNTS:
+        fields = {"good": batch.good, "reject": batch.reject}
+        if batch.ideal_cycle_s is not None:
+            fields["ideal_cycle_s"] = np.full(batch.ts.size, batch.ideal_cycle_s)
+        return lines(series("counts", {**t, "product": batch.product or ""}), batch.ts, fields,
+                     frozenset({"good", "reject"}))
+    if kind is Kind.STATUS:
+        fields = {"online": np.array([1 if batch.status == "online" else 0])}
+        for k, v in batch.info.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                fields[k] = np.array([v])
+        ints = frozenset(k for k, v in fields.items() if v.dtype.kind in "iu")
+        return lines(series("agent", t), np.array([batch.ts]), fields, ints)
+    return []
+
+
+def kpi_lines(machines: list[MachineRef], snapshot: dict, now: np.ndarray) -> list[str]:
+    """One line per machine and window from KpiEngine.snapshot(), stamped with each machine's own now."""
+    now = np.asarray(now, np.float64)[: len(machines)]
+    ok = np.flatnonzero(np.isfinite(now))
+    out = []
+    for window, kpis in snapshot.items():
+        prefixes = [series("kpi", {**tags(machines[i]), "window": window}) for i in ok]
+        out += lines(prefixes, now[ok], {k: np.asarray(kpis[k])[ok] for k in KPI_FIELDS if k in kpis}, KPI_INTEGERS)
+    return out

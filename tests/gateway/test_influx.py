@@ -1,0 +1,138 @@
+"""Line protocol and the InfluxDB 1.x sink, against a real influxd: what is written reads back the same."""
+import asyncio
+import uuid
+
+import numpy as np
+import pytest
+
+from contract import (Kind, MachineRef, decode, encode_counts, encode_state, encode_status, encode_telemetry)
+from gateway import storage
+from gateway.influx import InfluxV1Sink
+from gateway.lineproto import lines, series
+
+
+def db_name() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+async def until(predicate, timeout=15.0):
+    for _ in range(int(timeout / 0.05)):
+        if predicate():
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+def test_line_protocol_escapes_skips_nan_and_marks_integers():
+    prefix = series("state", {"machine": "press 7,a=b", "site": "acme", "empty": ""})
+    assert prefix == r"state,machine=press\ 7\,a\=b,site=acme"
+    out = lines(prefix, np.array([1.5, 2.0, 3.0]), {"x": np.array([1.0, np.nan, np.nan]), "n": np.array([7, 8, 9]),
+                                                     "y": np.array([np.nan, 0.1, np.nan])},
+                frozenset({"n"}), {"name": 'say "hi" \\ bye'})
+    assert out == [prefix + r' n=7i,x=1.0,name="say \"hi\" \\ bye" 1500',
+                   prefix + r' n=8i,y=0.1,name="say \"hi\" \\ bye" 2000',
+                   prefix + r' n=9i,name="say \"hi\" \\ bye" 3000']
+    assert lines(prefix, np.array([1.0]), {"x": np.array([np.nan])}) == []  # no field: no line
+    assert lines(["a", "b"], np.array([1.0, 2.0]), {"v": np.array([1.0, 2.0])}) == ["a v=1.0 1000", "b v=2.0 2000"]
+
+
+def test_sparse_rows_keep_time_order():
+    rng = np.random.default_rng(1)
+    n = 500
+    cols = {f"s{k}": np.where(rng.random(n) < 0.4, rng.random(n), np.nan) for k in range(6)}
+    out = lines("m", np.arange(n, dtype=float), cols)
+    stamps = [int(x.rsplit(" ", 1)[1]) for x in out]
+    assert stamps == sorted(stamps)
+    expected = sum(int(np.isfinite(np.stack(list(cols.values()))[:, i]).any()) for i in range(n))
+    assert len(out) == expected
+    for line in out[:50]:  # every value is there, exactly
+        i = int(line.rsplit(" ", 1)[1]) // 1000
+        fields = dict(kv.split("=") for kv in line.split(" ")[1].split(","))
+        assert fields == {k: repr(float(v[i])) for k, v in cols.items() if np.isfinite(v[i])}
+
+
+async def test_written_values_read_back_exactly(influxdb):
+    db = db_name()
+    sink = InfluxV1Sink(influxdb.url, db, batch_lines=1000)
+    await sink.start()
+    ref = MachineRef("acme", "hall-1", "line-1", "press-07")
+    rng = np.random.default_rng(7)
+    ts = 1_800_000_000.0 + np.arange(3000) * 0.1
+    temp = rng.normal(60, 5, ts.size)
+    batches = [(Kind.TELEMETRY, decode(Kind.TELEMETRY, encode_telemetry(ts, {"temperature": temp}, {"temperature": "degC"}))),
+               (Kind.STATE, decode(Kind.STATE, encode_state([ts[0], ts[100]], [4, 15], [0, 101]))),
+               (Kind.COUNTS, decode(Kind.COUNTS, encode_counts([ts[0], ts[50]], [10, 11], [0, 1], "cap", 2.5))),
+               (Kind.STATUS, decode(Kind.STATUS, encode_status(ts[0], "online", backlog=3, last_error=None)))]
+    for kind, batch in batches:
+        sink.accept(storage.batch_lines(ref, kind, batch))
+    assert await until(lambda: sink.stats["written"] == 3000 + 2 + 2 + 1), sink.stats
+    await sink.stop()
+    got = influxdb.query('SELECT "temperature" FROM "telemetry" WHERE "machine" = \'press-07\'', db)[0]["values"]
+    assert [v for _, v in got] == temp.tolist()  # floats survive text exactly
+    assert [t for t, _ in got] == np.round(ts * 1000).astype(np.int64).tolist()
+    state = influxdb.query('SELECT "state", "reason", "state_name" FROM "state"', db)[0]["values"]
+    assert [row[1:] for row in state] == [[4, 0, "Execute"], [15, 101, "Held"]]
+    counts = influxdb.query('SELECT "good", "reject", "ideal_cycle_s" FROM "counts" WHERE "product" = \'cap\'', db)
+    assert [row[1:] for row in counts[0]["values"]] == [[10, 0, 2.5], [11, 1, 2.5]]
+    agent = influxdb.query('SELECT "online", "backlog" FROM "agent"', db)[0]["values"]
+    assert [row[1:] for row in agent] == [[1, 3]]
+    tags = influxdb.query('SHOW TAG VALUES FROM "telemetry" WITH KEY IN ("site", "area", "line", "machine")', db)
+    assert sorted(v for _, v in tags[0]["values"]) == ["acme", "hall-1", "line-1", "press-07"]
+
+
+async def test_database_restart_loses_nothing_within_the_bound(own_influxdb):
+    db = db_name()
+    sink = InfluxV1Sink(own_influxdb.url, db, batch_lines=200, max_backoff_s=0.5, timeout_s=2)
+    await sink.start()
+    sink.accept([f"m v={i} {1_800_000_000_000 + i}" for i in range(500)])
+    assert await until(lambda: sink.stats["written"] == 500)
+    await asyncio.to_thread(own_influxdb.stop)
+    sink.accept([f"m v={i} {1_800_000_000_000 + i}" for i in range(500, 1500)])
+    assert await until(lambda: sink.stats["retries"] >= 2)
+    assert sink.backlog == 1000 and sink.stats["last_error"].startswith("cannot reach")
+    await asyncio.to_thread(own_influxdb.start)
+    assert await until(lambda: sink.stats["written"] == 1500), sink.stats
+    await sink.stop()
+    assert (sink.stats["dropped"], sink.stats["rejected"], sink.stats["last_error"]) == (0, 0, None)
+    values = own_influxdb.query('SELECT "v" FROM "m"', db)[0]["values"]
+    assert [v for _, v in values] == list(range(1500))
+
+
+async def test_full_buffer_drops_the_oldest_and_counts_them(own_influxdb):
+    db = db_name()
+    await asyncio.to_thread(own_influxdb.stop)
+    sink = InfluxV1Sink(own_influxdb.url, db, batch_lines=100, max_lines=300, max_backoff_s=0.3, timeout_s=1)
+    await sink.start()
+    for k in range(10):
+        sink.accept([f"m v={k * 100 + i} {1_800_000_000_000 + k * 100 + i}" for i in range(100)])
+        await asyncio.sleep(0.01)
+    assert sink.stats["dropped"] == 700 and sink.backlog == 300
+    await asyncio.to_thread(own_influxdb.start)
+    assert await until(lambda: sink.backlog == 0)
+    await sink.stop()
+    values = own_influxdb.query('SELECT "v" FROM "m"', db)[0]["values"]
+    assert [v for _, v in values] == list(range(700, 1000))  # the newest were kept
+    assert sink.stats["written"] == 300 and sink.stats["dropped"] == 700
+
+
+async def test_refused_lines_are_counted_and_do_not_block_the_rest(influxdb):
+    db = db_name()
+    sink = InfluxV1Sink(influxdb.url, db, batch_lines=1)
+    await sink.start()
+    sink.accept(["m x=1i 1800000000000", "m x=1.5 1800000001000", "m x=2i 1800000002000"])  # x is an integer
+    assert await until(lambda: sink.backlog == 0)
+    await sink.stop()
+    assert (sink.stats["written"], sink.stats["rejected"]) == (2, 1)
+    assert "field type conflict" in sink.stats["last_rejection"] and sink.stats["last_error"] is None
+
+
+@pytest.mark.parametrize("n_machines", [3])
+def test_kpi_lines_per_machine_and_window(n_machines):
+    refs = [MachineRef("s", "a", "l", f"m{i}") for i in range(n_machines)]
+    snap = {"since_start": {"oee": np.array([0.5, np.nan, 0.25]), "good": np.array([10, 0, 3])},
+            "last_1h": {"oee": np.array([0.4, np.nan, 0.2]), "good": np.array([5, 0, 1])}}
+    out = storage.kpi_lines(refs, snap, np.array([100.0, np.nan, 200.0]))
+    assert out == ["kpi,area=a,line=l,machine=m0,site=s,window=since_start good=10i,oee=0.5 100000",
+                   "kpi,area=a,line=l,machine=m2,site=s,window=since_start good=3i,oee=0.25 200000",
+                   "kpi,area=a,line=l,machine=m0,site=s,window=last_1h good=5i,oee=0.4 100000",
+                   "kpi,area=a,line=l,machine=m2,site=s,window=last_1h good=1i,oee=0.2 200000"]
