@@ -217,11 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="port for /metrics (Prometheus) and /healthz (default 8080)")
     g.add_argument("--http-host", default="127.0.0.1", metavar="ADDRESS",
                    help="address for the HTTP endpoint; 0.0.0.0 for the whole network (default 127.0.0.1)")
-    g.add_argument("--influx", metavar="URL", help="also store everything in InfluxDB 1.x (or 2.x/3.x in 1.x "
-                   "compatibility mode), e.g. http://localhost:8086; a user as http://user@host:8086 with the "
-                   "password in $FIELDLAB_INFLUX_PASSWORD (scheme: docs/storage.md)")
-    g.add_argument("--influx-db", default="fieldlab", metavar="NAME", help="InfluxDB database (default fieldlab; "
-                   "created if missing)")
+    g.add_argument("--influx", metavar="URL", help="also store everything in InfluxDB, e.g. http://localhost:8086: "
+                   "1.x (or 2.x/3.x in 1.x compatibility mode) with --influx-db, a user as http://user@host:8086 "
+                   "with the password in $FIELDLAB_INFLUX_PASSWORD; 2.x's own API with --influx-org and "
+                   "--influx-bucket and the API token in $FIELDLAB_INFLUX_TOKEN (scheme: docs/storage.md)")
+    g.add_argument("--influx-db", metavar="NAME", help="InfluxDB 1.x database (default fieldlab; created if missing)")
+    g.add_argument("--influx-org", metavar="ORG", help="InfluxDB 2.x organisation (name or ID); with --influx-bucket")
+    g.add_argument("--influx-bucket", metavar="BUCKET", help="InfluxDB 2.x bucket to write to; with --influx-org")
     g.add_argument("--duration", type=_positive, default=None, metavar="SECONDS", help="stop after this many seconds")
     return p
 
@@ -387,13 +389,14 @@ async def _gateway(a) -> int:
 
     from gateway.http import HttpEndpoint
 
-    sinks = [_influx_sink(a.influx, a.influx_db)] if a.influx else []
+    sinks = [sink] if (sink := _influx_sink(a)) else []
     gw = Gateway(BrokerUrl.parse(a.broker), site=a.site, config=site_config(a.config), sinks=sinks)
     http = HttpEndpoint(gw, a.http_host, a.http_port)
     await http.start()
     try:
         await gw.start()
-        print(f"gateway reading {a.broker}; metrics on {http.url}/metrics", flush=True)
+        print(f"gateway reading {a.broker}; live dashboard on {http.url}/, REST API {http.url}/api/openapi.json, "
+              f"metrics on {http.url}/metrics", flush=True)
         await _wait_for_stop(a.duration, every=5.0, on_tick=lambda: print(table.render(gw.rows) + "\n", flush=True))
     finally:
         await gw.stop()
@@ -402,20 +405,45 @@ async def _gateway(a) -> int:
     return 0
 
 
-def _influx_sink(url: str, database: str):
+def _influx_sink(a):
+    """InfluxV1Sink for --influx [--influx-db], InfluxV2Sink for --influx with --influx-org and --influx-bucket;
+    None without any --influx* option. Secrets only from the environment (the command line shows in the
+    process list)."""
     from urllib.parse import unquote, urlsplit
 
-    from gateway.influx import InfluxV1Sink
+    from gateway.influx import InfluxV1Sink, InfluxV2Sink
 
-    u = urlsplit(url)
+    if (a.influx, a.influx_db, a.influx_org, a.influx_bucket) == (None, None, None, None):
+        return None
+    v2 = a.influx_org is not None or a.influx_bucket is not None
+    if not a.influx:
+        given = "--influx-org/--influx-bucket" if v2 else "--influx-db"
+        raise ServiceError(f"{given} without --influx: give the database's address too, like "
+                           "--influx http://localhost:8086")
+    u = urlsplit(a.influx)
     if u.scheme not in ("http", "https") or not u.hostname:
-        raise ServiceError(f"--influx {url!r}: write the database's address like http://localhost:8086")
+        raise ServiceError(f"--influx {a.influx!r}: write the database's address like http://localhost:8086")
     if u.password:
         raise ServiceError("--influx: do not put the password in the address (it shows in the process list); "
                            "set FIELDLAB_INFLUX_PASSWORD")
     base = f"{u.scheme}://{u.hostname}:{u.port or 8086}{u.path.rstrip('/')}"
-    return InfluxV1Sink(base, database, username=unquote(u.username) if u.username else None,
-                        password=os.environ.get("FIELDLAB_INFLUX_PASSWORD"))
+    if not v2:
+        return InfluxV1Sink(base, a.influx_db or "fieldlab", username=unquote(u.username) if u.username else None,
+                            password=os.environ.get("FIELDLAB_INFLUX_PASSWORD"))
+    if not a.influx_org or not a.influx_bucket:
+        missing = "--influx-bucket" if a.influx_org else "--influx-org"
+        raise ServiceError(f"InfluxDB 2.x needs both --influx-org and --influx-bucket; {missing} is missing")
+    if a.influx_db is not None:
+        raise ServiceError("--influx-db is for InfluxDB 1.x; with --influx-org and --influx-bucket the data goes "
+                           "to the bucket")
+    if u.username:
+        raise ServiceError("--influx: InfluxDB 2.x signs in with an API token, not a user; remove the user from "
+                           "the address and set FIELDLAB_INFLUX_TOKEN")
+    token = os.environ.get("FIELDLAB_INFLUX_TOKEN", "").strip()
+    if not token:
+        raise ServiceError("InfluxDB 2.x needs an API token with write access to the bucket: set "
+                           "FIELDLAB_INFLUX_TOKEN (never on the command line: it shows in the process list)")
+    return InfluxV2Sink(base, a.influx_org, a.influx_bucket, token)
 
 
 async def _oee(a) -> int:

@@ -117,6 +117,7 @@ class Demo:
         lines = [f"fieldlab demo: {self.n} machines at {self.speed:g}x speed; MQTT broker {url}{kind}"]
         lines += [f"  OPC UA {name}: {ep}" for name, ep in sim.endpoints.items()]
         lines.append(f"  KPIs on MQTT: mosquitto_sub -h {url.host} -p {url.port} -t 'fieldlab/v1/{SITE}/+/+/+/kpi' -v")
+        lines.append(f"  Live dashboard: {http.url}/   (REST API: {http.url}/api/openapi.json)")
         lines.append(f"  Metrics: {http.url}/metrics")
         lines.append("  Stop with Ctrl-C." if self.duration is None else f"  Running for {self.duration:g} s.")
         self.intro = "\n".join(lines)

@@ -231,6 +231,6 @@ def parse(data: dict, path="config") -> SiteConfig:
     if "simple" in conv:
         kw["simple"] = _categories(conv["simple"], SIMPLE, path, "conventions.simple")
     if "reasons" in conv:
-        kw["reasons"] = _categories(conv["reasons"], {}, path, "conventions.reasons")
+        kw["reasons"] = {**oee.DEFAULT_REASONS, **_categories(conv["reasons"], {}, path, "conventions.reasons")}
     cfg.conventions = oee.Conventions(**kw)
     return cfg

@@ -1,13 +1,21 @@
-"""The gateway's HTTP endpoint: ``/metrics`` for Prometheus and ``/healthz``.
+"""The gateway's HTTP service: the live dashboard, a small REST API, ``/metrics`` and ``/healthz``.
 
-Deliberately tiny (asyncio streams, GET only, one response per connection); the
-REST API and the live web dashboard come with the gateway-services issue.
+Deliberately small (asyncio streams, GET only, one response per connection, no
+framework): ``/`` is the built-in dashboard (gateway/web/index.html: one file, no
+assets from the internet), ``/api/...`` the JSON API described by ``/api/openapi.json``,
+``/api/events`` a Server-Sent Events stream with every machine's KPIs after each
+computation. It serves what the gateway computed; it never computes anything itself.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import math
+from importlib import resources
+from urllib.parse import parse_qs, unquote, urlsplit
 
+from contract import MachineRef
 from contract.errors import ServiceError
 
 from .oee import plain
@@ -64,10 +72,91 @@ def render_metrics(gateway) -> str:
     return "\n".join(lines) + "\n"
 
 
+WINDOWS = ("since_start", "last_15min", "last_1h", "shift", "today")
+
+
+def _json(obj) -> str:
+    def clean(o):
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        if isinstance(o, dict):
+            return {k: clean(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [clean(v) for v in o]
+        if isinstance(o, MachineRef):
+            return o.path
+        return o
+    return json.dumps(clean(obj), separators=(",", ":"))
+
+
+def machine_rows(gateway) -> list[dict]:
+    """Every machine's KPI message (docs/contract.md, kpi) with its id and place."""
+    return [{"id": r["machine"].path, "site": r["machine"].site, "area": r["machine"].area,
+             "line": r["machine"].line, "machine": r["machine"].machine,
+             **{k: v for k, v in r.items() if k != "machine"}} for r in gateway.rows]
+
+
+def openapi() -> dict:
+    machine = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"},
+               "description": "site/area/line/machine, e.g. demo/hall-1/line-1/cnc-01 (slashes as they are)"}
+    kpi = {"type": "object", "description": "the KPI message of docs/contract.md (kind kpi) plus id, site, area, "
+                                            "line, machine", "additionalProperties": True}
+
+    def get(summary, schema, params=(), text=None):
+        ok = {"description": "OK", "content": {text or "application/json": {"schema": schema}}}
+        responses = {"200": ok}
+        if params:
+            responses["404"] = {"description": "no such machine (yet)"}
+        return {"get": {"summary": summary, "parameters": list(params), "responses": responses}}
+
+    window = {"name": "window", "in": "query", "required": False,
+              "schema": {"type": "string", "enum": list(WINDOWS), "default": "last_1h"}}
+    piece = {"type": "object", "properties": {"start": {"type": "number"}, "end": {"type": "number"},
+                                              "category": {"type": "string"}, "reason": {"type": "integer"}}}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "fieldlab gateway", "version": "1",
+                 "description": "Live OEE of every machine the gateway hears on MQTT. Times are Unix seconds "
+                                "(the machine's own clock); ratios are fractions 0..1, null while undefined."},
+        "paths": {
+            "/api/machines": get("every machine: id, place, status, state, OEE, A, P, Q",
+                                 {"type": "array", "items": kpi}),
+            "/api/machines/{id}": get("one machine's KPIs (all windows, losses, stop reasons)", kpi, [machine]),
+            "/api/machines/{id}/timeline": get(
+                "the machine's state timeline in a window (categories: run, breakdown, stopped, setup, "
+                "not_scheduled, small_stop)",
+                {"type": "object", "properties": {"start": {"type": "number"}, "end": {"type": "number"},
+                                                  "pieces": {"type": "array", "items": piece}}}, [machine, window]),
+            "/api/machines/{id}/losses": get("the six big losses (seconds and OEE points) and the shift's stop "
+                                             "reasons", {"type": "object"}, [machine]),
+            "/api/machines/{id}/counts": get("good and reject parts per window, and the target at ideal speed",
+                                             {"type": "object"}, [machine]),
+            "/api/events": get("Server-Sent Events: after every KPI computation an event 'machines' with the "
+                               "body of /api/machines", {"type": "string"}, text="text/event-stream"),
+            "/metrics": get("Prometheus metrics", {"type": "string"}, text="text/plain"),
+            "/healthz": get("liveness", {"type": "string"}, text="text/plain"),
+        },
+    }
+
+
+def counts(row: dict) -> dict:
+    """Parts per window, and the target: what the planned time would give at the ideal cycle time."""
+    out = {}
+    for name, w in [("since_start", row)] + list(row.get("windows", {}).items()):
+        out[name] = {"good": w.get("good"), "reject": w.get("reject"), "planned_s": w.get("planned_s")}
+    ideal_s, total = row.get("ideal_s"), row.get("total")
+    cycle = ideal_s / total if ideal_s and total else None
+    for w in out.values():
+        w["target"] = int(w["planned_s"] / cycle) if cycle and w["planned_s"] is not None else None
+    return {"ideal_cycle_s": cycle, "windows": out}
+
+
 class HttpEndpoint:
-    def __init__(self, gateway, host: str = "127.0.0.1", port: int = 8080):
-        self.gateway, self.host, self.port = gateway, host, port
+    def __init__(self, gateway, host: str = "127.0.0.1", port: int = 8080, sse_poll_s: float = 0.2):
+        self.gateway, self.host, self.port, self.sse_poll_s = gateway, host, port, sse_poll_s
         self._server: asyncio.base_events.Server | None = None
+        self._streams: set[asyncio.Task] = set()
+        self._page = resources.files("gateway").joinpath("web/index.html").read_bytes()
 
     async def start(self) -> None:
         try:
@@ -82,31 +171,103 @@ class HttpEndpoint:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    def _machine(self, rest: str) -> tuple[MachineRef | None, str]:
+        parts = [unquote(p) for p in rest.split("/") if p]
+        if len(parts) < 4:
+            return None, ""
+        try:
+            ref = MachineRef(*parts[:4])
+        except ValueError:  # ContractError: not a machine name, so no such machine
+            return None, ""
+        return ref, "/".join(parts[4:])
+
+    def route(self, path: str, query: dict) -> tuple[str, bytes | str, str]:
+        """(status, body, content type) for a GET; also used by the tests without a socket."""
+        gw = self.gateway
+        if path in ("/", "/index.html"):
+            return "200 OK", self._page, "text/html"
+        if path == "/metrics":
+            return "200 OK", render_metrics(gw), "text/plain; version=0.0.4"
+        if path == "/healthz":
+            return "200 OK", "ok\n", "text/plain"
+        if path == "/api/openapi.json":
+            return "200 OK", _json(openapi()), "application/json"
+        if path in ("/api", "/api/"):
+            return "200 OK", _json({"openapi": "/api/openapi.json", "paths": list(openapi()["paths"])}), \
+                "application/json"
+        if path == "/api/machines":
+            return "200 OK", _json(machine_rows(gw)), "application/json"
+        if path.startswith("/api/machines/"):
+            ref, what = self._machine(path[len("/api/machines/"):])
+            row = next((r for r in machine_rows(gw) if ref and r["id"] == ref.path), None)
+            if row is None:
+                return "404 Not Found", _json({"error": f"no machine {path[len('/api/machines/'):]!r}; "
+                                                        "see /api/machines"}), "application/json"
+            if what == "":
+                return "200 OK", _json(row), "application/json"
+            if what == "timeline":
+                window = query.get("window", ["last_1h"])[0]
+                if window not in WINDOWS:
+                    return "400 Bad Request", _json({"error": f"window must be one of {', '.join(WINDOWS)}"}), \
+                        "application/json"
+                return "200 OK", _json(gw.timeline(ref, window=window)), "application/json"
+            if what == "losses":
+                return "200 OK", _json({"losses": row.get("losses"), "stop_reasons":
+                                        row.get("windows", {}).get("shift", {}).get("stop_reasons", [])}), \
+                    "application/json"
+            if what == "counts":
+                return "200 OK", _json(counts(row)), "application/json"
+        return "404 Not Found", "not found: try /, /api/openapi.json, /metrics or /healthz\n", "text/plain"
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request = await asyncio.wait_for(reader.readline(), 5)
             while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
                 pass  # headers: not needed
             parts = request.decode("latin-1").split()
-            method, path = (parts[0], parts[1].split("?")[0]) if len(parts) >= 2 else ("", "")
+            method, target = (parts[0], parts[1]) if len(parts) >= 2 else ("", "")
+            url = urlsplit(target)
+            if method == "GET" and url.path == "/api/events":
+                await self._stream(writer)
+                return
             if method != "GET":
                 status, body, ctype = "405 Method Not Allowed", "only GET\n", "text/plain"
-            elif path == "/metrics":
-                status, body, ctype = "200 OK", render_metrics(self.gateway), "text/plain; version=0.0.4"
-            elif path == "/healthz":
-                status, body, ctype = "200 OK", "ok\n", "text/plain"
             else:
-                status, body, ctype = "404 Not Found", "not found: try /metrics or /healthz\n", "text/plain"
-            data = body.encode()
+                status, body, ctype = self.route(url.path, parse_qs(url.query))
+            data = body if isinstance(body, bytes) else body.encode()
             writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}; charset=utf-8\r\n"
-                         f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
+                         f"Content-Length: {len(data)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
+                         .encode() + data)
             await writer.drain()
         except (asyncio.TimeoutError, ConnectionError, UnicodeDecodeError):
             pass  # a client that dawdles or hangs up gets nothing; the gateway carries on
         finally:
             writer.close()
 
+    async def _stream(self, writer: asyncio.StreamWriter) -> None:
+        """Server-Sent Events: the machines' KPIs after every computation, until the client goes."""
+        task = asyncio.current_task()
+        self._streams.add(task)
+        try:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n"
+                         b"Cache-Control: no-store\r\nConnection: close\r\n\r\nretry: 2000\n\n")
+            seen = -1
+            while True:
+                if self.gateway.ticks != seen:
+                    seen = self.gateway.ticks
+                    writer.write(f"event: machines\ndata: {_json(machine_rows(self.gateway))}\n\n".encode())
+                    await writer.drain()
+                await asyncio.sleep(self.sse_poll_s)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            self._streams.discard(task)
+
     async def stop(self) -> None:
+        for task in list(self._streams):
+            task.cancel()
+        if self._streams:
+            await asyncio.gather(*self._streams, return_exceptions=True)
         if self._server:
             self._server.close()
             await self._server.wait_closed()

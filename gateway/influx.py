@@ -1,15 +1,18 @@
-"""InfluxDB sink: line protocol to InfluxDB 1.x's HTTP ``/write`` (also 2.x and 3.x in compatibility mode).
+"""InfluxDB sinks: line protocol to InfluxDB 1.x's HTTP ``/write`` (also 2.x and 3.x in compatibility
+mode) and to InfluxDB 2.x's native ``/api/v2/write`` through influxdb-client (token, org, bucket).
 
 A sink accepts lines (from gateway/storage.py) and never blocks the gateway: they go into a
 bounded buffer in memory; a writer task posts them in batches (``batch_lines``) and removes a
-batch only after the database answered 204. If the database is unreachable or answers 5xx,
-the batch is kept and retried with exponential back-off (0.5 s doubling up to 30 s), so a
-database restart within the buffer's bound loses nothing. Beyond ``max_lines`` the oldest
+batch only after the database accepted it (204). If the database is unreachable or answers 5xx
+(or 429), the batch is kept and retried with exponential back-off (0.5 s doubling up to 30 s),
+so a database restart within the buffer's bound loses nothing. Beyond ``max_lines`` the oldest
 lines are dropped and counted (``stats["dropped"]``). Lines the database refuses as invalid
-(HTTP 400, e.g. a field that changed type) are not retried: counted in ``stats["rejected"]``
-and logged with the database's reason.
+(HTTP 400; 2.x also 413 and 422) are not retried: counted in ``stats["rejected"]`` and logged
+with the database's reason.
 
-Plain urllib in a worker thread: the 1.x write API is one POST, no client library needed.
+The buffer, the writer task and the accounting are :class:`BufferedSink`'s; a sink adds one
+blocking ``_post(batch)`` that runs in a worker thread. 1.x: plain urllib, the write API is one
+POST. 2.x: influxdb-client's synchronous WriteApi with our own line protocol strings.
 """
 from __future__ import annotations
 
@@ -27,29 +30,24 @@ from .lineproto import PRECISION
 log = logging.getLogger("fieldlab.gateway.influx")
 
 
-class InfluxV1Sink:
-    def __init__(self, url: str, database: str = "fieldlab", *, username: str | None = None,
-                 password: str | None = None, retention_policy: str | None = None, batch_lines: int = 5000,
-                 max_lines: int = 1_000_000, timeout_s: float = 10.0, create_database: bool = True,
+class BufferedSink:
+    """A bounded line buffer drained by a writer task; subclasses implement :meth:`_post`.
+
+    ``_post(batch)`` runs in a worker thread, writes the lines and says what became of them:
+    ``"ok"`` (written: report with :meth:`_ok`), ``"rejected"`` (invalid, do not retry: :meth:`_refused`)
+    or ``"retry"`` (keep the batch, back off: :meth:`_failed`).
+    """
+
+    def __init__(self, *, batch_lines: int = 5000, max_lines: int = 1_000_000, timeout_s: float = 10.0,
                  max_backoff_s: float = 30.0):
-        self.url, self.database = url.rstrip("/"), database
         self.batch_lines, self.max_lines, self.timeout_s = batch_lines, max_lines, timeout_s
-        self.create_database, self.max_backoff_s = create_database, max_backoff_s
-        params = {"db": database, "precision": PRECISION, **({"rp": retention_policy} if retention_policy else {})}
-        self._write_url = f"{self.url}/write?{urllib.parse.urlencode(params)}"
-        self._headers = {"Content-Type": "text/plain; charset=utf-8"}
-        if username:
-            token = base64.b64encode(f"{username}:{password or ''}".encode()).decode()
-            self._headers["Authorization"] = f"Basic {token}"
+        self.max_backoff_s = max_backoff_s
         self._buffer: collections.deque[str] = collections.deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._warned_at = -float("inf")
         self.stats = {"written": 0, "dropped": 0, "rejected": 0, "retries": 0, "last_error": None,
                       "last_rejection": None, "write_seconds": 0.0}
-
-    def __str__(self) -> str:
-        return f"InfluxDB {self.url} database {self.database}"
 
     @property
     def backlog(self) -> int:
@@ -91,11 +89,17 @@ class InfluxV1Sink:
             self.stats["dropped"] += len(self._buffer)
             log.warning("stopping with lines not written sink=%s lines=%d", self, len(self._buffer))
             self._buffer.clear()
+        self._close()
+
+    async def _prepare(self) -> None:
+        """Before the first write (e.g. create the database)."""
+
+    def _close(self) -> None:
+        """After the writer stopped (e.g. close a client's connections)."""
 
     async def _run(self) -> None:
         backoff = 0.5
-        if self.create_database:
-            await self._create_database()
+        await self._prepare()
         while True:
             if not self._buffer:
                 self._wake.clear()
@@ -119,35 +123,72 @@ class InfluxV1Sink:
 
     def _post(self, batch: list[str]) -> str:
         """One write; "ok", "rejected" (do not retry) or "retry". Runs in a worker thread."""
+        raise NotImplementedError
+
+    def _ok(self, batch: list[str], started: float) -> str:
+        self.stats["written"] += len(batch)
+        self.stats["write_seconds"] += time.perf_counter() - started
+        if self.stats["last_error"]:
+            log.info("InfluxDB writes again sink=%s", self)
+        self.stats["last_error"] = None
+        return "ok"
+
+    def _refused(self, batch: list[str], reason: str) -> str:
+        self.stats["rejected"] += len(batch)
+        self.stats["last_rejection"] = reason  # kept: the database is fine, the lines were not
+        log.error("InfluxDB refused lines sink=%s lines=%d reason=%r", self, len(batch), reason)
+        return "rejected"
+
+    def _failed(self, why: str) -> str:
+        if why != self.stats["last_error"]:
+            log.warning("InfluxDB write failed, keeping the lines and retrying sink=%s reason=%r backlog=%d",
+                        self, why, len(self._buffer))
+        self.stats["last_error"] = why
+        return "retry"
+
+
+class InfluxV1Sink(BufferedSink):
+    def __init__(self, url: str, database: str = "fieldlab", *, username: str | None = None,
+                 password: str | None = None, retention_policy: str | None = None, batch_lines: int = 5000,
+                 max_lines: int = 1_000_000, timeout_s: float = 10.0, create_database: bool = True,
+                 max_backoff_s: float = 30.0):
+        super().__init__(batch_lines=batch_lines, max_lines=max_lines, timeout_s=timeout_s,
+                         max_backoff_s=max_backoff_s)
+        self.url, self.database = url.rstrip("/"), database
+        self.create_database = create_database
+        params = {"db": database, "precision": PRECISION, **({"rp": retention_policy} if retention_policy else {})}
+        self._write_url = f"{self.url}/write?{urllib.parse.urlencode(params)}"
+        self._headers = {"Content-Type": "text/plain; charset=utf-8"}
+        if username:
+            token = base64.b64encode(f"{username}:{password or ''}".encode()).decode()
+            self._headers["Authorization"] = f"Basic {token}"
+
+    def __str__(self) -> str:
+        return f"InfluxDB {self.url} database {self.database}"
+
+    async def _prepare(self) -> None:
+        if self.create_database:
+            await self._create_database()
+
+    def _post(self, batch: list[str]) -> str:
+        """One write; "ok", "rejected" (do not retry) or "retry". Runs in a worker thread."""
         body = ("\n".join(batch) + "\n").encode()
         req = urllib.request.Request(self._write_url, data=body, headers=self._headers, method="POST")
         started = time.perf_counter()
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as r:
                 r.read()
-            self.stats["written"] += len(batch)
-            self.stats["write_seconds"] += time.perf_counter() - started
-            if self.stats["last_error"]:
-                log.info("InfluxDB writes again sink=%s", self)
-            self.stats["last_error"] = None
-            return "ok"
+            return self._ok(batch, started)
         except urllib.error.HTTPError as e:
             reason = _reason(e)
             if e.code == 400:  # invalid lines: retrying cannot help
-                self.stats["rejected"] += len(batch)
-                self.stats["last_rejection"] = reason  # kept: the database is fine, the lines were not
-                log.error("InfluxDB refused lines sink=%s lines=%d reason=%r", self, len(batch), reason)
-                return "rejected"
+                return self._refused(batch, reason)
             if e.code == 404 and "database not found" in reason and self.create_database:
                 self._create_database_sync()
             why = f"HTTP {e.code}: {reason}" + (" (check the username and password)" if e.code in (401, 403) else "")
         except (OSError, TimeoutError) as e:
             why = f"cannot reach {self.url}: {getattr(e, 'reason', None) or e}"
-        if why != self.stats["last_error"]:
-            log.warning("InfluxDB write failed, keeping the lines and retrying sink=%s reason=%r backlog=%d",
-                        self, why, len(self._buffer))
-        self.stats["last_error"] = why
-        return "retry"
+        return self._failed(why)
 
     async def _create_database(self) -> None:
         await asyncio.to_thread(self._create_database_sync)
@@ -170,3 +211,65 @@ def _reason(e: urllib.error.HTTPError) -> str:
     except OSError:
         text = ""
     return text.strip()[:300] or str(e.reason)
+
+
+REFUSED_V2 = frozenset({400, 413, 422})  # invalid lines, a too large request, unprocessable points
+
+
+class InfluxV2Sink(BufferedSink):
+    """InfluxDB 2.x's ``/api/v2/write`` through influxdb-client: ``token`` (an API token with write access to
+    the bucket), ``org`` (name or ID) and ``bucket``; the same buffer, batches and retries as InfluxV1Sink.
+
+    The lines are our own line protocol (gateway/lineproto.py), handed to the synchronous WriteApi as strings
+    with millisecond precision; influxdb-client's own retries are off, the writer task does them. HTTP 400, 413
+    and 422 count the batch as rejected; 401/403/404 (token, org, bucket), 429, 5xx and connection errors retry.
+    """
+
+    def __init__(self, url: str, org: str, bucket: str, token: str, *, batch_lines: int = 5000,
+                 max_lines: int = 1_000_000, timeout_s: float = 10.0, max_backoff_s: float = 30.0):
+        super().__init__(batch_lines=batch_lines, max_lines=max_lines, timeout_s=timeout_s,
+                         max_backoff_s=max_backoff_s)
+        # imported here: influxdb-client takes a third of a second to import and only this sink needs it
+        import urllib3
+        from influxdb_client import InfluxDBClient, WritePrecision
+        from influxdb_client.client.write_api import SYNCHRONOUS
+        from influxdb_client.rest import ApiException
+
+        self.url, self.org, self.bucket = url.rstrip("/"), org, bucket
+        self._client = InfluxDBClient(url=self.url, token=token, org=org, timeout=int(timeout_s * 1000),
+                                      retries=False)
+        self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
+        self._precision = WritePrecision.MS
+        self._api_error = ApiException
+        self._net_errors = (urllib3.exceptions.HTTPError, OSError)
+
+    def __str__(self) -> str:
+        return f"InfluxDB {self.url} org {self.org} bucket {self.bucket}"
+
+    def _post(self, batch: list[str]) -> str:
+        """One write; "ok", "rejected" (do not retry) or "retry". Runs in a worker thread."""
+        started = time.perf_counter()
+        try:
+            self._write_api.write(self.bucket, self.org, record=batch, write_precision=self._precision)
+            return self._ok(batch, started)
+        except self._api_error as e:
+            status, reason = e.status or 0, _api_reason(e)
+            if status in REFUSED_V2:  # retrying the same lines cannot help
+                return self._refused(batch, reason)
+            hint = {401: " (check the token in FIELDLAB_INFLUX_TOKEN)", 403: " (the token may not write to the bucket)",
+                    404: " (check the organisation and the bucket)"}.get(status, "")
+            why = f"HTTP {status}: {reason}{hint}" if status else reason  # status 0: e.g. a TLS error
+        except self._net_errors as e:
+            why = f"cannot reach {self.url}: {e}"
+        return self._failed(why)
+
+    def _close(self) -> None:
+        self._client.close()
+
+
+def _api_reason(e) -> str:
+    """The server's message of an influxdb-client ApiException (the JSON "message", or the body, or the reason)."""
+    text = (getattr(e, "message", None) or e.body) if getattr(e, "response", None) is not None else e.reason
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return str(text).strip()[:300] or f"HTTP {e.status}"

@@ -46,6 +46,9 @@ SIMPLE_CATEGORIES = {0: NOT_SCHEDULED, 1: RUN, 2: STOPPED, 3: BREAKDOWN, 4: SETU
 MODELS = ("packml", "simple")
 
 
+DEFAULT_REASONS = {301: SETUP}  # the contract's changeover reason: PackML has no setup state of its own
+
+
 @dataclass(frozen=True)
 class Conventions:
     """The choices where OEE sources disagree (defaults and reasons in docs/oee.md)."""
@@ -56,7 +59,8 @@ class Conventions:
     startup_s: float = 600.0  # rejects within this long after a setup ends are start-up rejects
     packml: dict = field(default_factory=dict)  # overrides of PACKML_CATEGORIES: code -> category
     simple: dict = field(default_factory=dict)  # overrides of SIMPLE_CATEGORIES
-    reasons: dict = field(default_factory=dict)  # reason code -> category, wins over the state
+    # reason code -> category, wins over the state; 301 (changeover, docs/contract.md) is setup by default
+    reasons: dict = field(default_factory=lambda: dict(DEFAULT_REASONS))
 
     def __post_init__(self):
         if self.micro_stops_as not in ("performance", "availability"):

@@ -47,6 +47,7 @@ class Gateway:
         self.stats = {"messages": 0, "samples": 0, "dead_letters": 0, "kpi_published": 0}
         self.last_error: str | None = None
         self.rows: list[dict] = []
+        self.ticks = 0  # KPI computations so far: the HTTP service's live stream follows it
         self.tick_seconds = 0.0
         self._lock = threading.Lock()
         self._client = None
@@ -136,8 +137,27 @@ class Gateway:
             self._publish_kpi(ref, row)
             rows.append({"machine": ref, **row})
         self.rows = rows
+        self.ticks += 1
         self.tick_seconds = time.perf_counter() - started
         return rows
+
+    def timeline(self, machine: MachineRef, start: float | None = None, end: float | None = None,
+                 window: str = "last_1h") -> dict | None:
+        """A machine's state pieces in a window of its latest KPIs (or between start and end)."""
+        with self._lock:
+            i = self._index.get(machine)
+            if i is None:
+                return None
+            row = next((r for r in self.rows if r["machine"] == machine), None)
+            w = (row or {}).get("windows", {}).get(window) if window != "since_start" else (row or {}).get("window")
+            a = start if start is not None else (w or {}).get("start")
+            b = end if end is not None else (w or {}).get("end")
+            if a is None or b is None:
+                return {"start": a, "end": b, "pieces": []}
+            s, e, c, r = self.engine.timeline.pieces(i, a, b)
+        return {"start": a, "end": b, "pieces": [
+            {"start": float(x), "end": float(y), "category": oee.CATEGORIES[int(k)], "reason": int(z)}
+            for x, y, k, z in zip(s, e, c, r)]}
 
     def _store(self, items: list, machines: list[MachineRef], snap: dict, now) -> None:
         """Hand the new data (and, every store_kpis_s, the KPIs) to the sinks as line protocol."""

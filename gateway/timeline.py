@@ -158,6 +158,18 @@ class Timeline:
             rows.machines(n)
         self.n = n
 
+    def pieces(self, m: int, a: float, b: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The state timeline of machine ``m`` between a and b: (start, end, category, reason) arrays,
+        including the open piece up to the machine's now (for display: the built-in dashboard)."""
+        n = int(self.p.fill[m])
+        s, c, r = self.p.t[m, :n], self.p.cat[m, :n].astype(np.int64), self.p.reason[m, :n]
+        e = np.append(s[1:], self.last_t[m]) if n else s
+        if not np.isnan(self.last_t[m]) and self.now[m] > self.last_t[m]:
+            s, e = np.append(s, self.last_t[m]), np.append(e, self.now[m])
+            c, r = np.append(c, self.last_cat[m]), np.append(r, self.last_reason[m])
+        keep = (e > a) & (s < b) & (e > s)
+        return np.maximum(s[keep], a), np.minimum(e[keep], b), c[keep], r[keep]
+
     def set_now(self, m: np.ndarray, t: np.ndarray) -> None:
         """The machines' own "now" (latest timestamp seen): the open state lasts until then."""
         np.maximum.at(self.now, np.asarray(m, np.int64), np.asarray(t, np.float64))

@@ -1,57 +1,128 @@
 """A deterministic machine model with its own ground-truth ledger.
 
-Event-driven in simulated time: ``advance(t)`` processes every event (part
-finished, breakdown, repair, material shortage) up to ``t`` with its exact
-timestamp, so results do not depend on how often the driver ticks. Production
-events come from one seeded RNG, process-value noise from another, so the same
-seed gives the same parts, stops and rejects at any ``--speed``.
+Event-driven in simulated time: ``advance(t)`` processes every event (part finished, breakdown,
+jam, material shortage, changeover, each step of a PackML path) up to ``t`` with its exact
+timestamp. Every event time is computed at the previous event, never at a tick, so results do not
+depend on how often the driver ticks: the same seed gives the same events at any ``--speed``.
+Production events come from one seeded RNG, the slow process disturbance from a second and
+process-value noise from a third.
 
-States use the OPC UA PackML (OPC 30060) numbers from the contract. This first
-model runs Execute, Held (own breakdown) and Suspended (starved of material);
-the full PackML cycle and more machine types follow in the simulator issue.
+States use the PackML numbers of the contract (OPC 30060). Every state change goes through the
+PackML transition table (``simulators.packml``), which refuses illegal ones. The paths
+(docs/simulators.md, "Machine models"):
+
+- breakdown (reason 101) and jam / micro-stop (102): Execute -> Holding -> Held -> Unholding -> Execute
+- material shortage (201): Execute -> Suspending -> Suspended -> Unsuspending -> Execute
+- changeover (301): Execute -> Completing -> Complete -> Resetting -> Idle -> Starting -> Execute
+
+Losses: breakdowns, micro-stops, shortages, changeovers with setup time, reduced speed
+(``speed_factor``), rejects at a base rate, a higher rate during the start-up period after a
+changeover, and a reject probability that rises with the temperature above its setpoint.
 """
 from __future__ import annotations
 
 import math
 import random
+from collections import deque
 from dataclasses import asdict, dataclass, field
 
 from contract import PACKML
 
-EXECUTE, SUSPENDED, HELD = 4, 12, 15
-REASON_NONE, REASON_BREAKDOWN, REASON_MATERIAL = 0, 101, 201
-REASONS = {REASON_NONE: "none", REASON_BREAKDOWN: "breakdown", REASON_MATERIAL: "material shortage"}
+from . import packml
+from .packml import (COMPLETING, EXECUTE, HELD, HOLD, IDLE, RESET, SC, START, SUSPEND, SUSPENDED, UNHOLD,
+                     UNSUSPEND)
+
+REASON_NONE, REASON_BREAKDOWN, REASON_JAM, REASON_MATERIAL, REASON_CHANGEOVER = 0, 101, 102, 201, 301
+REASONS = {REASON_NONE: "none", REASON_BREAKDOWN: "breakdown", REASON_JAM: "jam",
+           REASON_MATERIAL: "material shortage", REASON_CHANGEOVER: "changeover"}
+INF = math.inf
 
 
 @dataclass(frozen=True)
 class MachineSpec:
+    """A machine type and its losses. A mean or interval of 0 switches that loss off."""
+
     name: str
     kind: str
     product: str
     ideal_cycle_s: float  # seconds per part at nameplate speed
     speed_factor: float = 1.0  # actual speed / ideal speed (reduced-speed loss below 1)
-    reject_rate: float = 0.02
-    mtbf_s: float = 3600.0  # mean run time between breakdowns
-    mttr_s: float = 300.0  # mean repair time
-    mtbs_s: float = 1800.0  # mean run time between material shortages
-    shortage_s: tuple[float, float] = (20.0, 120.0)
+    reject_rate: float = 0.02  # base probability that a part is rejected
+    mtbf_s: float = 3600.0  # mean run time between breakdowns (exponential)
+    mttr_s: float = 300.0  # mean time in Held per breakdown (exponential)
+    mtbs_s: float = 1800.0  # mean run time between material shortages (exponential)
+    shortage_s: tuple[float, float] = (20.0, 120.0)  # time in Suspended per shortage (uniform)
     temp_setpoint_c: float = 60.0
-    power_kw: float = 7.5
+    power_kw: float = 7.5  # while producing
+    # --- PackML paths
+    acting_s: float = 2.0  # each acting state (Holding, Unholding, Suspending, Starting, ...) lasts this long
+    # --- micro-stops (jams): short Held episodes with their own reason
+    mtbms_s: float = 0.0  # mean run time between micro-stops (exponential); 0 = none
+    micro_stop_s: tuple[float, float] = (10.0, 90.0)  # whole episode, Execute to Execute (uniform)
+    # --- changeovers and start-up rejects
+    changeover_every_s: float = 0.0  # run time between changeovers (one production order); 0 = none
+    setup_s: tuple[float, float] = (600.0, 900.0)  # whole changeover, Execute to Execute (uniform)
+    startup_s: float = 600.0  # start-up period after a changeover (the gateway's default `startup`)
+    startup_reject_rate: float | None = None  # reject rate in the start-up period; None = reject_rate
+    # --- process physics
+    idle_temp_c: float | None = None  # temperature approached when not producing; None = setpoint - 15
+    thermal_tau_s: float = 300.0  # first-order time constant of the temperature
+    temp_drift_c: float = 0.0  # standard deviation of the slow process disturbance while producing
+    drift_step_s: float = 600.0  # the disturbance changes this often (AR(1), correlation 0.9 per step)
+    reject_per_c: float = 0.0  # added reject probability per degC above the setpoint
+    temp_ripple_c: float = 0.0  # amplitude of the temperature controller's limit cycle (on/off, PID hunting)
+    temp_ripple_s: float = 300.0  # its period
+    idle_power: float = 0.15  # power when not producing, as a fraction of power_kw
+    vibration_mm_s: float = 2.0  # while producing
+    wear_mm_s_per_h: float = 0.0  # vibration rise per hour of run time since the last changeover (tool wear)
+
+    def __post_init__(self):
+        a = self.acting_s
+        if a < 0 or self.ideal_cycle_s <= 0 or self.speed_factor <= 0:
+            raise ValueError(f"{self.name}: acting_s >= 0, ideal_cycle_s > 0 and speed_factor > 0 required")
+        for rate in (self.reject_rate, self.startup_reject_rate):
+            if rate is not None and not 0 <= rate <= 1:
+                raise ValueError(f"{self.name}: reject rates are probabilities between 0 and 1")
+        if self.mtbms_s and self.micro_stop_s[0] < 2 * a:
+            raise ValueError(f"{self.name}: micro_stop_s must leave room for Holding and Unholding (2 x acting_s)")
+        if self.changeover_every_s and self.setup_s[0] < 5 * a:
+            raise ValueError(f"{self.name}: setup_s must leave room for five acting states (5 x acting_s)")
+        if min(self.mtbf_s, self.mtbs_s, self.mtbms_s, self.changeover_every_s, self.mttr_s) < 0:
+            raise ValueError(f"{self.name}: means and intervals must be >= 0 (0 = off)")
 
 
 DEMO_MACHINES = (
+    # a CNC mill: chip / door-interlock stops, fixture change per order, coolant chiller, tool wear
     MachineSpec("cnc-01", "cnc", "bracket-A", ideal_cycle_s=40.0, speed_factor=0.92, reject_rate=0.03,
-                mtbf_s=2400, mttr_s=240, mtbs_s=1500, temp_setpoint_c=35.0, power_kw=11.0),
+                mtbf_s=2400, mttr_s=240, mtbs_s=1500, temp_setpoint_c=35.0, power_kw=11.0,
+                mtbms_s=1800, changeover_every_s=4 * 3600, setup_s=(1200, 2100), startup_reject_rate=0.15,
+                idle_temp_c=22.0, thermal_tau_s=900, temp_drift_c=1.5, reject_per_c=0.02,
+                temp_ripple_c=0.4, temp_ripple_s=480, idle_power=0.15, vibration_mm_s=2.5, wear_mm_s_per_h=0.3),
+    # an injection moulder: heater bands keep the barrel hot when stopped; mould change per order
     MachineSpec("moulder-01", "injection_moulding", "cap-28mm", ideal_cycle_s=12.0, speed_factor=0.97,
-                reject_rate=0.05, mtbf_s=3600, mttr_s=360, mtbs_s=2400, temp_setpoint_c=220.0, power_kw=18.0),
+                reject_rate=0.05, mtbf_s=3600, mttr_s=360, mtbs_s=2400, temp_setpoint_c=220.0, power_kw=18.0,
+                mtbms_s=1200, changeover_every_s=8 * 3600, setup_s=(2400, 3600), startup_reject_rate=0.25,
+                idle_temp_c=205.0, thermal_tau_s=600, temp_drift_c=3.0, reject_per_c=0.01,
+                temp_ripple_c=1.0, temp_ripple_s=180, idle_power=0.45, vibration_mm_s=0.8),
+    # a bottle filler: fallen bottles jam it, format change per product, warm product foams
     MachineSpec("filler-01", "filling", "bottle-1l", ideal_cycle_s=2.0, speed_factor=0.9, reject_rate=0.01,
-                mtbf_s=1800, mttr_s=180, mtbs_s=900, temp_setpoint_c=20.0, power_kw=4.0),
+                mtbf_s=1800, mttr_s=180, mtbs_s=900, temp_setpoint_c=20.0, power_kw=4.0,
+                mtbms_s=600, changeover_every_s=2 * 3600, setup_s=(900, 1500), startup_reject_rate=0.05,
+                idle_temp_c=23.0, thermal_tau_s=1200, temp_drift_c=1.0, reject_per_c=0.01,
+                temp_ripple_c=0.6, temp_ripple_s=300, idle_power=0.2, vibration_mm_s=1.2),
+    # a semi-automatic assembly station: bowl-feeder jams, missing kits, variant change, hot-melt glue
+    MachineSpec("assembly-01", "assembly", "sensor-housing", ideal_cycle_s=30.0, speed_factor=0.95,
+                reject_rate=0.015, mtbf_s=4 * 3600, mttr_s=600, mtbs_s=1200, shortage_s=(60.0, 300.0),
+                temp_setpoint_c=170.0, power_kw=3.0, mtbms_s=900, changeover_every_s=3 * 3600,
+                setup_s=(600, 900), startup_reject_rate=0.06, idle_temp_c=150.0, thermal_tau_s=400,
+                temp_drift_c=2.5, reject_per_c=0.005, temp_ripple_c=1.5, temp_ripple_s=240,
+                idle_power=0.2, vibration_mm_s=0.6),
 )
 
 
 @dataclass
 class Ledger:
-    """What really happened, for checking the gateway: time per state, counts, stops."""
+    """What really happened, for checking the gateway: time per state, counts, stops and their causes."""
 
     start: float
     end: float
@@ -61,46 +132,176 @@ class Ledger:
     ideal_s: float = 0.0  # sum of ideal cycle time over all parts made
     breakdowns: int = 0
     shortages: int = 0
-    stops: list = field(default_factory=list)  # [start, end, state, reason]; end None while it lasts
+    micro_stops: int = 0
+    changeovers: int = 0
+    setup_s: float = 0.0  # time in changeovers (Execute to Execute)
+    startup_rejects: int = 0  # rejects within startup_s after a changeover ended (both ends included)
+    transitions: int = 0  # state changes emitted
+    stops: list = field(default_factory=list)  # [start, end, main state, reason]; end None while it lasts
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["state_s"] = {PACKML[k]: v for k, v in sorted(self.state_s.items())}
         d["stops"] = [{"start": s, "duration_s": (self.end if e is None else e) - s, "state": PACKML[st],
-                       "reason": REASONS.get(r, r)} for s, e, st, r in self.stops]
+                       "reason": REASONS.get(r, r), "reason_code": r} for s, e, st, r in self.stops]
         d["run_s"] = self.state_s.get(EXECUTE, 0.0)
         d["elapsed_s"] = self.end - self.start
         return d
 
 
 class Machine:
-    def __init__(self, spec: MachineSpec, t0: float, seed: int):
-        self.spec = spec
+    def __init__(self, spec: MachineSpec, t0: float, seed: int, *, keep_parts: bool = False):
+        s = self.spec = spec
         self._rng = random.Random(seed)  # production events
-        self._noise = random.Random(seed ^ 0x5EED)  # process values
+        self._noise = random.Random(seed ^ 0x5EED)  # process-value noise (never affects production)
+        self._thermal = random.Random(seed ^ 0x7E4D)  # the slow process disturbance
         self.clock = t0
-        self.state, self.reason, self.state_since = EXECUTE, REASON_NONE, t0
+        self._sm = packml.StateMachine(EXECUTE)  # produces from t0
+        self.reason, self.state_since = REASON_NONE, t0
         self.good = self.reject = 0
         self.ledger = Ledger(start=t0, end=t0)
-        self._cycle_left = self._cycle()
-        self._to_failure = self._rng.expovariate(1.0 / spec.mtbf_s)
-        self._to_shortage = self._rng.expovariate(1.0 / spec.mtbs_s)
-        self._stop_left = 0.0
-        self.temperature = spec.temp_setpoint_c
+        #: per part (time, temperature, in start-up period, rejected) when keep_parts (for tests)
+        self.parts: list[tuple[float, float, bool, bool]] | None = [] if keep_parts else None
+        # Execute timers: absolute due times while in Execute, remaining run time while stopped
+        self._due = {"part": t0 + self._cycle(),
+                     "breakdown": t0 + self._draw(s.mtbf_s),
+                     "shortage": t0 + self._draw(s.mtbs_s),
+                     "micro": t0 + self._draw(s.mtbms_s),
+                     "changeover": t0 + (s.changeover_every_s or INF)}
+        self._left: dict[str, float] = {}
+        self._plan: deque = deque()  # the rest of the PackML path being walked: (command, dwell after it)
+        self._state_due = INF  # when the current non-Execute state ends
+        self._startup_until = -INF
+        self._run_since_changeover = 0.0  # run time before the current Execute piece, since the last changeover
+        # thermal model: first-order lag towards a target; exact between breakpoints
+        self._disturbance = 0.0
+        self._tb, self._Tb = t0, s.temp_setpoint_c
+        self._target = s.temp_setpoint_c
+        self._drift_k = 1
+        self._drift_due = t0 + s.drift_step_s if s.temp_drift_c > 0 else INF
+        self._ripple_phase = self._thermal.uniform(0.0, 2 * math.pi)
+        self.temperature = s.temp_setpoint_c  # as last measured by process_values (with its noise)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def state(self) -> int:
+        return self._sm.state
+
+    def _draw(self, mean: float) -> float:
+        return self._rng.expovariate(1.0 / mean) if mean > 0 else INF
 
     def _cycle(self) -> float:
         jitter = self._rng.lognormvariate(0.0, 0.03)
         return self.spec.ideal_cycle_s / self.spec.speed_factor * jitter
 
-    def _enter(self, state: int, reason: int, events: list) -> None:
+    def _fire(self, command: str, reason: int, events: list) -> None:
+        """Change state through the PackML transition table (raises on an illegal transition)."""
+        old = self._sm.state
+        new = self._sm.fire(command)
         led = self.ledger
-        led.state_s[self.state] = led.state_s.get(self.state, 0.0) + (self.clock - self.state_since)
-        if self.state != EXECUTE:
-            led.stops[-1][1] = self.clock
-        if state != EXECUTE:
-            led.stops.append([self.clock, None, state, reason])
-        self.state, self.reason, self.state_since = state, reason, self.clock
-        events.append(("state", self.clock, state, reason))
+        led.state_s[old] = led.state_s.get(old, 0.0) + (self.clock - self.state_since)
+        led.transitions += 1
+        self.reason, self.state_since = reason, self.clock
+        if EXECUTE in (old, new):
+            self._retarget()
+        events.append(("state", self.clock, new, reason))
+
+    def _begin_stop(self, steps: list, main: int, reason: int, events: list) -> None:
+        """Leave Execute along ``steps`` [(command, dwell in the state it leads to)], ending in Execute."""
+        now = self.clock
+        self._left = {k: due - now for k, due in self._due.items()}
+        self._run_since_changeover += now - self.state_since
+        self.ledger.stops.append([now, None, main, reason])
+        self._plan = deque(steps)
+        self._step(events)
+
+    def _step(self, events: list) -> None:
+        command, dwell = self._plan.popleft()
+        stop = self.ledger.stops[-1]
+        back = packml.next_state(self.state, command) == EXECUTE
+        self._fire(command, REASON_NONE if back else stop[3], events)
+        if not back:
+            self._state_due = self.clock + dwell
+            return
+        now = self.clock
+        self._state_due = INF
+        stop[1] = now
+        changeover = stop[3] == REASON_CHANGEOVER
+        self._due = {k: now + left for k, left in self._left.items()}
+        if changeover:
+            self.ledger.setup_s += now - stop[0]
+            self._startup_until = now + self.spec.startup_s
+            self._run_since_changeover = 0.0
+            self._due["part"] = now + self._cycle()  # the new order's first part
+            self._due["changeover"] = now + self.spec.changeover_every_s
+
+    # ------------------------------------------------------------------ events
+    def _part(self, events: list) -> None:
+        s, now, led = self.spec, self.clock, self.ledger
+        startup = now <= self._startup_until
+        temp = self._temp_at(now)
+        p = (s.startup_reject_rate if startup and s.startup_reject_rate is not None else s.reject_rate)
+        p = min(1.0, p + s.reject_per_c * max(0.0, temp - s.temp_setpoint_c))
+        rejected = self._rng.random() < p
+        if rejected:
+            self.reject += 1
+            led.startup_rejects += startup
+        else:
+            self.good += 1
+        led.ideal_s += s.ideal_cycle_s
+        if self.parts is not None:
+            self.parts.append((now, temp, startup, rejected))
+        events.append(("count", now, self.good, self.reject))
+        if now >= self._due["changeover"]:  # the order is complete: change over before the next part
+            led.changeovers += 1
+            total = self._rng.uniform(*s.setup_s)
+            a = s.acting_s
+            self._due["part"] = INF
+            self._begin_stop([(SC, a), (SC, a), (RESET, a), (SC, total - 5 * a), (START, a), (SC, None)],
+                             IDLE, REASON_CHANGEOVER, events)
+        else:
+            self._due["part"] = now + self._cycle()
+
+    def _breakdown(self, events: list) -> None:
+        s = self.spec
+        self.ledger.breakdowns += 1
+        held = self._rng.expovariate(1.0 / s.mttr_s) if s.mttr_s > 0 else 0.0
+        self._due["breakdown"] = self.clock + self._draw(s.mtbf_s)
+        self._begin_stop([(HOLD, s.acting_s), (SC, held), (UNHOLD, s.acting_s), (SC, None)],
+                         HELD, REASON_BREAKDOWN, events)
+
+    def _micro_stop(self, events: list) -> None:
+        s = self.spec
+        self.ledger.micro_stops += 1
+        total = self._rng.uniform(*s.micro_stop_s)
+        self._due["micro"] = self.clock + self._draw(s.mtbms_s)
+        self._begin_stop([(HOLD, s.acting_s), (SC, total - 2 * s.acting_s), (UNHOLD, s.acting_s), (SC, None)],
+                         HELD, REASON_JAM, events)
+
+    def _shortage(self, events: list) -> None:
+        s = self.spec
+        self.ledger.shortages += 1
+        waiting = self._rng.uniform(*s.shortage_s)
+        self._due["shortage"] = self.clock + self._draw(s.mtbs_s)
+        self._begin_stop([(SUSPEND, s.acting_s), (SC, waiting), (UNSUSPEND, s.acting_s), (SC, None)],
+                         SUSPENDED, REASON_MATERIAL, events)
+
+    def _drift(self, events: list) -> None:
+        s, rho = self.spec, 0.9  # AR(1): stationary standard deviation temp_drift_c
+        step = s.temp_drift_c * math.sqrt(1 - rho * rho) * self._thermal.gauss(0, 1)
+        self._disturbance = rho * self._disturbance + step
+        self._drift_k += 1
+        self._drift_due = self.ledger.start + self._drift_k * s.drift_step_s
+        self._retarget()
+
+    def _next(self) -> tuple[float, int]:
+        """The next event: (time, which); ties in a fixed order."""
+        if self.state == EXECUTE:
+            d = self._due
+            best = min((d["part"], 0), (d["breakdown"], 1), (d["shortage"], 2), (d["micro"], 3))
+        else:
+            best = (self._state_due, 4)
+        return min(best, (self._drift_due, 5))
 
     def advance(self, t: float) -> list[tuple]:
         """Run the machine up to time ``t``; return its events in order.
@@ -108,46 +309,14 @@ class Machine:
         Events: ("state", ts, state, reason) and ("count", ts, good, reject).
         """
         events: list[tuple] = []
+        handlers = (self._part, self._breakdown, self._shortage, self._micro_stop, self._step, self._drift)
         while True:
-            if self.state == EXECUTE:
-                step = min(self._cycle_left, self._to_failure, self._to_shortage)
-                if self.clock + step > t:
-                    dt = t - self.clock
-                    self._cycle_left -= dt
-                    self._to_failure -= dt
-                    self._to_shortage -= dt
-                    self.clock = t
-                    break
-                self.clock += step
-                self._cycle_left -= step
-                self._to_failure -= step
-                self._to_shortage -= step
-                if self._cycle_left <= 0:
-                    if self._rng.random() < self.spec.reject_rate:
-                        self.reject += 1
-                    else:
-                        self.good += 1
-                    self.ledger.ideal_s += self.spec.ideal_cycle_s
-                    self._cycle_left = self._cycle()
-                    events.append(("count", self.clock, self.good, self.reject))
-                elif self._to_failure <= 0:
-                    self.ledger.breakdowns += 1
-                    self._stop_left = self._rng.expovariate(1.0 / self.spec.mttr_s)
-                    self._to_failure = self._rng.expovariate(1.0 / self.spec.mtbf_s)
-                    self._enter(HELD, REASON_BREAKDOWN, events)
-                else:
-                    self.ledger.shortages += 1
-                    self._stop_left = self._rng.uniform(*self.spec.shortage_s)
-                    self._to_shortage = self._rng.expovariate(1.0 / self.spec.mtbs_s)
-                    self._enter(SUSPENDED, REASON_MATERIAL, events)
-            else:
-                if self.clock + self._stop_left > t:
-                    self._stop_left -= t - self.clock
-                    self.clock = t
-                    break
-                self.clock += self._stop_left
-                self._stop_left = 0.0
-                self._enter(EXECUTE, REASON_NONE, events)
+            when, which = self._next()
+            if when > t:
+                break
+            self.clock = when
+            handlers[which](events)
+        self.clock = max(self.clock, t)
         self.ledger.good, self.ledger.reject, self.ledger.end = self.good, self.reject, self.clock
         return events
 
@@ -156,18 +325,54 @@ class Machine:
         led = Ledger(**{**self.ledger.__dict__, "state_s": dict(self.ledger.state_s),
                         "stops": [list(s) for s in self.ledger.stops]})
         led.state_s[self.state] = led.state_s.get(self.state, 0.0) + (self.clock - self.state_since)
+        if self.state != EXECUTE and led.stops and led.stops[-1][3] == REASON_CHANGEOVER:
+            led.setup_s += self.clock - led.stops[-1][0]
         return led
 
+    # ------------------------------------------------------------------ process values
+    def _lag_at(self, t: float) -> float:
+        return self._target + (self._Tb - self._target) * math.exp(-(t - self._tb) / self.spec.thermal_tau_s)
+
+    def _temp_at(self, t: float) -> float:
+        """T(t) = first-order lag towards the target + the controller's limit cycle (exact at any t)."""
+        s = self.spec
+        ripple = s.temp_ripple_c * math.sin(2 * math.pi * (t - self.ledger.start) / s.temp_ripple_s
+                                            + self._ripple_phase) if s.temp_ripple_c else 0.0
+        return self._lag_at(t) + ripple
+
+    def _retarget(self) -> None:
+        """A breakpoint of the thermal model at the current time (state or disturbance changed)."""
+        s, now = self.spec, self.clock
+        self._Tb, self._tb = self._lag_at(now), now
+        idle = s.temp_setpoint_c - 15.0 if s.idle_temp_c is None else s.idle_temp_c
+        self._target = s.temp_setpoint_c + self._disturbance if self.state == EXECUTE else idle
+
+    @property
+    def true_temperature(self) -> float:
+        """The model's temperature now, without measurement noise (what drives the reject rate)."""
+        return self._temp_at(self.clock)
+
     def process_values(self, dt: float) -> dict[str, float]:
-        """Sample the process values after ``dt`` simulated seconds (first-order thermal model)."""
+        """Sample the process values at the current time (``dt``: seconds since the last sample, unused:
+        the values follow from the machine's history, so they do not depend on the tick)."""
         s, n = self.spec, self._noise
-        running = self.state == EXECUTE
-        target = s.temp_setpoint_c + (8.0 if running else -15.0)
-        self.temperature += (target - self.temperature) * (1.0 - math.exp(-dt / 300.0)) + n.gauss(0, 0.05)
-        power = s.power_kw * (1.0 if running else 0.15) * (1 + n.gauss(0, 0.02))
-        vibration = (2.0 if running else 0.2) * (1 + abs(n.gauss(0, 0.1)))
-        return {"temperature": round(self.temperature, 3), "power": round(power, 3),
+        state = self.state
+        if state == EXECUTE:
+            load = 1.0
+            run_h = (self._run_since_changeover + self.clock - self.state_since) / 3600.0
+            vib = s.vibration_mm_s + s.wear_mm_s_per_h * run_h
+        elif state in packml.ACTING:  # drives ramping up or down
+            load, vib = (1.0 + s.idle_power) / 2, 0.3 * s.vibration_mm_s
+        else:
+            load, vib = s.idle_power, 0.1 * s.vibration_mm_s
+        temperature = self.temperature = self._temp_at(self.clock) + n.gauss(0, 0.05)
+        power = s.power_kw * load * (1 + n.gauss(0, 0.02))
+        vibration = vib * (1 + abs(n.gauss(0, 0.1)))
+        return {"temperature": round(temperature, 3), "power": round(power, 3),
                 "vibration": round(vibration, 3)}
 
 
 UNITS = {"temperature": "degC", "power": "kW", "vibration": "mm/s"}
+__all__ = ["DEMO_MACHINES", "EXECUTE", "HELD", "SUSPENDED", "IDLE", "COMPLETING", "REASONS", "REASON_NONE",
+           "REASON_BREAKDOWN", "REASON_JAM", "REASON_MATERIAL", "REASON_CHANGEOVER", "UNITS", "Ledger", "Machine",
+           "MachineSpec"]

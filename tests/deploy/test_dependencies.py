@@ -11,7 +11,7 @@ from tests.contract.test_layering import imported_packages
 ROOT = Path(__file__).resolve().parents[2]
 OURS = {"contract", "edge", "gateway", "simulators", "fieldlab"}
 # import name -> distribution name, where they differ
-DIST = {"paho": "paho-mqtt", "yaml": "pyyaml"}
+DIST = {"paho": "paho-mqtt", "yaml": "pyyaml", "influxdb_client": "influxdb-client"}
 
 
 def requirements(extras: list[str]) -> set[str]:

@@ -205,8 +205,8 @@ async def test_edges_from_pin_threads_count_by_their_own_time_while_the_loop_is_
     assert not errors
     got = drained(b)
     assert got["good"] == [0, 1] and got["state"] == [2, 4, 2]
-    assert driven[0] <= got["ts"][1] < driven[0] + 0.01  # the time in the pin's thread, not the loop's
-    assert driven[0] <= got["state_ts"][1] < driven[0] + 0.01
+    assert driven[0] <= got["ts"][1] < driven[0] + 0.05  # the time in the pin's thread, not the loop's (busy 0.1 s)
+    assert driven[0] <= got["state_ts"][1] < driven[0] + 0.05
 
 
 def test_bad_specs_are_refused_with_the_fix():

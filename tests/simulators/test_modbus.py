@@ -49,7 +49,7 @@ def held_machine() -> Machine:
     """The moulder, run until it stands in a breakdown (state and reason both non-zero)."""
     m = Machine(DEMO_MACHINES[1], T0, seed=7)
     t = T0
-    while m.state != HELD:
+    while (m.state, m.reason) != (HELD, REASON_BREAKDOWN):
         t += 30
         m.advance(t)
     assert m.good > 0
@@ -195,7 +195,7 @@ async def test_port_taken_is_a_one_line_service_error(served):
 
 async def test_simulation_serves_modbus_and_counts_equal_the_ledger():
     ports = free_port(count=4)  # OPC UA on the first two, Modbus on the next two
-    machines = [Machine(spec, T0, seed=3) for spec in DEMO_MACHINES[1:]]  # moulder, filler
+    machines = [Machine(spec, T0, seed=3) for spec in DEMO_MACHINES[1:3]]  # moulder, filler
     sim = Simulation(machines, SimClock(T0, 60.0), HOST, base_port=ports, tick_s=0.05, modbus_base_port=ports + 2)
     assert sim.modbus_endpoints == {"moulder-01": f"{HOST}:{ports + 2}", "filler-01": f"{HOST}:{ports + 3}"}
     await sim.start()

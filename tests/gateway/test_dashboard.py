@@ -1,0 +1,208 @@
+"""The REST API and the built-in dashboard, the page checked in a real headless Chromium."""
+import asyncio
+import json
+import os
+import shutil
+import urllib.request
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from contract import Kind, MachineRef, encode_counts, encode_state, encode_status
+from gateway.http import HttpEndpoint, openapi
+from gateway.service import Gateway
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = Path(os.environ.get("FIELDLAB_ARTIFACTS", ROOT / "test-artifacts"))
+T0 = 1_800_000_000.0
+
+
+@pytest.fixture
+def publisher(mosquitto):
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    c = paho.Client(CallbackAPIVersion.VERSION2)
+    c.connect(mosquitto.url.host, mosquitto.url.port)
+    c.loop_start()
+    yield lambda topic, payload: c.publish(topic, payload, qos=1).wait_for_publish(5)
+    c.disconnect()
+    c.loop_stop()
+
+
+@pytest.fixture
+async def served(mosquitto, site, publisher):
+    """A gateway with two machines' hand-made history, its HTTP service on a free port."""
+    gw = Gateway(mosquitto.url, site=site, publish_s=3600)  # ticks only when the test says so
+    await gw.start()
+    http = HttpEndpoint(gw, "127.0.0.1", 0, sse_poll_s=0.05)
+    await http.start()
+    press = MachineRef(site, "hall-1", "line-1", "press-07")
+    lathe = MachineRef(site, "hall-1", "line-2", "lathe-2")
+    # press: Execute 0-300 s, Held (breakdown 101) 300-500 s, Execute 500-600 s; 100 parts at 3 s, 10 rejects
+    publisher(press.topic(Kind.STATUS), encode_status(T0, "online"))
+    publisher(press.topic(Kind.STATE), encode_state([T0, T0 + 300, T0 + 500], [4, 15, 4], [0, 101, 0]))
+    publisher(press.topic(Kind.COUNTS), encode_counts([T0, T0 + 600], [0, 90], [0, 10], "cap", 3.0))
+    publisher(lathe.topic(Kind.STATE), encode_state([T0, T0 + 400], [4, 12], [0, 201]))
+    publisher(lathe.topic(Kind.COUNTS), encode_counts([T0, T0 + 400], [0, 39], [0, 1], "shaft", 8.0))
+    for _ in range(100):
+        if gw.stats["messages"] == 5:
+            break
+        await asyncio.sleep(0.05)
+    gw.tick()
+    yield gw, http, press, lathe
+    await http.stop()
+    await gw.stop()
+
+
+async def get(http, path):
+    def fetch():
+        try:
+            with urllib.request.urlopen(http.url + path, timeout=5) as r:
+                return r.status, r.headers.get("Content-Type"), r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers.get("Content-Type"), e.read()
+    return await asyncio.to_thread(fetch)
+
+
+async def test_rest_api(served):
+    gw, http, press, lathe = served
+    status, ctype, body = await get(http, "/api/machines")
+    assert status == 200 and ctype.startswith("application/json")
+    rows = {r["id"]: r for r in json.loads(body)}
+    assert set(rows) == {press.path, lathe.path}
+    p = rows[press.path]
+    assert (p["good"], p["reject"], p["run_s"], p["planned_s"], p["state_name"], p["status"]) == (
+        90, 10, 400.0, 600.0, "Execute", "online")
+    assert p["oee"] == pytest.approx(90 * 3.0 / 600)  # good parts x ideal cycle / planned time
+    _, _, one = await get(http, f"/api/machines/{press.path}")
+    assert json.loads(one) == p
+    _, _, tl = await get(http, f"/api/machines/{press.path}/timeline?window=since_start")
+    pieces = [(x["start"] - T0, x["end"] - T0, x["category"], x["reason"]) for x in json.loads(tl)["pieces"]]
+    assert pieces == [(0, 300, "run", 0), (300, 500, "breakdown", 101), (500, 600, "run", 0)]
+    _, _, losses = await get(http, f"/api/machines/{press.path}/losses")
+    losses = json.loads(losses)
+    assert losses["losses"]["unplanned_stops"] == {"s": 200.0, "pp": pytest.approx(100 * 200 / 600)}
+    _, _, counts = await get(http, f"/api/machines/{press.path}/counts")
+    counts = json.loads(counts)
+    assert counts["ideal_cycle_s"] == 3.0 and counts["windows"]["since_start"] == {
+        "good": 90, "reject": 10, "planned_s": 600.0, "target": 200}
+    status, _, _ = await get(http, f"/api/machines/{lathe.site}/hall-1/line-2/lathe%2D2")  # %-quoted
+    assert status == 200
+    assert (await get(http, "/api/machines/a/b/c/no%20spaces"))[0] == 404  # not a machine name at all
+    assert (await get(http, f"/api/machines/{press.site}/x/y/z"))[0] == 404
+    assert (await get(http, f"/api/machines/{press.path}/timeline?window=week"))[0] == 400
+
+
+async def test_openapi_describes_every_route(served):
+    gw, http, press, _ = served
+    _, _, body = await get(http, "/api/openapi.json")
+    spec = json.loads(body)
+    assert spec == json.loads(json.dumps(openapi())) and spec["openapi"].startswith("3.")
+    for path in spec["paths"]:
+        concrete = path.replace("{id}", press.path)
+        if concrete == "/api/events":
+            continue
+        status, _, _ = await get(http, concrete)
+        assert status == 200, path
+
+
+async def test_events_stream_after_every_computation(served):
+    gw, http, press, _ = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", http.port)
+    writer.write(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+
+    async def next_event():
+        lines = []
+        while True:
+            line = (await asyncio.wait_for(reader.readline(), 5)).decode().rstrip("\r\n")
+            if line == "" and any(x.startswith("data:") for x in lines):
+                return lines
+            lines.append(line)
+
+    first = await next_event()
+    assert "event: machines" in first
+    gw.tick()
+    second = await next_event()
+    data = json.loads(next(x for x in second if x.startswith("data:"))[5:])
+    assert {r["id"] for r in data} == {press.path, f"{press.site}/hall-1/line-2/lathe-2"}
+    writer.close()
+
+
+class Cards(HTMLParser):
+    """Collects each machine card's shown numbers: {machine id: {data-kpi: text}}."""
+
+    def __init__(self):
+        super().__init__()
+        self.cards, self._id, self._kpi = {}, None, None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if "data-id" in a:
+            self._id = a["data-id"]
+            self.cards[self._id] = {}
+        if self._id and ("data-kpi" in a or "data-loss" in a):
+            self._kpi = a.get("data-kpi") or "loss:" + a["data-loss"]
+            self.cards[self._id][self._kpi] = ""
+            if tag == "div" and a.get("data-kpi") == "timeline":
+                self._kpi = None
+
+    def handle_data(self, data):
+        if self._id and self._kpi:
+            self.cards[self._id][self._kpi] += data
+
+    def handle_endtag(self, tag):
+        self._kpi = None
+
+
+def chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        pytest.fail("chromium is missing: apt-get install -y chromium", pytrace=False)
+    return path
+
+
+def pct(v):
+    return "–" if v is None else f"{100 * v:.1f} %"
+
+
+async def test_dashboard_in_headless_chromium(served, tmp_path):
+    gw, http, press, lathe = served
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    args = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--no-first-run", "--hide-scrollbars", f"--user-data-dir={tmp_path}/p",
+            "--enable-logging=stderr", "--v=0", "--virtual-time-budget=4000", "--window-size=1600,900"]
+    # ?poll: no open event stream, so Chromium's virtual time can run out and it dumps the page
+    page = http.url + "/?poll"
+    proc = await asyncio.create_subprocess_exec(*args, "--dump-dom", page, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    try:
+        dom, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    console = [line for line in err.decode(errors="replace").splitlines() if ":CONSOLE" in line]
+    assert not console, "the page wrote to the console:\n" + "\n".join(console)
+    cards = Cards()
+    cards.feed(dom.decode())
+    assert set(cards.cards) == {press.path, lathe.path}
+    _, _, body = await get(http, "/api/machines")
+    for row in json.loads(body):
+        shown, shift = cards.cards[row["id"]], row["windows"]["shift"]  # the page opens on "This shift"
+        assert shown["oee"] == pct(shift["oee"])
+        assert (shown["availability"], shown["performance"], shown["quality"]) == (
+            pct(shift["availability"]), pct(shift["performance"]), pct(shift["quality"]))
+        assert (shown["good"], shown["reject"]) == (str(shift["good"]), str(shift["reject"]))
+        assert shown["state"] == (row["state_name"] if row["status"] != "offline" else "offline")
+        for name, loss in row["losses"].items():
+            assert shown[f"loss:{name}"] == f"{loss['pp'] or 0:.1f} pp"
+    assert cards.cards[press.path]["target"] == "200"  # 600 s planned at 3 s per part
+    # the picture, for people (kept as a test artifact)
+    shot = ARTIFACTS / "dashboard.png"
+    proc = await asyncio.create_subprocess_exec(*args, f"--screenshot={shot}", page,
+                                                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    await asyncio.wait_for(proc.wait(), 60)
+    assert shot.stat().st_size > 10_000
