@@ -136,3 +136,20 @@ def test_kpi_lines_per_machine_and_window(n_machines):
                    "kpi,area=a,line=l,machine=m2,site=s,window=since_start good=3i,oee=0.25 200000",
                    "kpi,area=a,line=l,machine=m0,site=s,window=last_1h good=5i,oee=0.4 100000",
                    "kpi,area=a,line=l,machine=m2,site=s,window=last_1h good=1i,oee=0.2 200000"]
+
+
+def test_both_ways_of_building_sparse_lines_agree():
+    from gateway import lineproto
+
+    rng = np.random.default_rng(3)
+    n = 400
+    cols = {f"s{k}": np.where(rng.random(n) < 0.3, rng.random(n) * 100, np.nan) for k in range(8)}
+    cols["n"] = rng.integers(0, 1000, n)
+    ts = 1.8e9 + np.arange(n) * 0.1
+    row_by_row = lines("m", ts, cols, frozenset({"n"}))  # many patterns: built row by row
+    names = sorted(cols)
+    grouped = []
+    for i in range(n):  # one row at a time: always the grouped path
+        grouped += lines("m", ts[i:i + 1], {k: v[i:i + 1] for k, v in cols.items()}, frozenset({"n"}))
+    assert np.unique(np.stack([np.isfinite(cols[k]) for k in names if k != "n"]).T, axis=0).shape[0] > 16
+    assert row_by_row == grouped
