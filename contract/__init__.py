@@ -10,7 +10,10 @@ from .payloads import (
     decode_telemetry, encode_command, encode_counts, encode_kpi, encode_state, encode_status,
     encode_telemetry,
 )
-from .topics import DEADLETTER_TOPIC, QOS, RETAINED, ROOT, Kind, MachineRef, parse_topic, subscription
+from .topics import (
+    DEADLETTER_TOPIC, LINE, QOS, RETAINED, ROOT, Kind, LineRef, MachineRef, line_subscription, parse_line_topic,
+    parse_topic, subscription,
+)
 
 __all__ = [
     "ContractError", "MAX_BATCH", "PACKML", "SIMPLE", "STATE_MODELS", "VERSION", "Command",
@@ -18,5 +21,5 @@ __all__ = [
     "decode_counts", "decode_kpi", "decode_state", "decode_status", "decode_telemetry",
     "encode_command", "encode_counts", "encode_kpi", "encode_state", "encode_status",
     "encode_telemetry", "DEADLETTER_TOPIC", "QOS", "RETAINED", "ROOT", "Kind", "MachineRef",
-    "parse_topic", "subscription",
+    "parse_topic", "subscription", "LINE", "LineRef", "line_subscription", "parse_line_topic",
 ]

@@ -126,8 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
             "Run simulated machines on their own, each with an OPC UA server (and, if asked,\n"
             "a Modbus TCP server), so that other tools (UaExpert, Node-RED, a Modbus client,\n"
             "an edge agent on a Pi) can read them.\n\n"
+            "Faults on cue: every machine has OPC UA methods (InjectBreakdown, SlowDown, ...),\n"
+            "and with --broker it also takes commands from MQTT; 'fieldlab sim inject --help'.\n\n"
             "examples:\n  fieldlab sim --machines 3 --speed 1     real-time machines on ports 4840-4842\n"
-            "  fieldlab sim --modbus-port 5020         also Modbus TCP on ports 5020-5022")
+            "  fieldlab sim --modbus-port 5020         also Modbus TCP on ports 5020-5022\n"
+            "  fieldlab sim --broker mqtt://localhost:1883   also take fault commands over MQTT\n"
+            "  fieldlab sim inject cnc-01 breakdown --minutes 5 --opcua opc.tcp://127.0.0.1:4840/fieldlab/")
     s.add_argument("--machines", type=_count, default=3, metavar="N", help="how many machines (default 3)")
     s.add_argument("--speed", type=_positive, default=1.0, metavar="K", help="time runs K times faster (default 1)")
     s.add_argument("--duration", type=_positive, default=None, metavar="SECONDS", help="stop after this many seconds")
@@ -140,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "agent reading Modbus, keep --speed 1")
     s.add_argument("--seed", type=int, default=1, help="same seed, same production run (default 1)")
     s.add_argument("--ledger", metavar="FILE", help="write what the machines really did to this JSON file at the end")
+    s.add_argument("--broker", metavar="URL", help="take fault commands from this MQTT broker, e.g. "
+                   "mqtt://localhost:1883, on fieldlab/v1/SITE/AREA/LINE/<machine>/cmd")
+    for level, default in (("site", "demo"), ("area", "hall-1"), ("line", "line-1")):
+        s.add_argument(f"--{level}", default=default, help=f"with --broker: {level} name in the command topics "
+                       f"(default {default})")
+    ssub = s.add_subparsers(dest="sim_command", metavar="inject")
+    _add_inject(ssub)
 
     e = add("edge", "read one machine (OPC UA, Modbus TCP, digital I/O) and publish its data to MQTT",
             "Run an edge agent: it reads one machine and publishes state changes,\n"
@@ -211,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
             "example:\n  fieldlab gateway --broker mqtt://localhost:1883")
     g.add_argument("--broker", required=True, metavar="URL", help="MQTT broker, e.g. mqtt://localhost:1883")
     g.add_argument("--site", default="+", help="only this site (default: all sites)")
+    g.add_argument("--scope", action="append", metavar="SITE/AREA/LINE",
+                   help="only these lines (+ for any level), e.g. --scope acme/hall-1/+ ; repeat for more. Run "
+                        "several gateways with different scopes against one broker to share the work: each "
+                        "machine is computed by exactly one of them")
     g.add_argument("--config", metavar="FILE", help="site configuration (YAML): time zone, shifts, breaks, "
                    "OEE conventions; see docs/examples/site.yaml")
     g.add_argument("--http-port", type=_port, default=8080, metavar="PORT",
@@ -224,8 +239,134 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--influx-db", metavar="NAME", help="InfluxDB 1.x database (default fieldlab; created if missing)")
     g.add_argument("--influx-org", metavar="ORG", help="InfluxDB 2.x organisation (name or ID); with --influx-bucket")
     g.add_argument("--influx-bucket", metavar="BUCKET", help="InfluxDB 2.x bucket to write to; with --influx-org")
+    g.add_argument("--state-dir", metavar="DIR", help="where the gateway keeps its checkpoint, so KPIs continue "
+                   "after a restart or a crash (default $XDG_STATE_HOME/fieldlab or ~/.local/state/fieldlab; "
+                   "'none': no checkpoint)")
+    g.add_argument("--checkpoint-every", type=_positive, default=10.0, metavar="SECONDS",
+                   help="write the checkpoint this often (default 10; and always at a clean stop)")
     g.add_argument("--duration", type=_positive, default=None, metavar="SECONDS", help="stop after this many seconds")
     return p
+
+
+INJECT_HELP = """\
+Inject a fault into a running simulated machine, live, for a demonstration.
+The fault starts at the simulated time it arrives, walks the machine's normal
+PackML path and is booked in the simulator's ledger, so the OEE the gateway
+shows can be checked against what really happened.
+
+faults:
+  breakdown    the machine breaks down: Held for --minutes (default 5), reason 101
+  microstops   a burst of --count short jams (default 5) of 10 s, 30 s apart, reason 102
+  slow         it runs at --factor of its speed (default 0.5) for --minutes (default 10)
+  quality      for --minutes (default 10): --reject-rate P of the parts are rejected,
+               or --temp C: the temperature runs C degC above its setpoint and the
+               rejects follow it (give one of the two)
+  material     material runs out: Suspended for --minutes (default 5), reason 201
+  reset        clear every injected fault now; the machine returns to normal
+
+A breakdown, jams or a shortage that finds the machine already stopped starts
+when the machine is back in Execute.
+
+Send it one of two ways:
+  --opcua URL   call the machine's OPC UA method (fieldlab sim prints each
+                machine's URL); the simulator answers with what it did
+  --broker URL  publish an MQTT command to fieldlab/v1/SITE/AREA/LINE/MACHINE/cmd
+                (fieldlab sim --broker URL, or fieldlab demo, listens); MQTT
+                gives no answer: check the machine's state
+
+examples:
+  fieldlab sim inject cnc-01 breakdown --minutes 5 --opcua opc.tcp://127.0.0.1:4840/fieldlab/
+  fieldlab sim inject moulder-01 quality --reject-rate 0.3 --minutes 20 --broker mqtt://localhost:1883
+  fieldlab sim inject cnc-01 reset --broker mqtt://localhost:1883"""
+
+#: inject option -> fault parameter
+INJECT_OPTIONS = {"minutes": "minutes", "count": "count", "factor": "factor", "reject_rate": "reject_rate",
+                  "temp": "temp_c"}
+
+
+def _add_inject(sub) -> None:
+    from simulators.faults import FAULTS
+
+    i = sub.add_parser("inject", help="inject a fault into a running simulated machine (OPC UA or MQTT)",
+                       description=INJECT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    i.add_argument("-v", "--verbose", action="store_true", help="show what every part is doing (log lines)")
+    i.add_argument("machine", metavar="MACHINE", help="the machine's name, e.g. cnc-01")
+    i.add_argument("fault", metavar="FAULT", choices=list(FAULTS), help=f"one of: {', '.join(FAULTS)}")
+    i.add_argument("--minutes", type=_positive, metavar="N", help="how long the fault lasts, in simulated minutes")
+    i.add_argument("--count", type=int, metavar="K", help="microstops: how many jams (1-100, default 5)")
+    i.add_argument("--factor", type=_positive, metavar="F",
+                   help="slow: fraction of the normal speed, e.g. 0.6 = 60 %% (default 0.5)")
+    i.add_argument("--reject-rate", type=float, metavar="P",
+                   help="quality: probability that a part is rejected, 0-1, e.g. 0.3")
+    i.add_argument("--temp", type=float, metavar="C",
+                   help="quality: degC the temperature runs above its setpoint (rejects follow it)")
+    how = i.add_mutually_exclusive_group(required=True)
+    how.add_argument("--opcua", metavar="URL", help="the machine's OPC UA endpoint, e.g. opc.tcp://127.0.0.1:4840/fieldlab/")
+    how.add_argument("--broker", metavar="URL", help="MQTT broker, e.g. mqtt://localhost:1883")
+    for level, default in (("site", "demo"), ("area", "hall-1"), ("line", "line-1")):
+        i.add_argument(f"--{level}", default=default, help=f"with --broker: {level} name in the topic (default {default})")
+
+
+async def _inject(a) -> int:
+    from contract import MachineRef, encode_command
+    from simulators import faults
+
+    given = {param: getattr(a, opt) for opt, param in INJECT_OPTIONS.items() if getattr(a, opt) is not None}
+    takes = {p.name for p in faults.FAULTS[a.fault].params}
+    for opt, param in INJECT_OPTIONS.items():
+        if param in given and param not in takes:
+            raise ServiceError(f"--{opt.replace('_', '-')} does not apply to {a.fault} (see fieldlab sim inject --help)")
+    fault, params = faults.check(a.fault, given)
+    if a.opcua:
+        print(await _inject_opcua(a.opcua, a.machine, fault, params), flush=True)
+        return 0
+    from contract.mqtt import BrokerUrl, connect, wait_published
+
+    topic = MachineRef(a.site, a.area, a.line, a.machine).topic("cmd")
+    client = connect(BrokerUrl.parse(a.broker))
+    try:
+        if not wait_published([client.publish(topic, encode_command(fault, **params), qos=1)], 5.0):
+            raise ServiceError(f"the MQTT broker at {a.broker} did not acknowledge the command")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    what = ", ".join(f"{k} {v:g}" for k, v in params.items())
+    print(f"sent {fault}{' (' + what + ')' if what else ''} to {topic}; a listening simulator applies it now "
+          f"(MQTT gives no answer: watch the machine's state)", flush=True)
+    return 0
+
+
+async def _inject_opcua(url: str, machine: str, fault: str, params: dict) -> str:
+    from asyncua import Client, ua
+
+    from simulators import faults
+    from simulators.opcua import NAMESPACE
+
+    method, args = faults.method_for(fault, params)
+    client = Client(url, timeout=5)
+    try:
+        await client.connect()
+    except (OSError, asyncio.TimeoutError) as e:
+        raise ServiceError(f"cannot reach the OPC UA server {url}: {e or type(e).__name__} "
+                           "(is fieldlab sim running? it prints each machine's URL)") from None
+    try:
+        try:
+            ns = await client.get_namespace_index(NAMESPACE)
+        except ValueError:
+            raise ServiceError(f"{url} is not a fieldlab simulator (no namespace {NAMESPACE})") from None
+        try:
+            obj = await client.nodes.objects.get_child(f"{ns}:{machine}")
+        except ua.UaStatusCodeError:
+            names = [(await n.read_browse_name()) for n in await client.nodes.objects.get_children()]
+            here = ", ".join(q.Name for q in names if q.NamespaceIndex == ns)
+            raise ServiceError(f"no machine {machine!r} at {url} (this server has: {here or 'none'})") from None
+        variants = [ua.Variant(float(v) if vt == "Double" else int(v), getattr(ua.VariantType, vt)) for vt, v in args]
+        try:
+            return await obj.call_method(f"{ns}:{method}", *variants)
+        except ua.UaStatusCodeError as e:
+            raise ServiceError(f"the simulator refused {method}: {e} (its log says why)") from None
+    finally:
+        await client.disconnect()
 
 
 async def _wait_for_stop(duration: float | None, every: float | None = None, on_tick=None) -> None:
@@ -259,10 +400,19 @@ def site_config(path: str | None):
 
 
 async def _sim(a) -> int:
+    if a.sim_command == "inject":
+        return await _inject(a)
     from simulators.opcua import SimClock, Simulation
 
     from .demo import demo_machines
 
+    url = None
+    if a.broker:
+        from contract import MachineRef
+        from contract.mqtt import BrokerUrl
+
+        url = BrokerUrl.parse(a.broker)
+        MachineRef(a.site, a.area, a.line, "m")  # check the names before anything starts
     clock = SimClock(time.time(), a.speed)
     sim = Simulation(demo_machines(a.machines, clock.t0, a.seed), clock, host=a.host, base_port=a.opcua_port,
                      modbus_base_port=a.modbus_port)
@@ -271,6 +421,9 @@ async def _sim(a) -> int:
         for name, ep in sim.endpoints.items():
             modbus = f"  modbus://{sim.modbus_endpoints[name]}" if a.modbus_port else ""
             print(f"{name}: {ep}{modbus}", flush=True)
+        if url:
+            await sim.listen(url, a.site, a.area, a.line)
+            print(f"fault commands: fieldlab/v1/{a.site}/{a.area}/{a.line}/<machine>/cmd on {url}", flush=True)
         sim.run()
         await _wait_for_stop(a.duration)
         await sim.freeze()
@@ -390,7 +543,8 @@ async def _gateway(a) -> int:
     from gateway.http import HttpEndpoint
 
     sinks = [sink] if (sink := _influx_sink(a)) else []
-    gw = Gateway(BrokerUrl.parse(a.broker), site=a.site, config=site_config(a.config), sinks=sinks)
+    gw = Gateway(BrokerUrl.parse(a.broker), site=a.site, config=site_config(a.config), sinks=sinks,
+                 scope=a.scope, state_dir=_state_dir(a.state_dir), checkpoint_s=a.checkpoint_every)
     http = HttpEndpoint(gw, a.http_host, a.http_port)
     await http.start()
     try:
@@ -403,6 +557,13 @@ async def _gateway(a) -> int:
         await http.stop()
     print(table.render(gw.rows))
     return 0
+
+
+def _state_dir(given: str | None) -> Path | None:
+    """--state-dir: a directory, 'none' (no checkpoint), or by default the user's state directory."""
+    if given is not None:
+        return None if given.strip().lower() == "none" else Path(given).expanduser()
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "fieldlab"
 
 
 def _influx_sink(a):

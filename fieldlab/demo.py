@@ -85,6 +85,7 @@ class Demo:
                                   buffer=Path(self._tmp.name) / f"edge-{name}.db")
                 await agent.start()
                 agents.append(agent)
+            await sim.listen(url, SITE, AREA, LINE)  # faults on cue: fieldlab sim inject ... --broker URL
             self._print_intro(url, broker, sim, http)
             sim.run()
             await self._show_live(gateway, clock)
@@ -119,6 +120,8 @@ class Demo:
         lines.append(f"  KPIs on MQTT: mosquitto_sub -h {url.host} -p {url.port} -t 'fieldlab/v1/{SITE}/+/+/+/kpi' -v")
         lines.append(f"  Live dashboard: {http.url}/   (REST API: {http.url}/api/openapi.json)")
         lines.append(f"  Metrics: {http.url}/metrics")
+        lines.append(f"  Faults on cue: fieldlab sim inject {next(iter(sim.endpoints))} breakdown --minutes 5 "
+                     f"--broker {url}   (fieldlab sim inject --help)")
         lines.append("  Stop with Ctrl-C." if self.duration is None else f"  Running for {self.duration:g} s.")
         self.intro = "\n".join(lines)
         print(self.intro + "\n", file=self.out, flush=True)

@@ -149,6 +149,7 @@ class KpiEngine:
         for (name, _), start, tot in zip(spans, starts, tl.windows(starts, ends)):
             k = oee.derive(tot, self.conv)
             k["start"], k["end"] = start, now.copy()
+            k["totals"] = tot  # the additive totals (n, N_TOT): lines and areas add these up (group_snapshot)
             out[name] = k
         per_machine = [[] for _ in range(self.n)]
         for r in tl.stop_reasons(out["shift"]["start"], now):  # the Pareto of the current shift
@@ -157,6 +158,29 @@ class KpiEngine:
         out["since_start"]["state"] = self.state_code[: self.n].copy()
         out["since_start"]["model"] = self.state_model[: self.n].copy()
         return out
+
+
+def group_snapshot(snap: dict, group: np.ndarray, n_groups: int, conv: oee.Conventions = oee.DEFAULT) -> dict:
+    """KPIs of groups of machines (lines) per window from a ``snapshot``: {window: {kpi: array by group}}.
+
+    ``group``: per machine, its group's index (0..n_groups-1). Each window's totals are the sums of the
+    machines' totals for that window (``oee.aggregate``), and every ratio is ``oee.derive`` of those sums,
+    never an average of percentages. ``start``/``end``: the earliest start and latest end of the group's
+    machines (machines without data yet add nothing). Vectorised over machines and groups.
+    """
+    group = np.asarray(group, np.int64)
+    out = {}
+    for name, w in snap.items():
+        tot = oee.aggregate(np.asarray(w["totals"])[: group.size], group, n_groups)
+        k = oee.derive(tot, conv)
+        start, end = np.full(n_groups, np.nan), np.full(n_groups, np.nan)
+        np.fmin.at(start, group, np.asarray(w["start"], np.float64)[: group.size])
+        np.fmax.at(end, group, np.asarray(w["end"], np.float64)[: group.size])
+        k["start"], k["end"] = start, end
+        k["totals"] = tot
+        k["machines"] = np.bincount(group, minlength=n_groups)  # how many machines each group adds up
+        out[name] = k
+    return out
 
 
 def state_name(model: int, code: int) -> str | None:

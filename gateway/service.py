@@ -13,25 +13,44 @@ import logging
 import threading
 import time
 
+import numpy as np
+
 from contract import (
-    DEADLETTER_TOPIC, QOS, ContractError, Kind, MachineRef, decode, encode_kpi, parse_topic, subscription,
+    DEADLETTER_TOPIC, QOS, ROOT, ContractError, Kind, LineRef, MachineRef, decode, encode_kpi, parse_topic,
 )
 from contract.mqtt import BrokerUrl, connect, wait_published
 
-from . import oee, storage
+from . import checkpoint, oee, storage
 from .config import SiteConfig
 from .oee import plain
-from .engine import KpiEngine, state_name
+from .engine import KpiEngine, group_snapshot, state_name
 
 log = logging.getLogger("fieldlab.gateway")
 
 INGEST_KINDS = (Kind.STATE, Kind.COUNTS, Kind.TELEMETRY, Kind.STATUS)
 
 
+def parse_scope(patterns: list[str]) -> list[str]:
+    """Check site/area/line patterns (each level a name or +); ContractError naming the bad one."""
+    out = []
+    for pattern in patterns:
+        parts = pattern.strip("/").split("/")
+        if len(parts) != 3:
+            raise ContractError(f"scope {pattern!r}: write site/area/line, with + for any, e.g. acme/hall-1/+")
+        MachineRef(*[("x" if p == "+" else p) for p in parts], "x")  # the same name rules as machines
+        out.append("/".join(parts))
+    return out
+
+
 class Gateway:
     def __init__(self, broker: BrokerUrl, site: str = "+", publish_s: float = 1.0, client_id: str | None = None,
-                 config: SiteConfig | None = None, sinks: list | None = None, store_kpis_s: float = 10.0):
+                 config: SiteConfig | None = None, sinks: list | None = None, store_kpis_s: float = 10.0,
+                 scope: list[str] | None = None, state_dir=None, checkpoint_s: float = 10.0):
+        """``scope``: the part of the plant this gateway owns, as site/area/line patterns (``+`` = any), e.g.
+        ["acme/hall-1/+"]; several gateways with disjoint scopes share one broker, each machine's state
+        owned by exactly one of them. Without it: every machine of ``site``."""
         self.broker, self.site, self.publish_s = broker, site, publish_s
+        self.scope = parse_scope(scope) if scope else [f"{site}/+/+"]
         # sinks (gateway/influx.py) get every decoded message and, every store_kpis_s, the KPIs per window
         self.sinks = list(sinks or [])
         self.store_kpis_s = store_kpis_s
@@ -39,7 +58,12 @@ class Gateway:
         self._kpis_stored_at = -float("inf")
         # stable per site: the broker keeps this gateway's session (its subscriptions and the QoS 1 messages
         # that arrive while it restarts or reconnects) and hands them over when it is back
-        self.client_id = client_id or f"fieldlab-gateway-{'all' if site == '+' else site}"
+        self.client_id = client_id or "fieldlab-gateway-" + "_".join(
+            s.replace("/+", "").replace("+", "all").replace("/", ".") for s in self.scope)
+        # restart safety (gateway/checkpoint.py): the engine's state on disk every checkpoint_s and at stop
+        self.checkpoint_path = checkpoint.path_for(state_dir, self.client_id) if state_dir else None
+        self.checkpoint_s, self._checkpointed_at = checkpoint_s, time.monotonic()
+        self._checkpoint_lock, self._checkpoint_seq, self._checkpoint_written = threading.Lock(), 0, 0
         self.engine = KpiEngine(config)
         self.machines: list[MachineRef] = []
         self._index: dict[MachineRef, int] = {}
@@ -47,6 +71,8 @@ class Gateway:
         self.stats = {"messages": 0, "samples": 0, "dead_letters": 0, "kpi_published": 0}
         self.last_error: str | None = None
         self.rows: list[dict] = []
+        self.lines = LineIndex()  # machine -> line, for the line KPIs (docs/contract.md, kpi of a line)
+        self.line_rows: list[dict] = []
         self.ticks = 0  # KPI computations so far: the HTTP service's live stream follows it
         self.tick_seconds = 0.0
         self._lock = threading.Lock()
@@ -103,11 +129,44 @@ class Gateway:
     async def start(self) -> None:
         for sink in self.sinks:
             await sink.start()
+        self.restore()  # before subscribing: redelivered messages meet the state they were folded into
         self._client = await asyncio.to_thread(
             connect, self.broker, self.client_id, on_message=self._on_message, persistent=True,
-            subscriptions=[(subscription(k, self.site), 1) for k in INGEST_KINDS])
+            subscriptions=[(f"{ROOT}/{s}/+/{k.value}", 1) for s in self.scope for k in INGEST_KINDS])
         self._task = asyncio.create_task(self._loop())
         log.info("gateway up broker=%s", self.broker)
+
+    def restore(self) -> bool:
+        """Load this gateway's checkpoint, if there is a usable one (a bad one is moved aside, with a warning)."""
+        if not self.checkpoint_path:
+            return False
+        with self._lock:
+            got = checkpoint.load(self.checkpoint_path, self.engine)
+            if got is None:
+                return False
+            self.machines, self.status = got
+            self._index = {ref: i for i, ref in enumerate(self.machines)}
+        log.info("restored checkpoint path=%s machines=%d", self.checkpoint_path, len(self.machines))
+        return True
+
+    def _capture(self) -> tuple[int, dict, dict]:
+        with self._lock:
+            self._checkpointed_at = time.monotonic()
+            self._checkpoint_seq += 1
+            return (self._checkpoint_seq, *checkpoint.capture(self.engine, self.machines, self.status))
+
+    def checkpoint(self, captured: tuple[int, dict, dict] | None = None) -> None:
+        """Write the state (captured now, or by ``_capture``) to the checkpoint file; a newer one is never
+        overwritten by an older one. A failure is logged, and the gateway goes on."""
+        seq, arrays, doc = captured or self._capture()
+        with self._checkpoint_lock:
+            if seq <= self._checkpoint_written:
+                return
+            try:
+                checkpoint.write(self.checkpoint_path, arrays, doc)
+                self._checkpoint_written = seq
+            except OSError as e:
+                log.warning("checkpoint not written path=%s error=%s", self.checkpoint_path, e)
 
     async def _loop(self) -> None:
         while True:
@@ -116,6 +175,11 @@ class Gateway:
                 self.tick()
             except Exception:  # keep publishing next tick; the log says what went wrong
                 log.exception("KPI tick failed")
+            if self.checkpoint_path and time.monotonic() - self._checkpointed_at >= self.checkpoint_s:
+                try:
+                    await asyncio.to_thread(self.checkpoint, self._capture())
+                except Exception:  # KPIs go on without it; the next try is checkpoint_s later
+                    log.exception("checkpoint failed")
 
     def tick(self) -> list[dict]:
         """Fold what arrived, compute KPIs for all machines, publish them retained."""
@@ -127,8 +191,12 @@ class Gateway:
             status = dict(self.status)
             to_store, self._to_store = self._to_store, []
             now = self.engine.now_ts[: len(machines)].copy()
+        # lines: their machines' window totals summed (vectorised over a machine -> line index), then derived
+        group = self.lines.update(machines)
+        line_refs, line_names = list(self.lines.refs), [list(n) for n in self.lines.names]
+        line_snap = group_snapshot(snap, group, len(line_refs), self.engine.conv)
         if self.sinks:
-            self._store(to_store, machines, snap, now)
+            self._store(to_store, machines, snap, now, line_refs, line_snap)
         self._pending = [i for i in self._pending if not i.is_published()]
         rows = []
         for i, ref in enumerate(machines):
@@ -137,6 +205,12 @@ class Gateway:
             self._publish_kpi(ref, row)
             rows.append({"machine": ref, **row})
         self.rows = rows
+        line_rows = []
+        for j, line in enumerate(line_refs):  # after the machines' KPIs, one message per line
+            row = line_kpi_row(line_snap, j, line_names[j])
+            self._publish_kpi(line, row)
+            line_rows.append({"line": line, **row})
+        self.line_rows = line_rows
         self.ticks += 1
         self.tick_seconds = time.perf_counter() - started
         return rows
@@ -159,7 +233,8 @@ class Gateway:
             {"start": float(x), "end": float(y), "category": oee.CATEGORIES[int(k)], "reason": int(z)}
             for x, y, k, z in zip(s, e, c, r)]}
 
-    def _store(self, items: list, machines: list[MachineRef], snap: dict, now) -> None:
+    def _store(self, items: list, machines: list[MachineRef], snap: dict, now,
+               line_refs: list[LineRef] | None = None, line_snap: dict | None = None) -> None:
         """Hand the new data (and, every store_kpis_s, the KPIs) to the sinks as line protocol."""
         out = []
         for ref, kind, item in items:
@@ -167,11 +242,11 @@ class Gateway:
         wall = time.monotonic()
         if wall - self._kpis_stored_at >= self.store_kpis_s or self._task is None:
             self._kpis_stored_at = wall
-            out += storage.kpi_lines(machines, snap, now)
+            out += storage.kpi_lines(machines, snap, now, line_refs, line_snap)
         for sink in self.sinks:
             sink.accept(out)
 
-    def _publish_kpi(self, ref: MachineRef, row: dict) -> None:
+    def _publish_kpi(self, ref: MachineRef | LineRef, row: dict) -> None:
         info = self._client.publish(ref.topic(Kind.KPI), encode_kpi(row), qos=QOS[Kind.KPI], retain=True)
         self._pending.append(info)
         self.stats["kpi_published"] += 1
@@ -203,6 +278,8 @@ class Gateway:
         self._client.disconnect()
         self._client.loop_stop()
         self._client = None
+        if self.checkpoint_path:  # after the last message came in: it holds everything acknowledged
+            self.checkpoint(self._capture())
         for sink in self.sinks:
             await sink.stop()
 
@@ -215,6 +292,18 @@ WINDOW_FIELDS = ("planned_s", "run_s", "good", "reject", "availability", "perfor
 LOSSES = ("unplanned_stops", "planned_stops", "small_stops", "slow_cycles", "production_rejects", "startup_rejects")
 
 
+def _kpi_fields(snap: dict, i: int) -> dict:
+    """Row ``i`` of a snapshot: the since-start KPIs, the six big losses and the other windows in brief."""
+    main = snap["since_start"]
+    row = {k: plain(main[k][i], k in oee.COUNT_FIELDS) for k in MAIN_FIELDS}
+    row["losses"] = {name: {"s": plain(main[f"loss_{name}_s"][i]), "pp": plain(main[f"loss_{name}_pp"][i])}
+                     for name in LOSSES}
+    row["windows"] = {name: {"start": plain(w["start"][i]), "end": plain(w["end"][i]),
+                             **{k: plain(w[k][i], k in oee.COUNT_FIELDS) for k in WINDOW_FIELDS}}
+                      for name, w in snap.items() if name != "since_start"}
+    return row
+
+
 def kpi_row(snap: dict, i: int) -> dict:
     """The KPI message of machine ``i`` (docs/contract.md, kind kpi): the since-start window at the
     top level, the six big losses, the other windows in brief, and the stop reasons of the shift."""
@@ -223,11 +312,45 @@ def kpi_row(snap: dict, i: int) -> dict:
     row = {"ts": plain(main["end"][i]),
            "window": {"name": "since_start", "start": plain(main["start"][i]), "end": plain(main["end"][i])},
            "state": code if code >= 0 else None, "state_name": state_name(int(main["model"][i]), code)}
-    row.update({k: plain(main[k][i], k in oee.COUNT_FIELDS) for k in MAIN_FIELDS})
-    row["losses"] = {name: {"s": plain(main[f"loss_{name}_s"][i]), "pp": plain(main[f"loss_{name}_pp"][i])}
-                     for name in LOSSES}
-    row["windows"] = {name: {"start": plain(w["start"][i]), "end": plain(w["end"][i]),
-                             **{k: plain(w[k][i], k in oee.COUNT_FIELDS) for k in WINDOW_FIELDS}}
-                      for name, w in snap.items() if name != "since_start"}
+    row.update(_kpi_fields(snap, i))
     row["windows"]["shift"]["stop_reasons"] = snap["shift"]["stop_reasons"][i][:10]
     return row
+
+
+def line_kpi_row(line_snap: dict, j: int, machines: list[str]) -> dict:
+    """The KPI message of line ``j`` (docs/contract.md, kpi of a line) from engine.group_snapshot(): the
+    same shape as a machine's, without state and stop reasons, with the names and number of its machines."""
+    main = line_snap["since_start"]
+    row = {"ts": plain(main["end"][j]),
+           "window": {"name": "since_start", "start": plain(main["start"][j]), "end": plain(main["end"][j])},
+           "machines": list(machines), "n_machines": len(machines)}
+    row.update(_kpi_fields(line_snap, j))
+    return row
+
+
+class LineIndex:
+    """Machine -> line index for the line KPIs, extended only when machines appear (the gateway never
+    forgets one, so an offline machine still counts for its line)."""
+
+    def __init__(self) -> None:
+        self.refs: list[LineRef] = []
+        self.names: list[list[str]] = []  # machine names per line, in the order they appeared
+        self._index: dict[LineRef, int] = {}
+        self._group = np.zeros(0, np.int64)
+
+    def update(self, machines: list[MachineRef]) -> np.ndarray:
+        """Per machine, the index of its line in ``refs``."""
+        n = self._group.size
+        if len(machines) > n:
+            new = []
+            for ref in machines[n:]:
+                line = LineRef.of(ref)
+                j = self._index.get(line)
+                if j is None:
+                    j = self._index[line] = len(self.refs)
+                    self.refs.append(line)
+                    self.names.append([])
+                self.names[j].append(ref.machine)
+                new.append(j)
+            self._group = np.concatenate([self._group, np.array(new, np.int64)])
+        return self._group[: len(machines)]

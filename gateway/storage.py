@@ -9,19 +9,24 @@ Measurements, each tagged ``site``, ``area``, ``line``, ``machine``:
 - ``kpi``: tag ``window`` (since_start, last_15min, last_1h, shift, today): A, P, Q, OEE, times,
   counts, failures, MTBF/MTTR, at the machine's own latest time.
 
+And ``line_kpi``, tagged ``site``, ``area``, ``line`` and ``window`` (no ``machine``): the same fields
+for a line, from its machines' summed totals, plus ``machines`` (how many), at the line's latest time.
+
 Pure functions from decoded contract batches and engine snapshots to lines; no I/O.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from contract import Kind, MachineRef, PACKML, STATE_MODELS
+from contract import Kind, LineRef, MachineRef, PACKML, STATE_MODELS
 
 from .lineproto import lines, series
 
 KPI_FIELDS = ("availability", "performance", "quality", "oee", "planned_s", "run_s", "good", "reject",
               "failures", "mtbf_s", "mttr_s", "breakdown_s", "setup_s", "small_stop_s", "utilisation", "teep")
 KPI_INTEGERS = frozenset({"good", "reject", "failures"})
+LINE_KPI_FIELDS = KPI_FIELDS + ("machines",)
+LINE_KPI_INTEGERS = KPI_INTEGERS | {"machines"}
 
 
 def tags(ref: MachineRef) -> dict[str, str]:
@@ -57,12 +62,33 @@ def batch_lines(ref: MachineRef, kind: Kind, batch) -> list[str]:
     return []
 
 
-def kpi_lines(machines: list[MachineRef], snapshot: dict, now: np.ndarray) -> list[str]:
-    """One line per machine and window from KpiEngine.snapshot(), stamped with each machine's own now."""
+def kpi_lines(machines: list[MachineRef], snapshot: dict, now: np.ndarray,
+              line_refs: list[LineRef] | None = None, line_snapshot: dict | None = None) -> list[str]:
+    """One line per machine and window from KpiEngine.snapshot(), stamped with each machine's own now;
+    with ``line_refs`` and ``line_snapshot`` (engine.group_snapshot) also the lines' (``line_kpi_lines``)."""
     now = np.asarray(now, np.float64)[: len(machines)]
     ok = np.flatnonzero(np.isfinite(now))
     out = []
     for window, kpis in snapshot.items():
         prefixes = [series("kpi", {**tags(machines[i]), "window": window}) for i in ok]
         out += lines(prefixes, now[ok], {k: np.asarray(kpis[k])[ok] for k in KPI_FIELDS if k in kpis}, KPI_INTEGERS)
+    if line_refs:
+        out += line_kpi_lines(line_refs, line_snapshot)
+    return out
+
+
+def line_tags(ref: LineRef) -> dict[str, str]:
+    return {"site": ref.site, "area": ref.area, "line": ref.line}
+
+
+def line_kpi_lines(line_refs: list[LineRef], line_snapshot: dict) -> list[str]:
+    """One ``line_kpi`` line per line and window from engine.group_snapshot(), stamped with the line's
+    latest time (the latest of its machines'); lines without any data yet are left out."""
+    end = np.asarray(line_snapshot["since_start"]["end"], np.float64)[: len(line_refs)]
+    ok = np.flatnonzero(np.isfinite(end))
+    out = []
+    for window, kpis in line_snapshot.items():
+        prefixes = [series("line_kpi", {**line_tags(line_refs[j]), "window": window}) for j in ok]
+        out += lines(prefixes, end[ok], {k: np.asarray(kpis[k])[ok] for k in LINE_KPI_FIELDS if k in kpis},
+                     LINE_KPI_INTEGERS)
     return out

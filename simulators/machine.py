@@ -18,6 +18,12 @@ PackML transition table (``simulators.packml``), which refuses illegal ones. The
 Losses: breakdowns, micro-stops, shortages, changeovers with setup time, reduced speed
 (``speed_factor``), rejects at a base rate, a higher rate during the start-up period after a
 changeover, and a reject probability that rises with the temperature above its setpoint.
+
+Faults on cue (``inject``, ``simulators.faults``): a trainer's breakdown, burst of jams, slow-down,
+quality problem or material shortage enters the event queue at the simulated time it was received,
+walks the same PackML paths, and is booked in the ledger (``faults``, and ``injected`` stops).
+Injected faults draw no random numbers, so the machine's own events keep their order and run-time
+spacing (docs/simulators.md, "Faults on cue").
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 
 from contract import PACKML
 
+from . import faults as _faults
 from . import packml
 from .packml import (COMPLETING, EXECUTE, HELD, HOLD, IDLE, RESET, SC, START, SUSPEND, SUSPENDED, UNHOLD,
                      UNSUSPEND)
@@ -137,13 +144,15 @@ class Ledger:
     setup_s: float = 0.0  # time in changeovers (Execute to Execute)
     startup_rejects: int = 0  # rejects within startup_s after a changeover ended (both ends included)
     transitions: int = 0  # state changes emitted
-    stops: list = field(default_factory=list)  # [start, end, main state, reason]; end None while it lasts
+    stops: list = field(default_factory=list)  # [start, end, main state, reason, fault entry or None]; end None while it lasts
+    faults: list = field(default_factory=list)  # injected faults: fault, params, received, applied, until
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["state_s"] = {PACKML[k]: v for k, v in sorted(self.state_s.items())}
         d["stops"] = [{"start": s, "duration_s": (self.end if e is None else e) - s, "state": PACKML[st],
-                       "reason": REASONS.get(r, r), "reason_code": r} for s, e, st, r in self.stops]
+                       "reason": REASONS.get(r, r), "reason_code": r, "injected": f is not None}
+                      for s, e, st, r, f in self.stops]
         d["run_s"] = self.state_s.get(EXECUTE, 0.0)
         d["elapsed_s"] = self.end - self.start
         return d
@@ -156,6 +165,7 @@ class Machine:
         self._noise = random.Random(seed ^ 0x5EED)  # process-value noise (never affects production)
         self._thermal = random.Random(seed ^ 0x7E4D)  # the slow process disturbance
         self.clock = t0
+        self._slow = 1.0  # speed multiplier of an injected slow-down
         self._sm = packml.StateMachine(EXECUTE)  # produces from t0
         self.reason, self.state_since = REASON_NONE, t0
         self.good = self.reject = 0
@@ -167,7 +177,8 @@ class Machine:
                      "breakdown": t0 + self._draw(s.mtbf_s),
                      "shortage": t0 + self._draw(s.mtbs_s),
                      "micro": t0 + self._draw(s.mtbms_s),
-                     "changeover": t0 + (s.changeover_every_s or INF)}
+                     "changeover": t0 + (s.changeover_every_s or INF),
+                     "burst": INF}  # the next jam of an injected burst
         self._left: dict[str, float] = {}
         self._plan: deque = deque()  # the rest of the PackML path being walked: (command, dwell after it)
         self._state_due = INF  # when the current non-Execute state ends
@@ -181,6 +192,13 @@ class Machine:
         self._drift_due = t0 + s.drift_step_s if s.temp_drift_c > 0 else INF
         self._ripple_phase = self._thermal.uniform(0.0, 2 * math.pi)
         self.temperature = s.temp_setpoint_c  # as last measured by process_values (with its noise)
+        # injected faults (``inject``)
+        self._pending: list[tuple[float, int, dict]] = []  # (due, sequence, ledger entry), in order
+        self._seq = 0
+        self._reject_override: float | None = None  # reject rate of an injected quality problem
+        self._excursion = 0.0  # degC added to the setpoint by an injected temperature excursion
+        self._expiry: dict[str, tuple[float, dict]] = {}  # "slow" / "quality": (end time, ledger entry)
+        self._burst: tuple[int, float, dict] | None = None  # jams still to come, seconds each, ledger entry
 
     # ------------------------------------------------------------------ state
     @property
@@ -192,7 +210,7 @@ class Machine:
 
     def _cycle(self) -> float:
         jitter = self._rng.lognormvariate(0.0, 0.03)
-        return self.spec.ideal_cycle_s / self.spec.speed_factor * jitter
+        return self.spec.ideal_cycle_s / (self.spec.speed_factor * self._slow) * jitter
 
     def _fire(self, command: str, reason: int, events: list) -> None:
         """Change state through the PackML transition table (raises on an illegal transition)."""
@@ -206,12 +224,12 @@ class Machine:
             self._retarget()
         events.append(("state", self.clock, new, reason))
 
-    def _begin_stop(self, steps: list, main: int, reason: int, events: list) -> None:
+    def _begin_stop(self, steps: list, main: int, reason: int, events: list, fault: dict | None = None) -> None:
         """Leave Execute along ``steps`` [(command, dwell in the state it leads to)], ending in Execute."""
         now = self.clock
         self._left = {k: due - now for k, due in self._due.items()}
         self._run_since_changeover += now - self.state_since
-        self.ledger.stops.append([now, None, main, reason])
+        self.ledger.stops.append([now, None, main, reason, fault])
         self._plan = deque(steps)
         self._step(events)
 
@@ -226,6 +244,8 @@ class Machine:
         now = self.clock
         self._state_due = INF
         stop[1] = now
+        if stop[4] is not None:
+            stop[4]["until"] = now
         changeover = stop[3] == REASON_CHANGEOVER
         self._due = {k: now + left for k, left in self._left.items()}
         if changeover:
@@ -241,6 +261,8 @@ class Machine:
         startup = now <= self._startup_until
         temp = self._temp_at(now)
         p = (s.startup_reject_rate if startup and s.startup_reject_rate is not None else s.reject_rate)
+        if self._reject_override is not None:
+            p = self._reject_override
         p = min(1.0, p + s.reject_per_c * max(0.0, temp - s.temp_setpoint_c))
         rejected = self._rng.random() < p
         if rejected:
@@ -295,13 +317,18 @@ class Machine:
         self._retarget()
 
     def _next(self) -> tuple[float, int]:
-        """The next event: (time, which); ties in a fixed order."""
+        """The next event: (time, which); ties in a fixed order (the machine's own events first)."""
         if self.state == EXECUTE:
             d = self._due
-            best = min((d["part"], 0), (d["breakdown"], 1), (d["shortage"], 2), (d["micro"], 3))
+            best = min((d["part"], 0), (d["breakdown"], 1), (d["shortage"], 2), (d["micro"], 3), (d["burst"], 8))
         else:
             best = (self._state_due, 4)
-        return min(best, (self._drift_due, 5))
+        best = min(best, (self._drift_due, 5))
+        if self._pending:
+            best = min(best, (self._pending_due(), 6))
+        if self._expiry:
+            best = min(best, (min(end for end, _ in self._expiry.values()), 7))
+        return best
 
     def advance(self, t: float) -> list[tuple]:
         """Run the machine up to time ``t``; return its events in order.
@@ -309,21 +336,156 @@ class Machine:
         Events: ("state", ts, state, reason) and ("count", ts, good, reject).
         """
         events: list[tuple] = []
-        handlers = (self._part, self._breakdown, self._shortage, self._micro_stop, self._step, self._drift)
+        handlers = (self._part, self._breakdown, self._shortage, self._micro_stop, self._step, self._drift,
+                    self._apply_fault, self._expire, self._burst_jam)
         while True:
             when, which = self._next()
             if when > t:
                 break
-            self.clock = when
+            self.clock = max(self.clock, when)
             handlers[which](events)
         self.clock = max(self.clock, t)
         self.ledger.good, self.ledger.reject, self.ledger.end = self.good, self.reject, self.clock
         return events
 
+    # ------------------------------------------------------------------ faults on cue
+    def inject(self, fault: str, at: float, **params) -> dict:
+        """Inject a fault at simulated time ``at`` (docs/simulators.md, "Faults on cue").
+
+        ``fault`` is one of ``simulators.faults.FAULTS``: breakdown (minutes), microstops (count, seconds,
+        every), slow (factor, minutes), quality (reject_rate or temp_c, minutes), material (minutes), reset.
+        Missing parameters take their defaults. The fault takes effect during ``advance`` at ``at`` (or now,
+        if ``at`` is in the machine's past); a stopping fault that finds the machine stopped starts when it
+        is back in Execute. Returns its ledger entry (``ledger.faults``): fault, params, received, applied
+        (None until it is), until. ValueError for an unknown fault or a bad parameter.
+        """
+        fault, params = _faults.check(fault, params)
+        if fault == "microstops" and params["seconds"] < 2 * self.spec.acting_s:
+            raise ValueError(f"microstops: seconds = {params['seconds']:g} leaves no room for Holding and Unholding "
+                             f"({self.spec.name}: at least {2 * self.spec.acting_s:g})")
+        if isinstance(at, bool) or not isinstance(at, (int, float)) or not math.isfinite(at):
+            raise ValueError(f"{fault}: the time must be a finite number (Unix seconds), got {at!r}")
+        entry = {"fault": fault, "params": params, "received": float(at), "applied": None, "until": None}
+        self.ledger.faults.append(entry)
+        self._seq += 1
+        self._pending.append((max(float(at), self.clock), self._seq, entry))
+        self._pending.sort(key=lambda p: p[:2])
+        return entry
+
+    @property
+    def active_faults(self) -> list[str]:
+        """Injected faults in effect now (waiting ones not included)."""
+        out = sorted(self._expiry)
+        stop = self.ledger.stops[-1] if self.ledger.stops else None
+        if self.state != EXECUTE and stop and stop[1] is None and stop[4] is not None:
+            out.insert(0, stop[4]["fault"])
+        elif self._burst:
+            out.insert(0, "microstops")
+        return out
+
+    def _pending_index(self) -> int:
+        """The next pending fault that can apply now: stopping faults only in Execute."""
+        if self.state == EXECUTE:
+            return 0
+        for i, (_, _, entry) in enumerate(self._pending):
+            if entry["fault"] not in _faults.STOPS:
+                return i
+        return -1
+
+    def _pending_due(self) -> float:
+        i = self._pending_index()
+        return INF if i < 0 else max(self._pending[i][0], self.clock)
+
+    def _apply_fault(self, events: list) -> None:
+        _, _, entry = self._pending.pop(self._pending_index())
+        now, s, p = self.clock, self.spec, entry["params"]
+        entry["applied"] = now
+        fault, a = entry["fault"], s.acting_s
+        if fault == "breakdown":
+            self.ledger.breakdowns += 1
+            self._begin_stop([(HOLD, a), (SC, p["minutes"] * 60), (UNHOLD, a), (SC, None)],
+                             HELD, REASON_BREAKDOWN, events, entry)
+        elif fault == "material":
+            self.ledger.shortages += 1
+            self._begin_stop([(SUSPEND, a), (SC, p["minutes"] * 60), (UNSUSPEND, a), (SC, None)],
+                             SUSPENDED, REASON_MATERIAL, events, entry)
+        elif fault == "microstops":
+            self._burst = (p["count"], p["seconds"], entry)
+            self._burst_jam(events)
+        elif fault == "slow":
+            self._set_slow(p["factor"])
+            self._expiry["slow"] = (now + p["minutes"] * 60, entry)
+            entry["until"] = self._expiry["slow"][0]
+        elif fault == "quality":
+            self._end_quality()
+            self._reject_override = p.get("reject_rate")
+            self._excursion = p.get("temp_c", 0.0)
+            self._retarget()
+            self._expiry["quality"] = (now + p["minutes"] * 60, entry)
+            entry["until"] = self._expiry["quality"][0]
+        else:  # reset
+            self._reset(entry)
+
+    def _burst_jam(self, events: list) -> None:
+        left, seconds, entry = self._burst
+        a = self.spec.acting_s
+        self.ledger.micro_stops += 1
+        left -= 1
+        self._burst = (left, seconds, entry) if left else None
+        self._due["burst"] = self.clock + entry["params"]["every"] if left else INF
+        self._begin_stop([(HOLD, a), (SC, seconds - 2 * a), (UNHOLD, a), (SC, None)], HELD, REASON_JAM, events, entry)
+
+    def _set_slow(self, factor: float) -> None:
+        """Change the speed; the part in progress finishes its rest at the new speed (exact, no draw)."""
+        scale, self._slow = self._slow / factor, factor
+        if self.state == EXECUTE:
+            self._due["part"] = self.clock + (self._due["part"] - self.clock) * scale
+        elif "part" in self._left:
+            self._left["part"] *= scale
+
+    def _end_quality(self) -> None:
+        self._reject_override, self._excursion = None, 0.0
+        self._retarget()
+
+    def _expire(self, events: list) -> None:
+        name = min(self._expiry, key=lambda k: self._expiry[k][0])
+        del self._expiry[name]
+        if name == "slow":
+            self._set_slow(1.0)
+        else:
+            self._end_quality()
+
+    def _reset(self, entry: dict) -> None:
+        """Clear every injected fault now; an injected stop ends now by its normal way back to Execute."""
+        now = self.clock
+        entry["until"] = now
+        for _, _, waiting in self._pending:
+            waiting["until"] = now  # never applied
+        self._pending.clear()
+        for end_entry in self._expiry.values():
+            end_entry[1]["until"] = now
+        if "slow" in self._expiry:
+            self._set_slow(1.0)
+        if "quality" in self._expiry:
+            self._end_quality()
+        self._expiry.clear()
+        self._burst = None
+        self._due["burst"] = INF
+        if "burst" in self._left:
+            self._left["burst"] = INF
+        stop = self.ledger.stops[-1] if self.ledger.stops else None
+        if self.state != EXECUTE and stop and stop[1] is None and stop[4] is not None:
+            if self.state in (HELD, SUSPENDED):
+                self._state_due = now  # leave the wait state now
+            elif self._plan and packml.TRANSITIONS.get((self.state, SC)) in (HELD, SUSPENDED):
+                command, _ = self._plan[0]
+                self._plan[0] = (command, 0.0)  # Holding / Suspending: the wait state that follows lasts 0 s
+
     def ledger_now(self) -> Ledger:
         """The ledger including the state the machine is in right now."""
         led = Ledger(**{**self.ledger.__dict__, "state_s": dict(self.ledger.state_s),
-                        "stops": [list(s) for s in self.ledger.stops]})
+                        "stops": [list(s) for s in self.ledger.stops],
+                        "faults": [dict(f) for f in self.ledger.faults]})
         led.state_s[self.state] = led.state_s.get(self.state, 0.0) + (self.clock - self.state_since)
         if self.state != EXECUTE and led.stops and led.stops[-1][3] == REASON_CHANGEOVER:
             led.setup_s += self.clock - led.stops[-1][0]
@@ -345,7 +507,7 @@ class Machine:
         s, now = self.spec, self.clock
         self._Tb, self._tb = self._lag_at(now), now
         idle = s.temp_setpoint_c - 15.0 if s.idle_temp_c is None else s.idle_temp_c
-        self._target = s.temp_setpoint_c + self._disturbance if self.state == EXECUTE else idle
+        self._target = s.temp_setpoint_c + self._disturbance + self._excursion if self.state == EXECUTE else idle
 
     @property
     def true_temperature(self) -> float:

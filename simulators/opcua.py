@@ -9,6 +9,9 @@ Address space (namespace ``urn:fieldlab:sim``), browse names a person reads::
                      /Product        String
                      /IdealCycleTime Double  seconds per part
                      /Process/Temperature, /Process/Power, /Process/Vibration  Double
+                     /InjectBreakdown(minutes), /InjectMicroStops(count), /SlowDown(factor, minutes),
+                     /QualityProblem(reject_rate, minutes), /TemperatureExcursion(temp_c, minutes),
+                     /MaterialShortage(minutes), /Reset()   methods: faults on cue (simulators.faults)
 
 Every value carries its simulated time as SourceTimestamp, so an edge agent
 reading it stamps samples with machine time, not with when it heard of them.
@@ -22,9 +25,11 @@ import time
 
 from asyncua import Server, ua
 
+from contract import PACKML, MachineRef
 from contract.errors import ServiceError
 
-from .machine import UNITS, Machine
+from . import faults
+from .machine import EXECUTE, UNITS, Machine
 from .modbus import ModbusMachineServer
 
 NAMESPACE = "urn:fieldlab:sim"
@@ -57,8 +62,12 @@ class SimClock:
 
 
 class MachineServer:
-    def __init__(self, machine: Machine, host: str, port: int):
+    """One machine behind one OPC UA server. ``now`` gives the simulated time at which an injected fault
+    is received (default: the machine's own clock)."""
+
+    def __init__(self, machine: Machine, host: str, port: int, now=None):
         self.machine, self.host, self.port = machine, host, port
+        self.now = now or (lambda: machine.clock)
         self.endpoint = f"opc.tcp://{host}:{port}/fieldlab/"
         self.server = Server()
         self._vars: dict[str, object] = {}
@@ -86,6 +95,8 @@ class MachineServer:
         self.last_pv = m.process_values(0.0)
         for name, value in self.last_pv.items():
             nodes[name] = await folder.add_variable(idx, name.capitalize(), ua.Variant(value, V.Double))
+        for name, fault, help, args in faults.METHODS:
+            await self._add_method(idx, obj, name, fault, help, args)
         self._vars = nodes  # complete: from now on the simulation loop writes to them
         # Stamp the initial values with the machine's time.
         await self._write_many([(n, v, vt) for n, (v, vt) in initial.items()], m.clock)
@@ -95,6 +106,44 @@ class MachineServer:
             raise ServiceError(f"cannot serve OPC UA on {self.host}:{self.port}: "
                                f"{e.strerror or e} (is the port taken? choose another with --opcua-port)") from None
         log.info("opcua server up machine=%s endpoint=%s", m.spec.name, self.endpoint)
+
+    async def _add_method(self, idx, obj, name: str, fault: str, help: str, args) -> None:
+        names = [a for a, _ in args]
+
+        async def call(parent, *values):
+            if len(values) != len(names):
+                return ua.StatusCode(ua.StatusCodes.BadArgumentsMissing if len(values) < len(names)
+                                     else ua.StatusCodes.BadTooManyArguments)
+            try:
+                text = self.inject(fault, **{n: v.Value for n, v in zip(names, values)})
+            except ValueError as e:
+                log.warning("OPC UA %s refused: %s", name, e)
+                return ua.StatusCode(ua.StatusCodes.BadInvalidArgument)
+            return [ua.Variant(text, ua.VariantType.String)]
+
+        inputs = []
+        for a, vtype in args:
+            arg = ua.Argument()
+            arg.Name, arg.DataType, arg.ValueRank = a, ua.NodeId(getattr(ua.VariantType, vtype).value), -1
+            arg.Description = ua.LocalizedText(faults.param_help(fault, a))
+            inputs.append(arg)
+        result = ua.Argument()
+        result.Name, result.DataType, result.ValueRank = "Result", ua.NodeId(ua.ObjectIds.String), -1
+        result.Description = ua.LocalizedText("what the simulator did")
+        node = await obj.add_method(idx, name, call, inputs, [result])
+        await node.write_attribute(ua.AttributeIds.Description, ua.DataValue(ua.Variant(ua.LocalizedText(help))))
+
+    def inject(self, fault: str, **params) -> str:
+        """Inject a fault at the simulated time now; a one-line status. ValueError if the fault is wrong."""
+        m, t = self.machine, self.now()
+        entry = m.inject(fault, t, **params)
+        what = ", ".join(f"{k} {v:g}" for k, v in entry["params"].items())
+        stamp = _utc(max(t, m.clock)).strftime("%Y-%m-%d %H:%M:%S")
+        text = f"{m.spec.name}: {fault}{' (' + what + ')' if what else ''} at {stamp} UTC simulated time"
+        if fault in faults.STOPS and m.state != EXECUTE:
+            text += f"; the machine is stopped ({PACKML[m.state]}), so it starts when the machine is back in Execute"
+        log.info("fault injected: %s", text)
+        return text
 
     async def _write(self, name: str, value, vtype, t: float) -> None:
         stamp = _utc(t)
@@ -145,10 +194,27 @@ class Simulation:
     def __init__(self, machines: list[Machine], clock: SimClock, host: str = "127.0.0.1",
                  base_port: int = 4840, tick_s: float = 0.1, *, modbus_base_port: int | None = None):
         self.clock, self.tick_s = clock, tick_s
-        self.servers = [MachineServer(m, host, base_port + i) for i, m in enumerate(machines)]
+        self.servers = [MachineServer(m, host, base_port + i, now=clock.now) for i, m in enumerate(machines)]
         self.modbus_servers = ([] if modbus_base_port is None else
                                [ModbusMachineServer(m, host, modbus_base_port + i) for i, m in enumerate(machines)])
         self._task: asyncio.Task | None = None
+        self.commands: faults.CommandListener | None = None
+
+    def inject(self, machine: str, fault: str, **params) -> str:
+        """Inject a fault into the named machine at the simulated time now; ValueError if anything is wrong."""
+        for s in self.servers:
+            if s.machine.spec.name == machine:
+                return s.inject(fault, **params)
+        raise ValueError(f"no machine {machine!r} here (machines: {', '.join(self.endpoints)})")
+
+    async def listen(self, url, site: str, area: str, line: str) -> dict[str, str]:
+        """Take fault commands from MQTT: fieldlab/v1/<site>/<area>/<line>/<machine>/cmd for every machine
+        (payload ``{"v": 1, "cmd": "breakdown", "args": {"minutes": 5}}``); returns {topic: machine}."""
+        topics = {MachineRef(site, area, line, s.machine.spec.name).topic("cmd"): s.machine.spec.name
+                  for s in self.servers}
+        self.commands = faults.CommandListener(url, topics, self.inject)
+        await self.commands.start()
+        return topics
 
     async def start(self) -> None:
         started = []
@@ -201,6 +267,8 @@ class Simulation:
         return {s.machine.spec.name: s.machine.ledger_now().to_dict() for s in self.servers}
 
     async def stop(self) -> None:
+        if self.commands:
+            await self.commands.stop()
         await asyncio.gather(*(s.stop() for s in [*self.servers, *self.modbus_servers]))
 
     @property

@@ -33,7 +33,12 @@ def test_kpis_on_mqtt_agree_with_what_the_machines_did(mosquitto, recorder, tmp_
     assert "final KPIs" in r.stdout and "Traceback" not in r.stderr
     ledger = json.loads(ledger_file.read_text())
     rec = recorder(mosquitto.url, "fieldlab/v1/demo/+/+/+/kpi")  # retained: the last KPI of each machine
-    assert rec.wait_for(lambda r: len(r.messages) == 3)
+    assert rec.wait_for(lambda r: len(r.messages) == 4)  # and of their line (.../_line/kpi)
+    line = [json.loads(p) for t, p, _ in rec.messages if "/_line/" in t]
+    assert len(line) == 1 and line[0]["n_machines"] == 3
+    assert (line[0]["good"], line[0]["reject"]) == (sum(v["good"] for v in ledger.values()),
+                                                    sum(v["reject"] for v in ledger.values()))
+    rec.messages[:] = [m for m in rec.messages if "/_line/" not in m[0]]
     kpis = {t.split("/", 2)[2].rsplit("/", 1)[0]: json.loads(p) for t, p, retained in rec.messages if retained}
     assert set(kpis) == set(ledger) and len(kpis) == 3
     stops = 0

@@ -1,0 +1,295 @@
+"""Through the broker: a bare paho subscriber vs the gateway's ingest, side by side in one run.
+
+A private Mosquitto on a free port. Per configuration and run, two phases one after the other:
+publisher processes send the same pre-built contract messages (columnar telemetry batches on
+``MachineRef(...).topic(Kind.TELEMETRY)``, plus counts and state) at QoS 1 as fast as the broker takes
+them, to (1) a bare paho subscriber (own process, QoS 1, counts messages and bytes) and (2) the real
+``gateway.service.Gateway`` (own process, publish_s=1.0, no sinks). Rates run from the first message
+to the last (for the gateway: to the end of the fold after the last). CPU is utime + stime of the
+subscriber process (os.times) and of Mosquitto (/proc/PID/stat) over the phase. Run:
+
+    .venv/bin/python bench/bench_broker.py              # 2 configurations x 3 runs, about 2 minutes
+    .venv/bin/python bench/bench_broker.py --runs 1 --scale 0.3
+    .venv/bin/python bench/bench_broker.py --profile    # also: cProfile of the gateway's ingest thread
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from contract import Kind, MachineRef, encode_counts, encode_state, encode_telemetry, subscription  # noqa: E402
+from fieldlab.broker import PrivateMosquitto  # noqa: E402
+
+CONFIGS = {  # name: (rows per telemetry batch, signals, telemetry messages)
+    "100 rows x 10 signals (1,000 samples/msg)": (100, 10, 10_000),
+    "10 rows x 10 signals (100 samples/msg)": (10, 10, 30_000),
+}
+MACHINES = 100
+FILTERS = [(subscription(k), 1) for k in (Kind.STATE, Kind.COUNTS, Kind.TELEMETRY, Kind.STATUS)]
+
+
+def build(rows: int, signals: int, n_tel: int, machines: list[int]) -> list[tuple[str, bytes, int]]:
+    """(topic, payload, samples as the gateway counts them); per machine in time order."""
+    rng = np.random.default_rng(1)
+    pool = [np.round(rng.normal(50, 5, (signals, rows)), 3) for _ in range(8)]
+    refs = {m: MachineRef("bench", "hall", f"line-{m // 10}", f"m{m:03d}") for m in range(MACHINES)}
+    out, good = [], {m: 0 for m in machines}
+    for k in range(n_tel // MACHINES):
+        for m in machines:
+            ts = 1.8e9 + (k * rows + np.arange(rows)) * 0.1
+            sig = {f"s{j}": pool[(k + m) % 8][j] for j in range(signals)}
+            out.append((refs[m].topic(Kind.TELEMETRY), encode_telemetry(ts, sig), rows * signals))
+            if k % 10 == 0:  # counts: one row per telemetry row
+                g = good[m] + np.arange(1, rows + 1)
+                good[m] = int(g[-1])
+                out.append((refs[m].topic(Kind.COUNTS), encode_counts(ts, g, g // 50, "p", 0.1), rows))
+            if k % 50 == 0:  # a state change now and then
+                out.append((refs[m].topic(Kind.STATE), encode_state(ts[:1], [4 if k % 100 == 0 else 12]), 1))
+    return out
+
+
+def emit(**kw) -> None:
+    print(json.dumps(kw), flush=True)
+
+
+def cpu_self() -> float:
+    return sum(os.times()[:2])  # user + system, all threads of this process
+
+
+def paho_client(name: str):
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+    return paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{name}-{os.getpid()}")
+
+
+def cpu_pid(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# ----------------------------------------------------------------------------- child roles
+
+def role_pub(a) -> None:
+    msgs = build(a.rows, a.signals, a.n_tel, list(range(a.index, MACHINES, a.of)))
+    acked, done = [0], threading.Event()
+
+    def on_publish(c, u, mid, rc, props):
+        acked[0] += 1
+        if acked[0] == len(msgs):
+            done.set()
+
+    c = paho_client(f"pub-{a.index}")
+    c.max_inflight_messages_set(1000), c.max_queued_messages_set(0)
+    c.on_publish = on_publish
+    c.connect("127.0.0.1", a.port)
+    c.loop_start()
+    emit(ready=True, messages=len(msgs), samples=sum(s for _, _, s in msgs))
+    if not sys.stdin.readline():  # "go", or the parent is gone
+        return
+    t = time.monotonic()
+    for topic, payload, _ in msgs:
+        c.publish(topic, payload, qos=1)
+    done.wait(300)
+    emit(seconds=time.monotonic() - t, acked=acked[0])
+    c.disconnect(), c.loop_stop()
+
+
+def role_bare(a) -> None:
+    st = {"n": 0, "bytes": 0}
+    subscribed, finished = threading.Event(), threading.Event()
+
+    def on_message(c, u, msg):
+        if st["n"] == 0:
+            st["t0"], st["cpu0"] = time.monotonic(), cpu_self()
+        st["n"] += 1
+        st["bytes"] += len(msg.payload)
+        if st["n"] == a.n:
+            st["t1"], st["cpu1"] = time.monotonic(), cpu_self()
+            finished.set()
+
+    c = paho_client("bare")
+    c.on_message = on_message
+    c.on_subscribe = lambda *args: subscribed.set()
+    c.on_connect = lambda cl, *args: cl.subscribe(FILTERS)
+    c.connect("127.0.0.1", a.port)
+    c.loop_start()
+    subscribed.wait(10)
+    emit(ready=True)
+    finished.wait(a.timeout)
+    wall = st.get("t1", time.monotonic()) - st.get("t0", 0.0)
+    emit(messages=st["n"], bytes=st["bytes"], seconds=wall, cpu=st.get("cpu1", cpu_self()) - st.get("cpu0", 0.0))
+    c.disconnect(), c.loop_stop()
+
+
+def role_gateway(a) -> None:
+    import cProfile, pstats  # noqa: E401
+    from contract.mqtt import BrokerUrl
+    from gateway.service import Gateway
+
+    class BenchGateway(Gateway):
+        t0 = cpu0 = prof = None
+        tick_log: list = []
+
+        def _on_message(self, client, userdata, msg):
+            if self.t0 is None:
+                self.t0, self.cpu0 = time.monotonic(), cpu_self()
+                if a.profile:  # cProfile sees only the thread that enables it: paho's network thread
+                    self.prof = cProfile.Profile()
+                    self.prof.enable()
+            super()._on_message(client, userdata, msg)
+            if self.prof and self.stats["messages"] + self.stats["dead_letters"] >= a.n:
+                self.prof.disable()
+
+        def tick(self):
+            rows = super().tick()
+            self.tick_log.append(self.tick_seconds)
+            return rows
+
+    async def main():
+        gw = BenchGateway(BrokerUrl("127.0.0.1", a.port), publish_s=1.0, client_id=f"bench-gw-{os.getpid()}",
+                          sinks=[])
+        await gw.start()
+        emit(ready=True)
+        deadline = time.monotonic() + a.timeout
+        while gw.stats["messages"] + gw.stats["dead_letters"] < a.n and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        gw.tick()  # fold what came since the last tick: the window ends with everything folded
+        t1, cpu1 = time.monotonic(), cpu_self()
+        emit(messages=gw.stats["messages"], dead_letters=gw.stats["dead_letters"], samples=gw.stats["samples"],
+             seconds=t1 - (gw.t0 or t1), cpu=cpu1 - (gw.cpu0 or cpu1), machines=len(gw.machines),
+             tick_median=statistics.median(gw.tick_log), tick_max=max(gw.tick_log))
+        if gw.prof:
+            pstats.Stats(gw.prof, stream=sys.stderr).sort_stats("cumulative").print_stats(25)
+        await gw.stop()
+
+    asyncio.run(main())
+
+
+# ----------------------------------------------------------------------------- parent
+
+def spawn(procs: list, *args) -> subprocess.Popen:
+    p = subprocess.Popen([sys.executable, __file__, *map(str, args)], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    procs.append(p)
+    return p
+
+
+def line(p: subprocess.Popen) -> dict:
+    text = p.stdout.readline()
+    if not text:
+        raise RuntimeError(f"child {p.args[2:]} ended early (exit {p.wait()})")
+    return json.loads(text)
+
+
+def phase(broker: PrivateMosquitto, kind: str, cfg: tuple, a, procs: list) -> dict:
+    rows, signals, n_tel = cfg
+    n_tel = int(n_tel * a.scale) // MACHINES * MACHINES
+    pubs = [spawn(procs, "pub", broker.port, "--rows", rows, "--signals", signals, "--n-tel", n_tel,
+                  "--index", i, "--of", a.publishers) for i in range(a.publishers)]
+    ready = [line(p) for p in pubs]
+    n, samples = sum(r["messages"] for r in ready), sum(r["samples"] for r in ready)
+    extra = ["--profile"] if a.profile and kind == "gateway" else []
+    sub = spawn(procs, kind, broker.port, "--n", n, "--timeout", a.timeout, *extra)
+    line(sub)
+    cpu_b, t = cpu_pid(broker.proc.pid), time.monotonic()
+    for p in pubs:
+        p.stdin.write("go\n"), p.stdin.flush()
+    res = line(sub)
+    res["broker_cpu"] = (cpu_pid(broker.proc.pid) - cpu_b) / (time.monotonic() - t)
+    res["pub_seconds"] = max(line(p)["seconds"] for p in pubs)
+    for p in [*pubs, sub]:
+        p.wait(30)
+        procs.remove(p)
+    res.update(expected=n, expected_samples=samples)
+    if res["messages"] != n or res.get("dead_letters", 0):
+        raise SystemExit(f"{kind}: got {res['messages']} of {n} messages, dead letters "
+                         f"{res.get('dead_letters', 0)}: the numbers would not be honest")
+    if kind == "gateway" and res["samples"] != samples:
+        raise SystemExit(f"gateway counted {res['samples']} samples, {samples} were sent")
+    return res
+
+
+def facts() -> str:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    mem = int(open("/proc/meminfo").readline().split()[1]) / 2**20
+    mosq = subprocess.run([PrivateMosquitto().binary, "-h"], capture_output=True, text=True).stdout.split("\n")[0]
+    return (f"{os.cpu_count()} CPUs ({cpu}), {mem:.1f} GiB RAM, {platform.platform()}; Python "
+            f"{platform.python_version()}, paho-mqtt {version('paho-mqtt')}, numpy {version('numpy')}, {mosq}; "
+            f"load average before: {os.getloadavg()[0]:.2f}")
+
+
+def parent(a) -> None:
+    procs: list[subprocess.Popen] = []
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-up below on kill, too
+    broker = PrivateMosquitto(extra_conf="allow_anonymous true\nmax_queued_messages 0\n")
+    results = {name: {"bare": [], "gateway": []} for name in CONFIGS}
+    print(facts(), flush=True)
+    try:
+        broker.start()
+        for run in range(a.runs):
+            for name, cfg in CONFIGS.items():
+                for kind in ("bare", "gateway"):
+                    r = phase(broker, kind, cfg, a, procs)
+                    results[name][kind].append(r)
+                    print(f"run {run + 1} {name} {kind}: {r['expected'] / r['seconds']:,.0f} msg/s "
+                          f"{r['expected_samples'] / r['seconds']:,.0f} samples/s cpu {r['cpu'] / r['seconds']:.0%}"
+                          f" broker {r['broker_cpu']:.0%} (publish {r['pub_seconds']:.2f} s)", flush=True)
+    finally:
+        for p in procs:
+            p.kill(), p.wait()
+        broker.cleanup()
+    med = statistics.median
+
+    def rng(xs, f):
+        return f"{f(med(xs))} ({f(min(xs))}–{f(max(xs))})"
+    print(f"\nMedians of {a.runs} run(s), range in brackets; publishers: {a.publishers} process(es)\n")
+    print("| config | messages | bare msgs/s | bare samples/s | gateway msgs/s | gateway samples/s | gateway / bare "
+          "| gateway CPU % of one core | gateway samples per CPU-second | tick ms (median / max) "
+          "| broker CPU % (bare / gateway phase) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, r in results.items():
+        b, g = r["bare"], r["gateway"]
+        bm, bs, gm, gs = ([x[key] / x["seconds"] for x in xs] for xs, key in
+                          ((b, "expected"), (b, "expected_samples"), (g, "expected"), (g, "samples")))
+        k, mi = "{:,.0f}".format, lambda x: f"{x / 1e6:.2f} M"  # noqa: E731
+        print(f"| {name} | {b[0]['expected']:,} | {rng(bm, k)} | {mi(med(bs))} | {rng(gm, k)} | {mi(med(gs))} "
+              f"| {med(gs) / med(bs):.0%} | {med([x['cpu'] / x['seconds'] for x in g]):.0%} "
+              f"| {rng([x['samples'] / x['cpu'] for x in g], mi)} "
+              f"| {med([x['tick_median'] for x in g]) * 1e3:.1f} / {max(x['tick_max'] for x in g) * 1e3:.1f} "
+              f"| {med([x['broker_cpu'] for x in b]):.0%} / {med([x['broker_cpu'] for x in g]):.0%} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("role", nargs="?", default="parent", choices=["parent", "pub", "bare", "gateway"])
+    ap.add_argument("port", nargs="?", type=int)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply the message counts")
+    ap.add_argument("--publishers", type=int, default=1, help="publisher processes")
+    ap.add_argument("--profile", action="store_true", help="cProfile the gateway's ingest thread (stderr)")
+    ap.add_argument("--timeout", type=float, default=300.0)
+    for opt in ("--rows", "--signals", "--n-tel", "--index", "--of", "--n"):
+        ap.add_argument(opt, type=int)
+    a = ap.parse_args()
+    {"parent": parent, "pub": role_pub, "bare": role_bare, "gateway": role_gateway}[a.role](a)
+
+
+if __name__ == "__main__":
+    main()
