@@ -26,6 +26,7 @@ import paho.mqtt.client as paho
 
 from contract import QOS, Kind, MachineRef, encode_status
 from contract.mqtt import BrokerUrl, connect, wait_published
+from contract.tasks import cancel_and_wait
 
 from .batcher import Batcher
 from .buffer import DiskQueue
@@ -175,10 +176,7 @@ class EdgeAgent:
             await asyncio.sleep(0.05)
         pump.cancel()
         for t in self._tasks:
-            try:
-                await t
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(t)
         self.pump()  # the last acknowledgements
         self.stats["left_on_disk"] = len(self.queue)
         if len(self.queue):

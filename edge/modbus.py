@@ -36,6 +36,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
 from contract.errors import ServiceError
+from contract.tasks import cancel_and_wait
 
 from .batcher import ROLES, Batcher
 
@@ -203,11 +204,7 @@ class ModbusSource:
         if task:
             # the loop also checks _stopping: on Python 3.11 asyncio.wait_for (inside the client) can swallow
             # a cancellation that arrives together with the device's answer
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(task)
         self.client.close()
 
     async def _run(self) -> None:

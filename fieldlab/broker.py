@@ -78,7 +78,35 @@ def mosquitto_binary() -> str | None:
         (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None)
 
 
-class PrivateMosquitto:
+class ChildServer:
+    """A server we run as a child process (``self.proc``, its output in ``self._log``) in a temp dir
+    (``self._tmp``, if we made one): stopped with SIGTERM, killed if it does not stop in time."""
+
+    proc: subprocess.Popen | None = None
+    _log = None
+    _tmp = None
+    stop_timeout = 10.0
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        if self._log:
+            self._log.close()
+            self._log = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self._tmp:
+            self._tmp.cleanup()
+
+
+class PrivateMosquitto(ChildServer):
     """``mosquitto -c <tmp>/mosquitto.conf`` on 127.0.0.1:port; ``extra_conf`` adds lines (auth, ACL, TLS).
 
     Optional, keyword-only, for a broker that checks who connects (tests of the secure set-up):
@@ -91,6 +119,8 @@ class PrivateMosquitto:
       stays. ``require_certificate``: the TLS listener accepts only clients with a certificate signed
       by ``cafile``.
     """
+
+    stop_timeout = 5.0
 
     def __init__(self, port: int | None = None, extra_conf: str | None = None,
                  workdir: str | Path | None = None, binary: str | None = None, persistence: bool = False, *,
@@ -175,23 +205,6 @@ class PrivateMosquitto:
         log.info("mosquitto up port=%d tls_port=%s pid=%d", self.port, self.tls_port, self.proc.pid)
         return self
 
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-        if getattr(self, "_log", None):
-            self._log.close()
-            self._log = None
-
-    def cleanup(self) -> None:
-        self.stop()
-        if self._tmp:
-            self._tmp.cleanup()
 
 
 class EmbeddedAmqtt:

@@ -78,6 +78,12 @@ def _size(text: str) -> int:
     return value
 
 
+def _add_levels(parser, help_: str) -> None:
+    """--site, --area, --line with the demo's defaults."""
+    for level, default in (("site", "demo"), ("area", "hall-1"), ("line", "line-1")):
+        parser.add_argument(f"--{level}", default=default, help=help_.format(level=level) + f" (default {default})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fieldlab", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -146,9 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ledger", metavar="FILE", help="write what the machines really did to this JSON file at the end")
     s.add_argument("--broker", metavar="URL", help="take fault commands from this MQTT broker, e.g. "
                    "mqtt://localhost:1883, on fieldlab/v1/SITE/AREA/LINE/<machine>/cmd")
-    for level, default in (("site", "demo"), ("area", "hall-1"), ("line", "line-1")):
-        s.add_argument(f"--{level}", default=default, help=f"with --broker: {level} name in the command topics "
-                       f"(default {default})")
+    _add_levels(s, "with --broker: {level} name in the command topics")
     ssub = s.add_subparsers(dest="sim_command", metavar="inject")
     _add_inject(ssub)
 
@@ -170,9 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--object", metavar="NAME", help="without a file: browse name of the machine object under Objects")
     e.add_argument("--namespace", default="urn:fieldlab:sim", help="without a file: namespace URI of its variables")
     e.add_argument("--broker", metavar="URL", help="MQTT broker, e.g. mqtt://localhost:1883 (overrides the file's)")
-    for level, default in (("site", "demo"), ("area", "hall-1"), ("line", "line-1")):
-        e.add_argument(f"--{level}", default=default, help=f"without a file: {level} name in the topic "
-                       f"(default {default})")
+    _add_levels(e, "without a file: {level} name in the topic")
     e.add_argument("--machine", help="without a file: machine name in the topic (default: the --object name)")
     e.add_argument("--buffer", metavar="FILE", help="the store-and-forward outbox (SQLite): data waits here while "
                    "the broker is unreachable (default: ~/.local/state/fieldlab/edge-<site>-<area>-<line>-<machine>.db)")
@@ -303,8 +305,7 @@ def _add_inject(sub) -> None:
     how = i.add_mutually_exclusive_group(required=True)
     how.add_argument("--opcua", metavar="URL", help="the machine's OPC UA endpoint, e.g. opc.tcp://127.0.0.1:4840/fieldlab/")
     how.add_argument("--broker", metavar="URL", help="MQTT broker, e.g. mqtt://localhost:1883")
-    for level, default in (("site", "demo"), ("area", "hall-1"), ("line", "line-1")):
-        i.add_argument(f"--{level}", default=default, help=f"with --broker: {level} name in the topic (default {default})")
+    _add_levels(i, "with --broker: {level} name in the topic")
 
 
 async def _inject(a) -> int:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from contract.errors import ServiceError
 
-from .broker import check_port_free, free_port
+from .broker import ChildServer, check_port_free, free_port
 
 INSTALL_HINT = "install it with: sudo apt-get install -y influxdb"
 
@@ -29,7 +29,7 @@ def influxd_binary() -> str | None:
                                             if Path(p).exists()), None)
 
 
-class PrivateInfluxDB:
+class PrivateInfluxDB(ChildServer):
     def __init__(self, port: int | None = None, workdir: str | Path | None = None):
         self.port = port or free_port()
         self.rpc_port = free_port()
@@ -95,20 +95,3 @@ bind-address = "127.0.0.1:{self.rpc_port}"
             raise ServiceError(f"InfluxQL {q!r}: {result['error']}")
         return result.get("series", [])
 
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-        if self._log:
-            self._log.close()
-            self._log = None
-
-    def cleanup(self) -> None:
-        self.stop()
-        if self._tmp:
-            self._tmp.cleanup()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from contract.errors import ServiceError
 
-from .broker import check_port_free, free_port
+from .broker import ChildServer, check_port_free, free_port
 
 INSTALL_HINT = "install it with: sudo apt-get install -y victoria-metrics"
 
@@ -29,7 +29,7 @@ def victoria_binary() -> str | None:
                                                                  "/usr/sbin/victoria-metrics") if Path(p).exists()), None)
 
 
-class PrivateVictoriaMetrics:
+class PrivateVictoriaMetrics(ChildServer):
     def __init__(self, port: int | None = None, workdir: str | Path | None = None):
         self.port = port or free_port()
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="fieldlab-victoria-")
@@ -87,20 +87,3 @@ class PrivateVictoriaMetrics:
                 return sorted(rows, key=lambda s: sorted(s["metric"].items()))
             time.sleep(0.05)
 
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-        if self._log:
-            self._log.close()
-            self._log = None
-
-    def cleanup(self) -> None:
-        self.stop()
-        if self._tmp:
-            self._tmp.cleanup()

@@ -16,6 +16,7 @@ POST. 2.x: influxdb-client's synchronous WriteApi with our own line protocol str
 """
 from __future__ import annotations
 
+from contract.tasks import cancel_and_wait
 import asyncio
 import base64
 import collections
@@ -79,11 +80,7 @@ class BufferedSink:
             self._wake.set()
             await asyncio.sleep(0.05)
         if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(self._task)
             self._task = None
         if self._buffer:
             self.stats["dropped"] += len(self._buffer)

@@ -19,6 +19,7 @@ from contract import (
     DEADLETTER_TOPIC, QOS, ROOT, ContractError, Kind, LineRef, MachineRef, decode, encode_kpi, parse_topic,
 )
 from contract.mqtt import BrokerUrl, connect, wait_published
+from contract.tasks import cancel_and_wait
 
 from . import checkpoint, oee, storage
 from .config import SiteConfig
@@ -264,11 +265,7 @@ class Gateway:
 
     async def stop(self) -> None:
         if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(self._task)
             self._task = None
         if self._client is None:
             return

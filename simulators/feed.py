@@ -12,6 +12,7 @@ import asyncio
 import time
 
 from contract.errors import ServiceError
+from contract.tasks import cancel_and_wait
 
 from .machine import DEMO_MACHINES, UNITS, Machine
 from .opcua import SimClock
@@ -62,10 +63,6 @@ class MachineFeed:
     async def stop(self) -> None:
         """Stop the machine; its last events up to now are handed over first (the ledger matches)."""
         if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(self._task)
             self._task = None
             self.step(self._batcher, self.clock.now())

@@ -27,6 +27,7 @@ from asyncua import Server, ua
 
 from contract import PACKML, MachineRef
 from contract.errors import ServiceError
+from contract.tasks import cancel_and_wait
 
 from . import faults
 from .machine import EXECUTE, UNITS, Machine
@@ -253,11 +254,7 @@ class Simulation:
     async def freeze(self) -> float:
         """Stop the clock: advance every machine to one final time and stop ticking. Returns that time."""
         if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(self._task)
             self._task = None
         t = self.clock.now()
         await self._advance(t)

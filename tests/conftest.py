@@ -18,52 +18,52 @@ from contract.errors import ServiceError
 from fieldlab.broker import PrivateMosquitto, free_port
 
 
-def _start_mosquitto(tmp_path_factory) -> PrivateMosquitto:
+def _server(kind: str, tmp_path_factory):
+    """Start a private server in its own temp dir; a missing binary fails the test with the install line."""
+    from fieldlab.influxd import PrivateInfluxDB
+    from fieldlab.victoria import PrivateVictoriaMetrics
+
+    make = {"mosquitto": PrivateMosquitto, "influxdb": PrivateInfluxDB, "victoria": PrivateVictoriaMetrics}[kind]
     try:
-        return PrivateMosquitto(workdir=tmp_path_factory.mktemp("mosquitto")).start()
+        return make(workdir=tmp_path_factory.mktemp(kind)).start()
     except ServiceError as e:
         pytest.fail(str(e), pytrace=False)
+
+
+def _serve(kind: str, tmp_path_factory):
+    server = _server(kind, tmp_path_factory)
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")
 def mosquitto(tmp_path_factory):
     """One private Mosquitto for the session; tests keep apart by using their own site names."""
-    broker = _start_mosquitto(tmp_path_factory)
-    yield broker
-    broker.stop()
+    yield from _serve("mosquitto", tmp_path_factory)
 
 
 @pytest.fixture
 def own_mosquitto(tmp_path_factory):
     """A private Mosquitto for one test (for tests that stop or restart the broker)."""
-    broker = _start_mosquitto(tmp_path_factory)
-    yield broker
-    broker.stop()
-
-
-def _start_influxdb(tmp_path_factory):
-    from fieldlab.influxd import PrivateInfluxDB
-
-    try:
-        return PrivateInfluxDB(workdir=tmp_path_factory.mktemp("influxdb")).start()
-    except ServiceError as e:
-        pytest.fail(str(e), pytrace=False)
+    yield from _serve("mosquitto", tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def influxdb(tmp_path_factory):
     """One private InfluxDB 1.x for the session; tests keep apart by using their own database names."""
-    db = _start_influxdb(tmp_path_factory)
-    yield db
-    db.stop()
+    yield from _serve("influxdb", tmp_path_factory)
 
 
 @pytest.fixture
 def own_influxdb(tmp_path_factory):
     """A private InfluxDB for one test (for tests that stop or restart it)."""
-    db = _start_influxdb(tmp_path_factory)
-    yield db
-    db.stop()
+    yield from _serve("influxdb", tmp_path_factory)
+
+
+@pytest.fixture
+def victoria(tmp_path_factory):
+    """A private VictoriaMetrics (it accepts InfluxDB 2.x's /api/v2/write) for one test; it starts in ~0.1 s."""
+    yield from _serve("victoria", tmp_path_factory)
 
 
 @pytest.fixture
@@ -128,18 +128,12 @@ def port() -> int:
     return free_port()
 
 
-def _start_victoria(tmp_path_factory):
-    from fieldlab.victoria import PrivateVictoriaMetrics
-
-    try:
-        return PrivateVictoriaMetrics(workdir=tmp_path_factory.mktemp("victoria")).start()
-    except ServiceError as e:
-        pytest.fail(str(e), pytrace=False)
-
-
 @pytest.fixture
-def victoria(tmp_path_factory):
-    """A private VictoriaMetrics (it accepts InfluxDB 2.x's /api/v2/write) for one test; it starts in ~0.1 s."""
-    vm = _start_victoria(tmp_path_factory)
-    yield vm
-    vm.stop()
+def publisher(mosquitto):
+    """publish(topic, payload): QoS 1 to the session broker, returns once the broker has it."""
+    c = paho.Client(CallbackAPIVersion.VERSION2)
+    c.connect(mosquitto.url.host, mosquitto.url.port)
+    c.loop_start()
+    yield lambda topic, payload: c.publish(topic, payload, qos=1).wait_for_publish(5)
+    c.disconnect()
+    c.loop_stop()

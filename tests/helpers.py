@@ -1,6 +1,8 @@
 """Small helpers shared by tests (fixtures live in conftest.py)."""
+import asyncio
 import signal
 import subprocess
+import time
 
 
 def terminate(*procs: subprocess.Popen | None, timeout: float = 15) -> None:
@@ -13,3 +15,14 @@ def terminate(*procs: subprocess.Popen | None, timeout: float = 15) -> None:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+
+
+async def wait_until(predicate, timeout: float = 10.0, every: float = 0.05) -> bool:
+    """Poll ``predicate`` on the event loop until it is true (True) or ``timeout`` passes (False)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(every)

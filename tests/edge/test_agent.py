@@ -11,17 +11,6 @@ from edge.agent import EdgeAgent
 from edge.opcua import OpcUaSource
 from tests.helpers import terminate
 from fieldlab.broker import free_port
-from simulators.machine import DEMO_MACHINES, Machine
-from simulators.opcua import SimClock, Simulation
-
-
-@pytest.fixture
-async def sim():
-    clock = SimClock(1_800_000_000.0, speed=600.0)
-    s = Simulation([Machine(DEMO_MACHINES[2], clock.t0, seed=2)], clock, base_port=free_port(), tick_s=0.05)
-    await s.start()
-    yield s
-    await s.stop()
 
 
 async def test_agent_publishes_the_machine_per_contract(sim, mosquitto, site, recorder, tmp_path):

@@ -3,25 +3,12 @@ import asyncio
 import subprocess
 import sys
 
-import pytest
 
 from contract import Kind, MachineRef, decode
 from edge import config as edge_config
 from edge import discover
 from edge.agent import EdgeAgent
 from edge.batcher import Batcher
-from fieldlab.broker import free_port
-from simulators.machine import DEMO_MACHINES, Machine
-from simulators.opcua import SimClock, Simulation
-
-
-@pytest.fixture
-async def sim():
-    clock = SimClock(1_800_000_000.0, speed=300.0)
-    s = Simulation([Machine(DEMO_MACHINES[0], clock.t0, seed=3)], clock, base_port=free_port(), tick_s=0.05)
-    await s.start()
-    yield s
-    await s.stop()
 
 
 def test_guesses_from_names_and_types():
@@ -50,9 +37,9 @@ async def test_discovered_file_maps_the_simulated_machine_and_runs(sim, mosquitt
     endpoint = sim.servers[0].endpoint
     variables, namespaces = await discover.browse(endpoint)
     text = discover.starter_file(endpoint, variables, namespaces)
-    assert 'namespace: "urn:fieldlab:sim"' in text and 'root: "cnc-01"' in text
+    assert 'namespace: "urn:fieldlab:sim"' in text and 'root: "filler-01"' in text
     path = tmp_path / "edge.yaml"
-    path.write_text(text.replace("my-site/hall-1/line-1/machine-1", f"{site}/a/l/cnc-01")
+    path.write_text(text.replace("my-site/hall-1/line-1/machine-1", f"{site}/a/l/filler-01")
                         .replace("mqtt://localhost:1883", f"mqtt://127.0.0.1:{mosquitto.port}"))
     cfg = edge_config.load(path, {})
     assert {t.name: t.options["node"] for t in cfg.tags} == {
@@ -60,7 +47,7 @@ async def test_discovered_file_maps_the_simulated_machine_and_runs(sim, mosquitt
         "product": "Product", "ideal_cycle_s": "IdealCycleTime", "temperature": "Process/Temperature",
         "power": "Process/Power", "vibration": "Process/Vibration"}
 
-    ref = MachineRef(site, "a", "l", "cnc-01")
+    ref = MachineRef(site, "a", "l", "filler-01")
     rec = recorder(mosquitto.url, ref.topic(Kind.COUNTS))
     agent = EdgeAgent(cfg.machine, cfg.broker, edge_config.build_source(cfg), buffer=tmp_path / "q.db", flush_s=0.1,
                       batcher=Batcher(cfg.state_model, cfg.state_map))
@@ -69,9 +56,9 @@ async def test_discovered_file_maps_the_simulated_machine_and_runs(sim, mosquitt
     await asyncio.sleep(1.5)
     await sim.freeze()
     await agent.stop(settle_s=0.3)
-    led = sim.ledgers()["cnc-01"]
+    led = sim.ledgers()["filler-01"]
     assert led["good"] > 0
-    assert rec.wait_for(lambda r: any(int(c.good[-1]) == led["good"] and c.product == "bracket-A"
+    assert rec.wait_for(lambda r: any(int(c.good[-1]) == led["good"] and c.product == "bottle-1l"
                                       for c in (decode(Kind.COUNTS, p) for _, p, _ in r.messages)))
 
 

@@ -19,19 +19,6 @@ T0 = 1_800_000_000.0
 
 
 @pytest.fixture
-def publisher(mosquitto):
-    import paho.mqtt.client as paho
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    c = paho.Client(CallbackAPIVersion.VERSION2)
-    c.connect(mosquitto.url.host, mosquitto.url.port)
-    c.loop_start()
-    yield lambda topic, payload: c.publish(topic, payload, qos=1).wait_for_publish(5)
-    c.disconnect()
-    c.loop_stop()
-
-
-@pytest.fixture
 async def served(mosquitto, site, publisher):
     """A gateway with two machines' hand-made history, its HTTP service on a free port."""
     gw = Gateway(mosquitto.url, site=site, publish_s=3600)  # ticks only when the test says so

@@ -9,18 +9,11 @@ from contract import (Kind, MachineRef, decode, encode_counts, encode_state, enc
 from gateway import storage
 from gateway.influx import InfluxV1Sink
 from gateway.lineproto import lines, series
+from tests.helpers import wait_until
 
 
 def db_name() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
-
-
-async def until(predicate, timeout=15.0):
-    for _ in range(int(timeout / 0.05)):
-        if predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return False
 
 
 def test_line_protocol_escapes_skips_nan_and_marks_integers():
@@ -65,7 +58,7 @@ async def test_written_values_read_back_exactly(influxdb):
                (Kind.STATUS, decode(Kind.STATUS, encode_status(ts[0], "online", backlog=3, last_error=None)))]
     for kind, batch in batches:
         sink.accept(storage.batch_lines(ref, kind, batch))
-    assert await until(lambda: sink.stats["written"] == 3000 + 2 + 2 + 1), sink.stats
+    assert await wait_until(lambda: sink.stats["written"] == 3000 + 2 + 2 + 1), sink.stats
     await sink.stop()
     got = influxdb.query('SELECT "temperature" FROM "telemetry" WHERE "machine" = \'press-07\'', db)[0]["values"]
     assert [v for _, v in got] == temp.tolist()  # floats survive text exactly
@@ -85,13 +78,13 @@ async def test_database_restart_loses_nothing_within_the_bound(own_influxdb):
     sink = InfluxV1Sink(own_influxdb.url, db, batch_lines=200, max_backoff_s=0.5, timeout_s=2)
     await sink.start()
     sink.accept([f"m v={i} {1_800_000_000_000 + i}" for i in range(500)])
-    assert await until(lambda: sink.stats["written"] == 500)
+    assert await wait_until(lambda: sink.stats["written"] == 500)
     await asyncio.to_thread(own_influxdb.stop)
     sink.accept([f"m v={i} {1_800_000_000_000 + i}" for i in range(500, 1500)])
-    assert await until(lambda: sink.stats["retries"] >= 2)
+    assert await wait_until(lambda: sink.stats["retries"] >= 2)
     assert sink.backlog == 1000 and sink.stats["last_error"].startswith("cannot reach")
     await asyncio.to_thread(own_influxdb.start)
-    assert await until(lambda: sink.stats["written"] == 1500), sink.stats
+    assert await wait_until(lambda: sink.stats["written"] == 1500), sink.stats
     await sink.stop()
     assert (sink.stats["dropped"], sink.stats["rejected"], sink.stats["last_error"]) == (0, 0, None)
     values = own_influxdb.query('SELECT "v" FROM "m"', db)[0]["values"]
@@ -108,7 +101,7 @@ async def test_full_buffer_drops_the_oldest_and_counts_them(own_influxdb):
         await asyncio.sleep(0.01)
     assert sink.stats["dropped"] == 700 and sink.backlog == 300
     await asyncio.to_thread(own_influxdb.start)
-    assert await until(lambda: sink.backlog == 0)
+    assert await wait_until(lambda: sink.backlog == 0)
     await sink.stop()
     values = own_influxdb.query('SELECT "v" FROM "m"', db)[0]["values"]
     assert [v for _, v in values] == list(range(700, 1000))  # the newest were kept
@@ -120,7 +113,7 @@ async def test_refused_lines_are_counted_and_do_not_block_the_rest(influxdb):
     sink = InfluxV1Sink(influxdb.url, db, batch_lines=1)
     await sink.start()
     sink.accept(["m x=1i 1800000000000", "m x=1.5 1800000001000", "m x=2i 1800000002000"])  # x is an integer
-    assert await until(lambda: sink.backlog == 0)
+    assert await wait_until(lambda: sink.backlog == 0)
     await sink.stop()
     assert (sink.stats["written"], sink.stats["rejected"]) == (2, 1)
     assert "field type conflict" in sink.stats["last_rejection"] and sink.stats["last_error"] is None
@@ -139,8 +132,6 @@ def test_kpi_lines_per_machine_and_window(n_machines):
 
 
 def test_both_ways_of_building_sparse_lines_agree():
-    from gateway import lineproto
-
     rng = np.random.default_rng(3)
     n = 400
     cols = {f"s{k}": np.where(rng.random(n) < 0.3, rng.random(n) * 100, np.nan) for k in range(8)}

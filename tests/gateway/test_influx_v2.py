@@ -17,6 +17,7 @@ from contract import Kind, MachineRef, decode, encode_counts, encode_state, enco
 from fieldlab.cli import _influx_sink, build_parser, main
 from gateway import storage
 from gateway.influx import InfluxV1Sink, InfluxV2Sink
+from tests.helpers import wait_until
 
 T0_MS = (int(time.time()) - 3600) * 1000  # an hour ago
 
@@ -27,14 +28,6 @@ def v2_sink(vm, **kw) -> InfluxV2Sink:
 
 def m_lines(first: int, last: int) -> list[str]:
     return [f"m,machine=x v={i}i {T0_MS + i}" for i in range(first, last)]
-
-
-async def until(predicate, timeout=10.0):
-    for _ in range(int(timeout / 0.05)):
-        if predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return False
 
 
 def series(rows: list[dict]) -> dict[str, dict]:
@@ -60,7 +53,7 @@ async def test_storage_lines_read_back_as_metrics(victoria):
                (Kind.COUNTS, encode_counts([ts[0], ts[50]], [10, 11], [0, 1], "cap", 2.5))]
     for kind, payload in batches:
         sink.accept(storage.batch_lines(ref, kind, decode(kind, payload)))
-    assert await until(lambda: sink.stats["written"] == 3000 + 2 + 2), sink.stats
+    assert await wait_until(lambda: sink.stats["written"] == 3000 + 2 + 2), sink.stats
     await sink.stop()
     assert (sink.stats["rejected"], sink.stats["dropped"], sink.stats["retries"]) == (0, 0, 0)
 
@@ -91,14 +84,14 @@ async def test_server_restart_loses_nothing_within_the_bound(victoria):
     sink = v2_sink(victoria, batch_lines=200, max_backoff_s=0.3, timeout_s=2)
     await sink.start()
     sink.accept(m_lines(0, 500))
-    assert await until(lambda: sink.stats["written"] == 500)
+    assert await wait_until(lambda: sink.stats["written"] == 500)
     await asyncio.to_thread(victoria.stop)
     sink.accept(m_lines(500, 1500))
-    assert await until(lambda: sink.stats["retries"] >= 2)
+    assert await wait_until(lambda: sink.stats["retries"] >= 2)
     assert sink.backlog == 1000 and sink.stats["written"] == 500
     assert sink.stats["last_error"].startswith(f"cannot reach {victoria.url}")
     await asyncio.to_thread(victoria.start)
-    assert await until(lambda: sink.stats["written"] == 1500), sink.stats
+    assert await wait_until(lambda: sink.stats["written"] == 1500), sink.stats
     await sink.stop()
     assert (sink.stats["dropped"], sink.stats["rejected"], sink.stats["last_error"]) == (0, 0, None)
     (got,) = victoria.export('{__name__="m_v"}', samples=1500)
@@ -115,7 +108,7 @@ async def test_full_buffer_drops_the_oldest_and_counts_them(victoria):
         await asyncio.sleep(0.01)
     assert sink.stats["dropped"] == 700 and sink.backlog == 300
     await asyncio.to_thread(victoria.start)
-    assert await until(lambda: sink.backlog == 0)
+    assert await wait_until(lambda: sink.backlog == 0)
     await sink.stop()
     assert (sink.stats["written"], sink.stats["dropped"]) == (300, 700)
     (got,) = victoria.export('{__name__="m_v"}', samples=300)
@@ -129,7 +122,7 @@ async def test_refused_lines_are_counted_and_do_not_block_the_rest(victoria):
     await sink.start()
     too_long = f'm,machine=x note="{"a" * 300_000}" {T0_MS + 1}'
     sink.accept([f"m,machine=x v=1i {T0_MS}", too_long, "this is no line protocol", f"m,machine=x v=3i {T0_MS + 3}"])
-    assert await until(lambda: sink.backlog == 0)
+    assert await wait_until(lambda: sink.backlog == 0)
     await sink.stop()
     assert (sink.stats["written"], sink.stats["rejected"], sink.stats["retries"]) == (3, 1, 0)
     assert "too long line" in sink.stats["last_rejection"] and sink.stats["last_error"] is None

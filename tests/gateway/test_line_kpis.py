@@ -1,13 +1,10 @@
 """KPIs per line: the machines' additive totals summed, then derived (never an average of percentages)."""
-import asyncio
 import json
 from pathlib import Path
 
 import jsonschema
 import numpy as np
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 import contract
 from contract import (
@@ -17,6 +14,7 @@ from contract import (
 from gateway import oee, storage
 from gateway.engine import KpiEngine, group_snapshot
 from gateway.service import Gateway, LineIndex, kpi_row, line_kpi_row
+from tests.helpers import wait_until
 
 # Hand-worked example, default conventions (stops of 2 min or more are not small stops).
 # line-1, machine A: 0..450 s Execute, 450..600 s Held (150 s breakdown): planned 600 s, run 450 s;
@@ -166,27 +164,6 @@ def test_a_machine_named_line_is_still_refused():
 
 
 # ----------------------------------------------------------------------------- against a real broker
-
-@pytest.fixture
-def publisher(mosquitto):
-    c = paho.Client(CallbackAPIVersion.VERSION2)
-    c.connect(mosquitto.url.host, mosquitto.url.port)
-    c.loop_start()
-
-    def publish(topic, payload):
-        c.publish(topic, payload, qos=1).wait_for_publish(5)
-
-    yield publish
-    c.disconnect()
-    c.loop_stop()
-
-
-async def wait_until(predicate, timeout=10.0):
-    for _ in range(int(timeout / 0.05)):
-        if predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return False
 
 
 class Sink:

@@ -1,36 +1,12 @@
 """The gateway against a real Mosquitto: KPIs out, bad input parked and counted."""
-import asyncio
 import json
 import logging
 
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from contract import DEADLETTER_TOPIC, Kind, MachineRef, encode_counts, encode_state
 from gateway.service import Gateway
-
-
-@pytest.fixture
-def publisher(mosquitto):
-    c = paho.Client(CallbackAPIVersion.VERSION2)
-    c.connect(mosquitto.url.host, mosquitto.url.port)
-    c.loop_start()
-
-    def publish(topic, payload):
-        c.publish(topic, payload, qos=1).wait_for_publish(5)
-
-    yield publish
-    c.disconnect()
-    c.loop_stop()
-
-
-async def wait_until(predicate, timeout=10.0):
-    for _ in range(int(timeout / 0.05)):
-        if predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return False
+from tests.helpers import wait_until
 
 
 async def test_kpis_are_published_retained(mosquitto, site, publisher, recorder):

@@ -3,7 +3,6 @@ import asyncio
 import dataclasses
 import json
 import sys
-import time
 
 import pytest
 from asyncua import Client, ua
@@ -16,6 +15,7 @@ from simulators import packml
 from simulators.machine import (DEMO_MACHINES, EXECUTE, HELD, REASON_BREAKDOWN, REASON_JAM, REASON_MATERIAL,
                                 SUSPENDED, Machine)
 from simulators.opcua import NAMESPACE, SimClock, Simulation
+from tests.helpers import wait_until
 
 T0 = 1_800_000_000.0
 # the CNC without random stops: every stop in these tests is an injected one
@@ -167,15 +167,6 @@ async def sim():
     s.run()
     yield s
     await s.stop()
-
-
-async def wait_until(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return False
 
 
 async def test_opcua_method_injects_a_breakdown_seen_in_the_state_variable(sim):
