@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--config", metavar="FILE", help="site configuration (YAML): time zone, shifts, breaks, "
                    "OEE conventions; see docs/examples/site.yaml")
     d.add_argument("--http-port", type=_port, default=8080, metavar="PORT",
-                   help="port of the gateway's /metrics and /healthz on 127.0.0.1 (default 8080)")
+                   help="port of the gateway's live dashboard, REST API, /metrics and /healthz on 127.0.0.1 "
+                        "(default 8080)")
     d.add_argument("--ledger", metavar="FILE", help="at the end, write what the simulated machines really "
                    "did (time per state, good and reject parts) to this JSON file, to check the OEE by hand")
 
@@ -231,9 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--config", metavar="FILE", help="site configuration (YAML): time zone, shifts, breaks, "
                    "OEE conventions; see docs/examples/site.yaml")
     g.add_argument("--http-port", type=_port, default=8080, metavar="PORT",
-                   help="port for /metrics (Prometheus) and /healthz (default 8080)")
+                   help="port for the live dashboard (/), the REST API (/api), /metrics (Prometheus) and /healthz "
+                        "(default 8080)")
     g.add_argument("--http-host", default="127.0.0.1", metavar="ADDRESS",
-                   help="address for the HTTP endpoint; 0.0.0.0 for the whole network (default 127.0.0.1)")
+                   help="address for the HTTP endpoint; 0.0.0.0 for the whole network (default 127.0.0.1). "
+                        "It has no login: everyone who reaches it sees the KPIs (it cannot change anything)")
     g.add_argument("--influx", metavar="URL", help="also store everything in InfluxDB, e.g. http://localhost:8086: "
                    "1.x (or 2.x/3.x in 1.x compatibility mode) with --influx-db, a user as http://user@host:8086 "
                    "with the password in $FIELDLAB_INFLUX_PASSWORD; 2.x's own API with --influx-org and "
@@ -543,6 +546,8 @@ async def _gateway(a) -> int:
 
     from gateway.http import HttpEndpoint
 
+    if a.scope and a.site != "+":
+        raise ServiceError("give either --site or --scope (a scope names its site: --scope SITE/AREA/LINE)")
     sinks = [sink] if (sink := _influx_sink(a)) else []
     gw = Gateway(BrokerUrl.parse(a.broker), site=a.site, config=site_config(a.config), sinks=sinks,
                  scope=a.scope, state_dir=_state_dir(a.state_dir), checkpoint_s=a.checkpoint_every)

@@ -3,8 +3,8 @@
 One file per gateway (named after its MQTT client id) holds the KpiEngine (its
 NumPy arrays: timeline rows, prefix sums, per-machine state, timestamps) and a
 small JSON document (format version, sizes, machine list in engine order,
-statuses). It is an ``.npz`` written with ``allow_pickle=False`` and read the
-same way: a checkpoint cannot run code. Writing is atomic: a temporary file in
+statuses). It is an ``.npz`` of plain arrays, read with ``allow_pickle=False``:
+a checkpoint cannot run code. Writing is atomic: a temporary file in
 the same directory, fsync, ``os.replace``, fsync of the directory.
 
 Replays after a restart do not count twice: the per-machine "already folded up
@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import struct
 import tempfile
 import time
 from pathlib import Path
@@ -75,7 +76,7 @@ def write(path: Path | str, arrays: dict, doc: dict) -> None:
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, allow_pickle=False, meta=meta, **arrays)
+            np.savez(f, meta=meta, **arrays)  # plain arrays only; read back with allow_pickle=False
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -177,3 +178,56 @@ def load(path: Path | str, engine: KpiEngine) -> tuple[list[MachineRef], dict[in
             where = f"could not move it aside ({move})"
         log.warning("checkpoint %s not used (%s); %s; starting with empty KPIs", path, e, where)
         return None
+
+
+# ----------------------------------------------------------------------------- the journal
+# Every message the gateway accepts is appended to a journal file before it is folded (one
+# os.write, so it survives the process being killed; an fsync per message would not pay off).
+# A checkpoint records the number of the last journal it covers; journals it covers are deleted
+# once it is on disk. After a crash: load the checkpoint, then replay the journals after it.
+
+_RECORD = struct.Struct(">HI")  # topic length, payload length
+
+
+def journal_path(path: Path | str, n: int) -> Path:
+    path = Path(path)
+    return path.with_name(f"{path.name}.journal-{n:08d}")
+
+
+def journals(path: Path | str) -> list[tuple[int, Path]]:
+    """The journal files of this checkpoint, oldest first."""
+    path = Path(path)
+    found = []
+    for p in path.parent.glob(f"{path.name}.journal-*"):
+        try:
+            found.append((int(p.name.rsplit("-", 1)[1]), p))
+        except ValueError:
+            continue
+    return sorted(found)
+
+
+def record(topic: str, payload: bytes) -> bytes:
+    t = topic.encode()
+    return _RECORD.pack(len(t), len(payload)) + t + payload
+
+
+def replay(p: Path):
+    """(topic, payload) of each complete record; a record cut short by a crash ends the file."""
+    data = p.read_bytes()
+    i = 0
+    while i + _RECORD.size <= len(data):
+        nt, npay = _RECORD.unpack_from(data, i)
+        j = i + _RECORD.size + nt + npay
+        if j > len(data):
+            break
+        yield data[i + _RECORD.size: i + _RECORD.size + nt].decode(), data[i + _RECORD.size + nt: j]
+        i = j
+
+
+def covered(path: Path | str) -> int:
+    """The last journal the checkpoint at ``path`` includes (0: none, or no usable checkpoint)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return int(json.loads(bytes(z["meta"]).decode()).get("journal", 0))
+    except Exception:  # no checkpoint, or one that cannot be read: every journal is replayed
+        return 0

@@ -141,8 +141,7 @@ class KpiEngine:
         now = self.now_ts[: self.n]
         tl.set_now(np.arange(self.n), np.where(np.isnan(now), -np.inf, now))
         first = self.first_ts[: self.n]
-        spans = ([("since_start", first)] + [(name, now - seconds) for name, seconds in self.windows]
-                 + [("shift", self.config.shift_start(now)), ("today", self.config.day_start(now))])
+        spans = self._spans(now)
         starts = np.fmax(np.stack([s for _, s in spans]), first)  # no history before the first message
         ends = np.broadcast_to(now, starts.shape)
         out = {}
@@ -158,6 +157,28 @@ class KpiEngine:
         out["since_start"]["state"] = self.state_code[: self.n].copy()
         out["since_start"]["model"] = self.state_model[: self.n].copy()
         return out
+
+    def _spans(self, now: np.ndarray) -> list[tuple[str, np.ndarray]]:
+        first = self.first_ts[: self.n]
+        return ([("since_start", first)] + [(name, now - seconds) for name, seconds in self.windows]
+                + [("shift", self.config.shift_start(now)), ("today", self.config.day_start(now))])
+
+    def line_snapshot(self, group: np.ndarray, n_groups: int) -> dict:
+        """KPIs of groups of machines (lines) per window, after ``snapshot()``. A group's windows end at
+        its latest machine's time (a machine that went quiet adds only what falls inside them, not its
+        own older last hour); each machine's totals in those windows are summed by ``group_snapshot``."""
+        group = np.asarray(group, np.int64)[: self.n]
+        now = self.now_ts[: self.n]
+        line_now = np.full(n_groups, np.nan)
+        np.fmax.at(line_now, group, now)
+        at = line_now[group]  # each machine's line's now
+        first = self.first_ts[: self.n]
+        spans = self._spans(at)
+        starts = np.fmax(np.stack([s for _, s in spans]), first)
+        ends = np.broadcast_to(at, starts.shape)
+        per_machine = {name: {"totals": tot, "start": start, "end": at}
+                       for (name, _), start, tot in zip(spans, starts, self.timeline.windows(starts, ends))}
+        return group_snapshot(per_machine, group, n_groups, self.conv)
 
 
 def group_snapshot(snap: dict, group: np.ndarray, n_groups: int, conv: oee.Conventions = oee.DEFAULT) -> dict:

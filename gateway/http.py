@@ -73,6 +73,8 @@ def render_metrics(gateway) -> str:
 
 
 WINDOWS = ("since_start", "last_15min", "last_1h", "shift", "today")
+MAX_HEADERS = 100  # header lines per request
+MAX_STREAMS = 64  # live event streams at once (each costs a JSON encoding per tick)
 
 
 def _json(obj) -> str:
@@ -156,6 +158,8 @@ class HttpEndpoint:
         self.gateway, self.host, self.port, self.sse_poll_s = gateway, host, port, sse_poll_s
         self._server: asyncio.base_events.Server | None = None
         self._streams: set[asyncio.Task] = set()
+        self._handlers: set[asyncio.Task] = set()
+        self._cache: tuple[int, str] = (-1, "")
         self._page = resources.files("gateway").joinpath("web/index.html").read_bytes()
 
     async def start(self) -> None:
@@ -170,6 +174,12 @@ class HttpEndpoint:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    def _machines_json(self) -> str:
+        """/api/machines, encoded once per KPI computation however many clients ask (and every stream)."""
+        if self._cache[0] != self.gateway.ticks:
+            self._cache = (self.gateway.ticks, _json(machine_rows(self.gateway)))
+        return self._cache[1]
 
     def _machine(self, rest: str) -> tuple[MachineRef | None, str]:
         parts = [unquote(p) for p in rest.split("/") if p]
@@ -196,7 +206,7 @@ class HttpEndpoint:
             return "200 OK", _json({"openapi": "/api/openapi.json", "paths": list(openapi()["paths"])}), \
                 "application/json"
         if path == "/api/machines":
-            return "200 OK", _json(machine_rows(gw)), "application/json"
+            return "200 OK", self._machines_json(), "application/json"
         if path.startswith("/api/machines/"):
             ref, what = self._machine(path[len("/api/machines/"):])
             row = next((r for r in machine_rows(gw) if ref and r["id"] == ref.path), None)
@@ -219,30 +229,50 @@ class HttpEndpoint:
                 return "200 OK", _json(counts(row)), "application/json"
         return "404 Not Found", "not found: try /, /api/openapi.json, /metrics or /healthz\n", "text/plain"
 
+    async def _read_request(self, reader: asyncio.StreamReader) -> tuple[str, str]:
+        """(method, target) of a request; its headers are read and ignored (at most MAX_HEADERS lines)."""
+        parts = (await reader.readline()).decode("latin-1").split()
+        for _ in range(MAX_HEADERS):
+            if (await reader.readline()) in (b"\r\n", b"\n", b""):
+                return (parts[0], parts[1]) if len(parts) >= 2 else ("", "")
+        raise ValueError("too many header lines")
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        self._handlers.add(task)
         try:
-            request = await asyncio.wait_for(reader.readline(), 5)
-            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
-                pass  # headers: not needed
-            parts = request.decode("latin-1").split()
-            method, target = (parts[0], parts[1]) if len(parts) >= 2 else ("", "")
+            try:  # the whole request within 10 s, lines within the stream's limit (64 KiB)
+                method, target = await asyncio.wait_for(self._read_request(reader), 10)
+            except ValueError:
+                await self._respond(writer, "431 Request Header Fields Too Large", "request too large\n",
+                                    "text/plain")
+                return
             url = urlsplit(target)
             if method == "GET" and url.path == "/api/events":
+                if len(self._streams) >= MAX_STREAMS:
+                    await self._respond(writer, "503 Service Unavailable", f"at most {MAX_STREAMS} live "
+                                        "streams; use /api/machines or the page with ?poll\n", "text/plain")
+                    return
                 await self._stream(writer)
                 return
             if method != "GET":
                 status, body, ctype = "405 Method Not Allowed", "only GET\n", "text/plain"
             else:
                 status, body, ctype = self.route(url.path, parse_qs(url.query))
-            data = body if isinstance(body, bytes) else body.encode()
-            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}; charset=utf-8\r\n"
-                         f"Content-Length: {len(data)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
-                         .encode() + data)
-            await writer.drain()
-        except (asyncio.TimeoutError, ConnectionError, UnicodeDecodeError):
+            await self._respond(writer, status, body, ctype)
+        except (asyncio.TimeoutError, ConnectionError, UnicodeDecodeError, asyncio.CancelledError):
             pass  # a client that dawdles or hangs up gets nothing; the gateway carries on
         finally:
+            self._handlers.discard(task)
             writer.close()
+
+    @staticmethod
+    async def _respond(writer: asyncio.StreamWriter, status: str, body: bytes | str, ctype: str) -> None:
+        data = body if isinstance(body, bytes) else body.encode()
+        writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}; charset=utf-8\r\n"
+                     f"Content-Length: {len(data)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
+                     .encode() + data)
+        await writer.drain()
 
     async def _stream(self, writer: asyncio.StreamWriter) -> None:
         """Server-Sent Events: the machines' KPIs after every computation, until the client goes."""
@@ -255,7 +285,7 @@ class HttpEndpoint:
             while True:
                 if self.gateway.ticks != seen:
                     seen = self.gateway.ticks
-                    writer.write(f"event: machines\ndata: {_json(machine_rows(self.gateway))}\n\n".encode())
+                    writer.write(f"event: machines\ndata: {self._machines_json()}\n\n".encode())
                     await writer.drain()
                 await asyncio.sleep(self.sse_poll_s)
         except (ConnectionError, asyncio.CancelledError):
@@ -264,10 +294,11 @@ class HttpEndpoint:
             self._streams.discard(task)
 
     async def stop(self) -> None:
-        for task in list(self._streams):
+        handlers = list(self._handlers)  # streams and slow clients: closed, so stopping never waits on them
+        for task in handlers:
             task.cancel()
-        if self._streams:
-            await asyncio.gather(*self._streams, return_exceptions=True)
+        if handlers:
+            await asyncio.gather(*handlers, return_exceptions=True)
         if self._server:
             self._server.close()
             await self._server.wait_closed()

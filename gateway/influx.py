@@ -46,6 +46,8 @@ class BufferedSink:
         self._buffer: collections.deque[str] = collections.deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._inflight: asyncio.Future | None = None  # the batch being posted, in a worker thread
+        self._inflight_n = self._inflight_dropped = 0
         self._warned_at = -float("inf")
         self.stats = {"written": 0, "dropped": 0, "rejected": 0, "retries": 0, "last_error": None,
                       "last_rejection": None, "write_seconds": 0.0}
@@ -82,6 +84,14 @@ class BufferedSink:
         if self._task:
             await cancel_and_wait(self._task)
             self._task = None
+        if self._inflight is not None:  # a batch being posted: let it finish (it has its own timeout)
+            try:
+                outcome = await self._inflight
+            except Exception:  # _post catches what a write can raise; anything else: the batch stays
+                outcome = "retry"
+            if outcome != "retry":  # written or refused: it leaves the buffer, as in _run
+                self._settle(self._inflight_n, self._inflight_dropped)
+            self._inflight = None
         if self._buffer:
             self.stats["dropped"] += len(self._buffer)
             log.warning("stopping with lines not written sink=%s lines=%d", self, len(self._buffer))
@@ -103,20 +113,27 @@ class BufferedSink:
                 await self._wake.wait()
             n = min(self.batch_lines, len(self._buffer))
             batch = [self._buffer[i] for i in range(n)]
-            dropped_before = self.stats["dropped"]
-            outcome = await asyncio.to_thread(self._post, batch)
-            # accept() appends on the right and, when full, drops on the left: the oldest lines, which are
-            # this batch's first. Those are gone from the buffer already.
-            gone = min(n, self.stats["dropped"] - dropped_before)
+            self._inflight_n, self._inflight_dropped = n, self.stats["dropped"]
+            # shielded: a stop() waits for the write in flight instead of abandoning it in its thread
+            self._inflight = asyncio.ensure_future(asyncio.to_thread(self._post, batch))
+            outcome = await asyncio.shield(self._inflight)
+            self._inflight = None
             if outcome == "retry":
                 self.stats["retries"] += 1
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
                 continue
             backoff = 0.5
-            self.stats["dropped"] -= gone  # written (or counted as rejected) after all
-            for _ in range(n - gone):
-                self._buffer.popleft()
+            self._settle(n, self._inflight_dropped)
+
+    def _settle(self, n: int, dropped_before: int) -> None:
+        """A batch of the ``n`` oldest lines was written (or refused): it leaves the buffer. accept() drops
+        the oldest lines when full, which are this batch's first: those are gone already, and were not
+        lost after all."""
+        gone = min(n, self.stats["dropped"] - dropped_before)
+        self.stats["dropped"] -= gone
+        for _ in range(n - gone):
+            self._buffer.popleft()
 
     def _post(self, batch: list[str]) -> str:
         """One write; "ok", "rejected" (do not retry) or "retry". Runs in a worker thread."""

@@ -8,8 +8,10 @@ folded for all machines together once per tick, then KPIs are published.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
+import os
 import threading
 import time
 
@@ -24,7 +26,7 @@ from contract.tasks import cancel_and_wait
 from . import checkpoint, oee, storage
 from .config import SiteConfig
 from .oee import plain
-from .engine import KpiEngine, group_snapshot, state_name
+from .engine import KpiEngine, state_name
 
 log = logging.getLogger("fieldlab.gateway")
 
@@ -59,12 +61,15 @@ class Gateway:
         self._kpis_stored_at = -float("inf")
         # stable per site: the broker keeps this gateway's session (its subscriptions and the QoS 1 messages
         # that arrive while it restarts or reconnects) and hands them over when it is back
-        self.client_id = client_id or "fieldlab-gateway-" + "_".join(
-            s.replace("/+", "").replace("+", "all").replace("/", ".") for s in self.scope)
+        if client_id is None and scope:  # unambiguous for any set of patterns (names may contain dots)
+            client_id = "fieldlab-gateway-" + hashlib.sha1("|".join(sorted(self.scope)).encode()).hexdigest()[:12]
+        self.client_id = client_id or f"fieldlab-gateway-{'all' if site == '+' else site}"
         # restart safety (gateway/checkpoint.py): the engine's state on disk every checkpoint_s and at stop
         self.checkpoint_path = checkpoint.path_for(state_dir, self.client_id) if state_dir else None
         self.checkpoint_s, self._checkpointed_at = checkpoint_s, time.monotonic()
         self._checkpoint_lock, self._checkpoint_seq, self._checkpoint_written = threading.Lock(), 0, 0
+        self._journal_fd: int | None = None  # accepted messages since the last checkpoint, for a crash
+        self._journal_seq = 0
         self.engine = KpiEngine(config)
         self.machines: list[MachineRef] = []
         self._index: dict[MachineRef, int] = {}
@@ -91,7 +96,7 @@ class Gateway:
             log.exception("failed to ingest topic=%s", msg.topic)
             self._dead_letter(msg.topic, msg.payload, f"internal error: {type(e).__name__}: {e}")
 
-    def _ingest(self, topic: str, payload: bytes) -> None:
+    def _ingest(self, topic: str, payload: bytes, journal: bool = True) -> None:
         ref, kind = parse_topic(topic)
         if kind not in INGEST_KINDS:
             return
@@ -103,6 +108,8 @@ class Gateway:
                 m = self._index[ref] = self.engine.add_machine()
                 self.machines.append(ref)
                 log.info("new machine machine=%s", ref.path)
+            if journal and self._journal_fd is not None:  # on disk before it counts (gateway/checkpoint.py)
+                os.write(self._journal_fd, checkpoint.record(topic, payload))
             if self.sinks:
                 self._to_store.append((ref, kind, item))
             if kind is Kind.STATUS:
@@ -138,23 +145,51 @@ class Gateway:
         log.info("gateway up broker=%s", self.broker)
 
     def restore(self) -> bool:
-        """Load this gateway's checkpoint, if there is a usable one (a bad one is moved aside, with a warning)."""
+        """Load this gateway's checkpoint, if there is a usable one (a bad one is moved aside, with a warning),
+        then replay the journals of what was accepted after it, and open a new journal."""
         if not self.checkpoint_path:
             return False
+        restored = False
         with self._lock:
             got = checkpoint.load(self.checkpoint_path, self.engine)
-            if got is None:
-                return False
-            self.machines, self.status = got
-            self._index = {ref: i for i, ref in enumerate(self.machines)}
-        log.info("restored checkpoint path=%s machines=%d", self.checkpoint_path, len(self.machines))
-        return True
+            if got is not None:
+                self.machines, self.status = got
+                self._index = {ref: i for i, ref in enumerate(self.machines)}
+                restored = True
+        done = checkpoint.covered(self.checkpoint_path) if restored else 0
+        found = checkpoint.journals(self.checkpoint_path)
+        replayed = 0
+        for n, path in found:
+            if n > done:
+                for topic, payload in checkpoint.replay(path):
+                    try:
+                        self._ingest(topic, payload, journal=False)
+                        replayed += 1
+                    except Exception as e:  # it was accepted once; if it no longer is, say so and go on
+                        log.warning("journal record not replayed topic=%s error=%s", topic, e)
+        self._journal_seq = max([done] + [n for n, _ in found]) + 1
+        self._open_journal()
+        if restored or replayed:
+            log.info("restored checkpoint path=%s machines=%d replayed=%d", self.checkpoint_path,
+                     len(self.machines), replayed)
+        return restored
+
+    def _open_journal(self) -> None:
+        path = checkpoint.journal_path(self.checkpoint_path, self._journal_seq)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._journal_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
     def _capture(self) -> tuple[int, dict, dict]:
         with self._lock:
             self._checkpointed_at = time.monotonic()
             self._checkpoint_seq += 1
-            return (self._checkpoint_seq, *checkpoint.capture(self.engine, self.machines, self.status))
+            arrays, doc = checkpoint.capture(self.engine, self.machines, self.status)
+            if self._journal_fd is not None:  # from here on, messages go to the next journal
+                doc["journal"] = self._journal_seq
+                os.close(self._journal_fd)
+                self._journal_seq += 1
+                self._open_journal()
+            return self._checkpoint_seq, arrays, doc
 
     def checkpoint(self, captured: tuple[int, dict, dict] | None = None) -> None:
         """Write the state (captured now, or by ``_capture``) to the checkpoint file; a newer one is never
@@ -168,6 +203,10 @@ class Gateway:
                 self._checkpoint_written = seq
             except OSError as e:
                 log.warning("checkpoint not written path=%s error=%s", self.checkpoint_path, e)
+                return
+            for n, path in checkpoint.journals(self.checkpoint_path):  # now covered by the checkpoint
+                if n <= doc.get("journal", 0):
+                    path.unlink(missing_ok=True)
 
     async def _loop(self) -> None:
         while True:
@@ -192,10 +231,11 @@ class Gateway:
             status = dict(self.status)
             to_store, self._to_store = self._to_store, []
             now = self.engine.now_ts[: len(machines)].copy()
-        # lines: their machines' window totals summed (vectorised over a machine -> line index), then derived
-        group = self.lines.update(machines)
-        line_refs, line_names = list(self.lines.refs), [list(n) for n in self.lines.names]
-        line_snap = group_snapshot(snap, group, len(line_refs), self.engine.conv)
+            # lines: each line's windows end at its latest machine's time; its machines' totals in those
+            # windows are summed (vectorised over a machine -> line index), then derived
+            group = self.lines.update(machines)
+            line_refs, line_names = list(self.lines.refs), [list(n) for n in self.lines.names]
+            line_snap = self.engine.line_snapshot(group, len(line_refs))
         if self.sinks:
             self._store(to_store, machines, snap, now, line_refs, line_snap)
         self._pending = [i for i in self._pending if not i.is_published()]
@@ -234,14 +274,14 @@ class Gateway:
             {"start": float(x), "end": float(y), "category": oee.CATEGORIES[int(k)], "reason": int(z)}
             for x, y, k, z in zip(s, e, c, r)]}
 
-    def _store(self, items: list, machines: list[MachineRef], snap: dict, now,
+    def _store(self, items: list, machines: list[MachineRef] | None = None, snap: dict | None = None, now=None,
                line_refs: list[LineRef] | None = None, line_snap: dict | None = None) -> None:
-        """Hand the new data (and, every store_kpis_s, the KPIs) to the sinks as line protocol."""
+        """Hand the new data (and, with a snapshot, every store_kpis_s the KPIs) to the sinks as line protocol."""
         out = []
         for ref, kind, item in items:
             out += storage.batch_lines(ref, kind, item)
         wall = time.monotonic()
-        if wall - self._kpis_stored_at >= self.store_kpis_s or self._task is None:
+        if snap is not None and (wall - self._kpis_stored_at >= self.store_kpis_s or self._task is None):
             self._kpis_stored_at = wall
             out += storage.kpi_lines(machines, snap, now, line_refs, line_snap)
         for sink in self.sinks:
@@ -275,8 +315,15 @@ class Gateway:
         self._client.disconnect()
         self._client.loop_stop()
         self._client = None
+        if self.sinks:  # what came in after the last tick still goes to storage
+            with self._lock:
+                rest, self._to_store = self._to_store, []
+            self._store(rest)
         if self.checkpoint_path:  # after the last message came in: it holds everything acknowledged
             self.checkpoint(self._capture())
+        if self._journal_fd is not None:
+            os.close(self._journal_fd)
+            self._journal_fd = None
         for sink in self.sinks:
             await sink.stop()
 

@@ -413,10 +413,14 @@ class Machine:
             self._burst = (p["count"], p["seconds"], entry)
             self._burst_jam(events)
         elif fault == "slow":
+            if "slow" in self._expiry:  # a new slow-down replaces the running one: that one ends now
+                self._expiry["slow"][1]["until"] = now
             self._set_slow(p["factor"])
             self._expiry["slow"] = (now + p["minutes"] * 60, entry)
             entry["until"] = self._expiry["slow"][0]
         elif fault == "quality":
+            if "quality" in self._expiry:  # replaces the running quality problem, which ends now
+                self._expiry["quality"][1]["until"] = now
             self._end_quality()
             self._reject_override = p.get("reject_rate")
             self._excursion = p.get("temp_c", 0.0)

@@ -193,3 +193,21 @@ async def test_dashboard_in_headless_chromium(served, tmp_path):
                                                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
     await asyncio.wait_for(proc.wait(), 60)
     assert shot.stat().st_size > 10_000
+
+
+async def test_oversized_or_slow_requests_do_not_hurt_the_gateway(served):
+    gw, http, press, _ = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", http.port)
+    writer.write(b"GET /" + b"x" * 70_000 + b" HTTP/1.1\r\n\r\n")  # a request line over the 64 KiB limit
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 5)
+    assert answer.startswith(b"HTTP/1.1 431")
+    writer.close()
+    slow_r, slow_w = await asyncio.open_connection("127.0.0.1", http.port)
+    slow_w.write(b"GET /api/machines HTTP/1.1\r\n")  # and then nothing more: it is closed, not served forever
+    await slow_w.drain()
+    assert (await get(http, "/healthz"))[0] == 200  # others are served meanwhile
+    stopping = asyncio.create_task(http.stop())  # stopping does not wait for the dawdler
+    await asyncio.wait_for(stopping, 5)
+    assert await asyncio.wait_for(slow_r.read(), 5) == b""
+    slow_w.close()

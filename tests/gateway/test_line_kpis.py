@@ -216,3 +216,22 @@ async def test_line_kpis_published_retained_and_stored(mosquitto, site, publishe
     assert len({ln.split(" ")[0] for ln in stored}) == 2 * 5
     assert any(ln.startswith(f"line_kpi,area=hall,line=line-1,site={site},window=since_start ")
                and "machines=2i" in ln for ln in stored)
+
+
+def test_line_windows_end_at_the_lines_latest_time_not_each_machines():
+    """A machine that went quiet two days ago adds nothing to its line's last hour (its own last hour is old)."""
+    e = KpiEngine()
+    a, b = e.add_machine(), e.add_machine()
+    t = 1_800_000_000.0
+    e.add_state(a, decode(Kind.STATE, encode_state([t], [4])))
+    e.add_counts(a, decode(Kind.COUNTS, encode_counts([t, t + 3600], [0, 500], [0, 0], "p", 7.0)))
+    later = t + 2 * 86400
+    e.add_state(b, decode(Kind.STATE, encode_state([later], [4])))
+    e.add_counts(b, decode(Kind.COUNTS, encode_counts([later, later + 3600], [0, 10], [0, 0], "p", 7.0)))
+    e.fold()
+    machines = e.snapshot()
+    assert machines["last_1h"]["good"].tolist() == [500, 10]  # each machine's own last hour
+    line = e.line_snapshot(np.array([0, 0]), 1)
+    assert line["last_1h"]["good"].tolist() == [10]
+    assert line["last_1h"]["end"].tolist() == [later + 3600]
+    assert line["since_start"]["good"].tolist() == [510]

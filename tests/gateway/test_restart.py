@@ -151,6 +151,44 @@ def test_killed_gateway_continues_its_kpis_without_counting_twice(durable_broker
     assert kpi["status"] == "online"
 
 
+def test_what_came_after_the_last_checkpoint_is_not_lost(durable_broker, tmp_path):
+    """Killed between two checkpoints: the messages it had acknowledged since are replayed from its journal."""
+    site = f"t{uuid.uuid4().hex[:8]}"
+    ref = MachineRef(site, "a", "l", "m1")
+    cmd = [sys.executable, "-m", "fieldlab", "gateway", "--broker", f"mqtt://127.0.0.1:{durable_broker.port}",
+           "--site", site, "--state-dir", str(tmp_path / "state"), "--http-port", str(free_port()),
+           "--checkpoint-every", "3600"]  # no checkpoint before the kill
+    pub = publisher(durable_broker.port)
+    gw = None
+    try:
+        gw, out = start_gateway(cmd)
+        publish(pub, ref.topic(Kind.STATE), encode_state([T0, T0 + 100, T0 + 300], [EXECUTE, HELD, EXECUTE]))
+        publish(pub, ref.topic(Kind.COUNTS), encode_counts([T0, T0 + 350], [0, 50], [0, 5], "p", 2.0))
+        deadline = time.monotonic() + 10  # it has them (and told the broker so) once its KPIs show them
+        while time.monotonic() < deadline and (retained_kpi(durable_broker.port, ref.topic(Kind.KPI), 0.3)
+                                               or {}).get("good") != 50:
+            pass
+        gw.send_signal(signal.SIGKILL)
+        gw.wait(5)
+        publish(pub, ref.topic(Kind.COUNTS), encode_counts([T0 + 400], [70], [5], "p", 2.0))
+        gw, out = start_gateway(cmd)
+        assert "replayed=2" in "".join(out)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (retained_kpi(durable_broker.port, ref.topic(Kind.KPI), 0.3)
+                                               or {}).get("good") != 70:
+            pass
+        terminate(gw)
+        assert gw.returncode == 0, "".join(out)
+    finally:
+        terminate(gw)
+        pub.disconnect()
+        pub.loop_stop()
+    kpi = retained_kpi(durable_broker.port, ref.topic(Kind.KPI))
+    # the state changes from before the kill are there: run 0..100 and 300..400, held (a breakdown) 100..300
+    assert (kpi["good"], kpi["reject"], kpi["run_s"], kpi["breakdown_s"]) == (70, 5, 200.0, 200.0)
+    assert kpi["window"]["start"] == T0
+
+
 def engine_with_data(config):
     e = KpiEngine(config)
     a, b = e.add_machine(), e.add_machine()

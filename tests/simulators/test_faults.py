@@ -261,3 +261,13 @@ def test_cli_refuses_options_that_do_not_fit_the_fault(capsys):
     assert "--count does not apply to breakdown" in capsys.readouterr().err
     assert main(["sim", "inject", "cnc-01", "quality", "--minutes", "5", "--opcua", "opc.tcp://127.0.0.1:1/"]) == 2
     assert "give either reject_rate" in capsys.readouterr().err
+
+
+def test_a_second_slow_down_ends_the_first_in_the_ledger():
+    m = Machine(DEMO_MACHINES[0], T0, seed=1)
+    first = m.inject("slow", T0 + 60, factor=0.5, minutes=30)
+    m.advance(T0 + 120)
+    second = m.inject("slow", T0 + 600, factor=0.8, minutes=10)
+    m.advance(T0 + 3600)
+    assert first["until"] == pytest.approx(T0 + 600, abs=1e-6)  # replaced, not running on for 30 minutes
+    assert second["until"] == pytest.approx(T0 + 1200, abs=1e-6)
