@@ -42,6 +42,10 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+def _labels(ref) -> str:
+    return ",".join(f'{k}="{_label(getattr(ref, k))}"' for k in ("site", "area", "line", "machine"))
+
+
 def render_metrics(gateway) -> str:
     """Prometheus text exposition format of the gateway's counters and its machines' KPIs."""
     lines = []
@@ -52,6 +56,11 @@ def render_metrics(gateway) -> str:
               "# TYPE fieldlab_gateway_machines gauge", f"fieldlab_gateway_machines {len(gateway.machines)}",
               "# HELP fieldlab_gateway_tick_seconds Duration of the last KPI computation for all machines.",
               "# TYPE fieldlab_gateway_tick_seconds gauge", f"fieldlab_gateway_tick_seconds {gateway.tick_seconds:.6f}"]
+    last = getattr(gateway, "last_message_at", None)
+    if last is not None:  # lag: time() - this, in PromQL
+        lines += ["# HELP fieldlab_gateway_last_message_timestamp_seconds When the gateway last accepted a message "
+                  "(Unix time, its own clock).", "# TYPE fieldlab_gateway_last_message_timestamp_seconds gauge",
+                  f"fieldlab_gateway_last_message_timestamp_seconds {last:.3f}"]
     sinks = getattr(gateway, "sinks", [])
     for name, kind, help_ in SINK_METRICS:
         lines += [f"# HELP fieldlab_sink_{name} {help_}", f"# TYPE fieldlab_sink_{name} {kind}"]
@@ -59,6 +68,12 @@ def render_metrics(gateway) -> str:
             value = sink.backlog if name == "backlog_lines" else sink.stats[name.removesuffix("_total")]
             lines.append(f'fieldlab_sink_{name}{{sink="{_label(str(sink))}"}} {value}')
     rows = gateway.rows
+    lines += ["# HELP fieldlab_machine_data_timestamp_seconds The machine's latest data (Unix time, the machine's "
+              "clock): time() minus it is how far behind the machine's data is.",
+              "# TYPE fieldlab_machine_data_timestamp_seconds gauge"]
+    for r in rows:
+        if r.get("ts") is not None:
+            lines.append(f"fieldlab_machine_data_timestamp_seconds{{{_labels(r['machine'])}}} {r['ts']:.3f}")
     for kpi in MACHINE_GAUGES:
         lines += [f"# HELP fieldlab_machine_{kpi} {kpi.capitalize()} since the gateway started (fraction; "
                   "absent while undefined).", f"# TYPE fieldlab_machine_{kpi} gauge"]
@@ -66,9 +81,7 @@ def render_metrics(gateway) -> str:
             v = plain(r.get(kpi))
             if v is None:
                 continue
-            ref = r["machine"]
-            labels = ",".join(f'{k}="{_label(getattr(ref, k))}"' for k in ("site", "area", "line", "machine"))
-            lines.append(f"fieldlab_machine_{kpi}{{{labels}}} {v:.6g}")
+            lines.append(f"fieldlab_machine_{kpi}{{{_labels(r['machine'])}}} {v:.6g}")
     return "\n".join(lines) + "\n"
 
 

@@ -76,6 +76,7 @@ class Gateway:
         self.status: dict[int, str] = {}
         self.stats = {"messages": 0, "samples": 0, "dead_letters": 0, "kpi_published": 0}
         self.last_error: str | None = None
+        self.last_message_at: float | None = None
         self.rows: list[dict] = []
         self.lines = LineIndex()  # machine -> line, for the line KPIs (docs/contract.md, kpi of a line)
         self.line_rows: list[dict] = []
@@ -103,6 +104,7 @@ class Gateway:
         item = decode(kind, payload)
         with self._lock:
             self.stats["messages"] += 1
+            self.last_message_at = time.time()  # wall clock: /metrics shows how long ago data came
             m = self._index.get(ref)
             if m is None:
                 m = self._index[ref] = self.engine.add_machine()

@@ -1,5 +1,6 @@
 """/metrics and /healthz over real HTTP, with the gateway reading a real Mosquitto."""
 import asyncio
+import time
 import urllib.error
 import urllib.request
 
@@ -50,6 +51,9 @@ async def test_metrics_show_counters_and_machine_kpis(mosquitto, site):
         labels = f'site="{site}",area="hall",line="line-1",machine="press-7"'
         assert f"fieldlab_machine_oee{{{labels}}} 0.54" in lines
         assert f"fieldlab_machine_availability{{{labels}}} 0.6" in lines
+        assert f"fieldlab_machine_data_timestamp_seconds{{{labels}}} 500.000" in lines  # the machine's own clock
+        last = next(float(x.split()[1]) for x in lines if x.startswith("fieldlab_gateway_last_message_timestamp"))
+        assert abs(time.time() - last) < 30
         assert all(ln.startswith("#") or " " in ln for ln in lines)  # every sample line has a value
         assert await asyncio.to_thread(get, f"{http.url}/healthz") == (200, "text/plain; charset=utf-8", "ok\n")
         assert (await asyncio.to_thread(get, f"{http.url}/nope"))[0] == 404

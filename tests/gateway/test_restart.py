@@ -73,6 +73,17 @@ def start_gateway(cmd) -> tuple[subprocess.Popen, list[str]]:
     return proc, out
 
 
+def stop_cleanly(gw, out) -> None:
+    terminate(gw)  # SIGTERM: a clean stop publishes the final KPIs
+    assert gw.returncode == 0, "".join(out)
+
+
+def close(gw, pub) -> None:
+    terminate(gw)
+    pub.disconnect()
+    pub.loop_stop()
+
+
 def saved_totals(path: Path) -> tuple[int, int] | None:
     """good, reject of machine 0 in the checkpoint on disk (None while there is none)."""
     try:
@@ -137,12 +148,9 @@ def test_killed_gateway_continues_its_kpis_without_counting_twice(durable_broker
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and saved_totals(ckpt) != (120, 4):
             time.sleep(0.05)
-        terminate(gw)  # a clean stop publishes the final KPIs
-        assert gw.returncode == 0, "".join(out)
+        stop_cleanly(gw, out)
     finally:
-        terminate(gw)
-        pub.disconnect()
-        pub.loop_stop()
+        close(gw, pub)
     kpi = retained_kpi(durable_broker.port, ref.topic(Kind.KPI))
     assert kpi is not None
     # every part once; run: 0..150, 180..350, 380..400
@@ -177,12 +185,9 @@ def test_what_came_after_the_last_checkpoint_is_not_lost(durable_broker, tmp_pat
         while time.monotonic() < deadline and (retained_kpi(durable_broker.port, ref.topic(Kind.KPI), 0.3)
                                                or {}).get("good") != 70:
             pass
-        terminate(gw)
-        assert gw.returncode == 0, "".join(out)
+        stop_cleanly(gw, out)
     finally:
-        terminate(gw)
-        pub.disconnect()
-        pub.loop_stop()
+        close(gw, pub)
     kpi = retained_kpi(durable_broker.port, ref.topic(Kind.KPI))
     # the state changes from before the kill are there: run 0..100 and 300..400, held (a breakdown) 100..300
     assert (kpi["good"], kpi["reject"], kpi["run_s"], kpi["breakdown_s"]) == (70, 5, 200.0, 200.0)
