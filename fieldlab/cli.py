@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--http-port", type=_port, default=8080, metavar="PORT",
                    help="port of the gateway's live dashboard, REST API, /metrics and /healthz on 127.0.0.1 "
                         "(default 8080)")
+    d.add_argument("--scenario", metavar="NAME-or-FILE", help="run a course scenario: its machines, seed and "
+                   "scripted faults; stops at its end unless --duration (fieldlab sim --list-scenarios)")
     d.add_argument("--ledger", metavar="FILE", help="at the end, write what the simulated machines really "
                    "did (time per state, good and reject parts) to this JSON file, to check the OEE by hand")
 
@@ -151,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "agent reading Modbus, keep --speed 1")
     s.add_argument("--seed", type=int, default=1, help="same seed, same production run (default 1)")
     s.add_argument("--ledger", metavar="FILE", help="write what the machines really did to this JSON file at the end")
+    s.add_argument("--scenario", metavar="NAME-or-FILE", help="run a course scenario (YAML): its machines, seed and "
+                   "scripted faults instead of --machines and --seed; stops at its end unless --duration")
+    s.add_argument("--list-scenarios", action="store_true", help="list the shipped scenarios and stop")
     s.add_argument("--broker", metavar="URL", help="take fault commands from this MQTT broker, e.g. "
                    "mqtt://localhost:1883, on fieldlab/v1/SITE/AREA/LINE/<machine>/cmd")
     _add_levels(s, "with --broker: {level} name in the command topics")
@@ -408,8 +413,16 @@ async def _sim(a) -> int:
         return await _inject(a)
     from simulators.opcua import SimClock, Simulation
 
+    from simulators import scenario as scenarios
+
     from .demo import demo_machines
 
+    if a.list_scenarios:
+        for name in scenarios.available():
+            s = scenarios.load(name)
+            print(f"{name:32} {scenarios.format_time(s.duration_s):>7}  {s.description.splitlines()[0]}")
+        return 0
+    scen = scenarios.load(a.scenario) if a.scenario else None
     url = None
     if a.broker:
         from contract import MachineRef
@@ -418,8 +431,11 @@ async def _sim(a) -> int:
         url = BrokerUrl.parse(a.broker)
         MachineRef(a.site, a.area, a.line, "m")  # check the names before anything starts
     clock = SimClock(time.time(), a.speed)
-    sim = Simulation(demo_machines(a.machines, clock.t0, a.seed), clock, host=a.host, base_port=a.opcua_port,
-                     modbus_base_port=a.modbus_port)
+    machines = scen.machines(clock.t0) if scen else demo_machines(a.machines, clock.t0, a.seed)
+    duration = a.duration if a.duration is not None or not scen else scen.duration_s / a.speed
+    if scen:
+        print(scenarios.describe(scen), flush=True)
+    sim = Simulation(machines, clock, host=a.host, base_port=a.opcua_port, modbus_base_port=a.modbus_port)
     await sim.start()
     try:
         for name, ep in sim.endpoints.items():
@@ -429,12 +445,14 @@ async def _sim(a) -> int:
             await sim.listen(url, a.site, a.area, a.line)
             print(f"fault commands: fieldlab/v1/{a.site}/{a.area}/{a.line}/<machine>/cmd on {url}", flush=True)
         sim.run()
-        await _wait_for_stop(a.duration)
+        await _wait_for_stop(duration)
         await sim.freeze()
         ledgers = sim.ledgers()
         for name, led in ledgers.items():
             print(f"{name}: good {led['good']}, reject {led['reject']}, run {led['run_s'] / 60:.1f} of "
                   f"{led['elapsed_s'] / 60:.1f} min, {led['breakdowns']} breakdowns")
+        if scen:
+            print(scenarios.describe_expected(scen))
         if a.ledger:
             with open(a.ledger, "w") as f:
                 json.dump(ledgers, f, indent=2)
@@ -640,7 +658,8 @@ async def _demo(a) -> int:
 
     return await Demo(machines=a.machines, speed=a.speed, duration=a.duration, broker=a.broker,
                       broker_impl=a.broker_impl, mqtt_port=a.mqtt_port, opcua_port=a.opcua_port,
-                      seed=a.seed, ledger=a.ledger, config=site_config(a.config), http_port=a.http_port).run()
+                      seed=a.seed, ledger=a.ledger, config=site_config(a.config), http_port=a.http_port,
+                      scenario=a.scenario).run()
 
 
 EXIT_CONFIG = 78  # EX_CONFIG of sysexits.h: configuration error

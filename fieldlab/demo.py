@@ -46,8 +46,16 @@ class Demo:
     def __init__(self, machines: int = 3, speed: float = 60.0, duration: float | None = None,
                  broker: str | None = None, broker_impl: str = "auto", mqtt_port: int = 1883,
                  opcua_port: int = 4840, seed: int = 1, ledger: str | None = None, out=sys.stdout,
-                 config=None, http_port: int = 8080):
+                 config=None, http_port: int = 8080, scenario: str | None = None):
         self.n, self.speed, self.duration, self.seed = machines, speed, duration, seed
+        self.scenario = None
+        if scenario:  # a course scenario: its machines, seed and scripted faults; by default stop at its end
+            from simulators import scenario as scenarios
+
+            self.scenario = scenarios.load(scenario)
+            self.n = len(self.scenario.specs)
+            if duration is None:
+                self.duration = self.scenario.duration_s / speed
         self.broker_arg, self.broker_impl, self.mqtt_port, self.opcua_port = broker, broker_impl, mqtt_port, opcua_port
         self.ledger_path = ledger
         self.config = config
@@ -73,7 +81,9 @@ class Demo:
         sim = gateway = http = None
         agents: list[EdgeAgent] = []
         try:
-            sim = Simulation(demo_machines(self.n, clock.t0, self.seed), clock, base_port=self.opcua_port)
+            machines = (self.scenario.machines(clock.t0) if self.scenario
+                        else demo_machines(self.n, clock.t0, self.seed))
+            sim = Simulation(machines, clock, base_port=self.opcua_port)
             await sim.start()
             gateway = Gateway(url, site=SITE, client_id=f"fieldlab-gateway-{self.opcua_port}", config=self.config)
             await gateway.start()
@@ -96,6 +106,10 @@ class Demo:
             await gateway.drain()
             await gateway.stop()
             self._print_table(gateway, clock, final=True, t=t_end)
+            if self.scenario:
+                from simulators.scenario import describe_expected
+
+                print(describe_expected(self.scenario), file=self.out, flush=True)
             if self.ledger_path:
                 Path(self.ledger_path).write_text(json.dumps(
                     {f"{SITE}/{AREA}/{LINE}/{k}": v for k, v in sim.ledgers().items()}, indent=2))
@@ -116,6 +130,10 @@ class Demo:
     def _print_intro(self, url, broker, sim, http) -> None:
         kind = "" if broker is None else f" (private {type(broker).__name__.replace('Private', '').replace('Embedded', '')})"
         lines = [f"fieldlab demo: {self.n} machines at {self.speed:g}x speed; MQTT broker {url}{kind}"]
+        if self.scenario:
+            from simulators.scenario import describe
+
+            lines.append(describe(self.scenario))
         lines += [f"  OPC UA {name}: {ep}" for name, ep in sim.endpoints.items()]
         lines.append(f"  KPIs on MQTT: mosquitto_sub -h {url.host} -p {url.port} -t 'fieldlab/v1/{SITE}/+/+/+/kpi' -v")
         lines.append(f"  Live dashboard: {http.url}/   (REST API: {http.url}/api/openapi.json)")
