@@ -5,13 +5,12 @@ folded hour by hour as the live gateway does, with the site convention that reas
 (docs/examples/site.yaml); the ledger's stops, classified by the documented rules (docs/oee.md),
 give every expected number.
 """
-import numpy as np
 import pytest
 
-from contract import CountsBatch, StateBatch
 from gateway import oee
 from gateway.config import SiteConfig
 from gateway.engine import KpiEngine
+from tests.helpers import advance_machines, start_machines
 from simulators.machine import DEMO_MACHINES, EXECUTE, REASON_CHANGEOVER, Machine
 
 T0 = 1_800_000_000.0
@@ -21,23 +20,9 @@ HOURS = 72
 def feed(conventions: oee.Conventions):
     engine = KpiEngine(SiteConfig(conventions=conventions))
     machines = [Machine(spec, T0, seed=40 + i) for i, spec in enumerate(DEMO_MACHINES)]
-    ids = [engine.add_machine() for _ in machines]
-    for i, m in zip(ids, machines):
-        engine.add_state(i, StateBatch(np.array([T0]), np.array([m.state]), np.array([m.reason])))
-        engine.add_counts(i, CountsBatch(np.array([T0]), np.array([0]), np.array([0]), m.spec.product,
-                                         m.spec.ideal_cycle_s))
+    ids = start_machines(engine, machines, T0)
     for h in range(1, HOURS + 1):
-        t = T0 + 3600.0 * h
-        for i, m in zip(ids, machines):
-            events = m.advance(t)
-            st = [e for e in events if e[0] == "state"]
-            if st:
-                engine.add_state(i, StateBatch(np.array([e[1] for e in st]), np.array([e[2] for e in st]),
-                                               np.array([e[3] for e in st])))
-            # the counters as of t (an unchanged sample tells the engine the machine's "now")
-            c = [e for e in events if e[0] == "count"] + [("count", t, m.good, m.reject)]
-            engine.add_counts(i, CountsBatch(np.array([e[1] for e in c]), np.array([e[2] for e in c]),
-                                             np.array([e[3] for e in c]), m.spec.product, m.spec.ideal_cycle_s))
+        advance_machines(engine, ids, machines, T0 + 3600.0 * h)
         engine.fold()
     return engine.snapshot()["since_start"], [m.ledger_now().to_dict() for m in machines]
 

@@ -11,8 +11,8 @@ import socket
 import numpy as np
 import pytest
 
-from contract import CountsBatch, StateBatch
-from contract.yamlfile import ConfigError, YamlFile
+from contract.yamlfile import ConfigError
+from tests.helpers import advance_machines, start_machines
 from gateway.config import SiteConfig
 from gateway.engine import KpiEngine
 from simulators import scenario as sc
@@ -26,23 +26,11 @@ def engine_kpis(s: sc.Scenario, t0: float = T0, step_s: float = 3600.0) -> dict:
     configuration, as `fieldlab demo` without --config); KPIs since the start per machine and for the line."""
     engine = KpiEngine(SiteConfig())
     machines = s.machines(t0)
-    ids = [engine.add_machine() for _ in machines]
-    for i, m in zip(ids, machines):
-        engine.add_state(i, StateBatch(np.array([t0]), np.array([m.state]), np.array([m.reason])))
-        engine.add_counts(i, CountsBatch(np.array([t0]), np.array([0]), np.array([0]), m.spec.product,
-                                         m.spec.ideal_cycle_s))
+    ids = start_machines(engine, machines, t0)
     end, t = t0 + s.duration_s, t0
     while t < end:
         t = min(end, t + step_s)
-        for i, m in zip(ids, machines):
-            events = m.advance(t)
-            st = [e for e in events if e[0] == "state"]
-            if st:
-                engine.add_state(i, StateBatch(np.array([e[1] for e in st]), np.array([e[2] for e in st]),
-                                               np.array([e[3] for e in st])))
-            c = [e for e in events if e[0] == "count"] + [("count", t, m.good, m.reject)]
-            engine.add_counts(i, CountsBatch(np.array([e[1] for e in c]), np.array([e[2] for e in c]),
-                                             np.array([e[3] for e in c]), m.spec.product, m.spec.ideal_cycle_s))
+        advance_machines(engine, ids, machines, t)
         engine.fold()
     k = engine.snapshot()["since_start"]
     line = engine.line_snapshot(np.zeros(len(machines), np.int64), 1)["since_start"]
