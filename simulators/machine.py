@@ -224,6 +224,13 @@ class Machine:
             self._retarget()
         events.append(("state", self.clock, new, reason))
 
+    def _hold_or_suspend(self, state: int, seconds: float, reason: int, events: list,
+                         fault: dict | None = None) -> None:
+        """Execute -> Holding -> Held (or Suspending -> Suspended) for ``seconds`` -> back to Execute."""
+        a = self.spec.acting_s
+        go, back = (HOLD, UNHOLD) if state == HELD else (SUSPEND, UNSUSPEND)
+        self._begin_stop([(go, a), (SC, seconds), (back, a), (SC, None)], state, reason, events, fault)
+
     def _begin_stop(self, steps: list, main: int, reason: int, events: list, fault: dict | None = None) -> None:
         """Leave Execute along ``steps`` [(command, dwell in the state it leads to)], ending in Execute."""
         now = self.clock
@@ -289,24 +296,21 @@ class Machine:
         self.ledger.breakdowns += 1
         held = self._rng.expovariate(1.0 / s.mttr_s) if s.mttr_s > 0 else 0.0
         self._due["breakdown"] = self.clock + self._draw(s.mtbf_s)
-        self._begin_stop([(HOLD, s.acting_s), (SC, held), (UNHOLD, s.acting_s), (SC, None)],
-                         HELD, REASON_BREAKDOWN, events)
+        self._hold_or_suspend(HELD, held, REASON_BREAKDOWN, events)
 
     def _micro_stop(self, events: list) -> None:
         s = self.spec
         self.ledger.micro_stops += 1
         total = self._rng.uniform(*s.micro_stop_s)
         self._due["micro"] = self.clock + self._draw(s.mtbms_s)
-        self._begin_stop([(HOLD, s.acting_s), (SC, total - 2 * s.acting_s), (UNHOLD, s.acting_s), (SC, None)],
-                         HELD, REASON_JAM, events)
+        self._hold_or_suspend(HELD, total - 2 * s.acting_s, REASON_JAM, events)
 
     def _shortage(self, events: list) -> None:
         s = self.spec
         self.ledger.shortages += 1
         waiting = self._rng.uniform(*s.shortage_s)
         self._due["shortage"] = self.clock + self._draw(s.mtbs_s)
-        self._begin_stop([(SUSPEND, s.acting_s), (SC, waiting), (UNSUSPEND, s.acting_s), (SC, None)],
-                         SUSPENDED, REASON_MATERIAL, events)
+        self._hold_or_suspend(SUSPENDED, waiting, REASON_MATERIAL, events)
 
     def _drift(self, events: list) -> None:
         s, rho = self.spec, 0.9  # AR(1): stationary standard deviation temp_drift_c
@@ -398,17 +402,15 @@ class Machine:
 
     def _apply_fault(self, events: list) -> None:
         _, _, entry = self._pending.pop(self._pending_index())
-        now, s, p = self.clock, self.spec, entry["params"]
+        now, p = self.clock, entry["params"]
         entry["applied"] = now
-        fault, a = entry["fault"], s.acting_s
+        fault = entry["fault"]
         if fault == "breakdown":
             self.ledger.breakdowns += 1
-            self._begin_stop([(HOLD, a), (SC, p["minutes"] * 60), (UNHOLD, a), (SC, None)],
-                             HELD, REASON_BREAKDOWN, events, entry)
+            self._hold_or_suspend(HELD, p["minutes"] * 60, REASON_BREAKDOWN, events, entry)
         elif fault == "material":
             self.ledger.shortages += 1
-            self._begin_stop([(SUSPEND, a), (SC, p["minutes"] * 60), (UNSUSPEND, a), (SC, None)],
-                             SUSPENDED, REASON_MATERIAL, events, entry)
+            self._hold_or_suspend(SUSPENDED, p["minutes"] * 60, REASON_MATERIAL, events, entry)
         elif fault == "microstops":
             self._burst = (p["count"], p["seconds"], entry)
             self._burst_jam(events)
@@ -437,7 +439,7 @@ class Machine:
         left -= 1
         self._burst = (left, seconds, entry) if left else None
         self._due["burst"] = self.clock + entry["params"]["every"] if left else INF
-        self._begin_stop([(HOLD, a), (SC, seconds - 2 * a), (UNHOLD, a), (SC, None)], HELD, REASON_JAM, events, entry)
+        self._hold_or_suspend(HELD, seconds - 2 * a, REASON_JAM, events, entry)
 
     def _set_slow(self, factor: float) -> None:
         """Change the speed; the part in progress finishes its rest at the new speed (exact, no draw)."""
