@@ -192,18 +192,45 @@ class PrivateMosquitto(ChildServer):
         extra = self.extra_conf if not self.extra_conf or self.extra_conf.endswith("\n") else self.extra_conf + "\n"
         conf.write_text(f"listener {self.port} 127.0.0.1\n{keep}{user}log_dest stderr\n"
                         f"log_type error\nlog_type warning\n{security}{extra}{tls_listener}")
-        self._log = open(self.dir / "mosquitto.log", "ab")
-        self.proc = subprocess.Popen([self.binary, "-c", str(conf)], stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
-        ports = [self.port] + ([self.tls_port] if self.tls else [])
-        deadline = time.monotonic() + timeout
-        if not all(wait_for_port("127.0.0.1", p, max(0.0, deadline - time.monotonic()), self.proc) for p in ports):
-            self.stop()
-            tail = (self.dir / "mosquitto.log").read_text(errors="replace")[-500:].strip()
-            where = f"port {self.port}" + (f" (TLS: {self.tls_port})" if self.tls else "")
-            raise ServiceError(f"mosquitto did not start on {where}: {tail or 'no output'}")
-        log.info("mosquitto up port=%d tls_port=%s pid=%d", self.port, self.tls_port, self.proc.pid)
+        _launch_mosquitto(self, self.binary, conf, [self.port] + ([self.tls_port] if self.tls else []),
+                          self.dir / "mosquitto.log", timeout)
         return self
+
+
+def _launch_mosquitto(server: ChildServer, binary: str, conf: Path, ports: list[int], log_file: Path,
+                      timeout: float) -> None:
+    """Start ``mosquitto -c conf`` as ``server.proc`` and wait until it listens on every port of ``ports``."""
+    server._log = open(log_file, "ab")
+    server.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=server._log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    if not all(wait_for_port("127.0.0.1", p, max(0.0, deadline - time.monotonic()), server.proc) for p in ports):
+        server.stop()
+        tail = log_file.read_text(errors="replace")[-500:].strip()
+        raise ServiceError(f"mosquitto -c {conf} did not start on port(s) {', '.join(map(str, ports))}: "
+                           f"{tail or 'no output'}")
+    log.info("mosquitto up ports=%s pid=%d", ports, server.proc.pid)
+
+
+class ConfiguredMosquitto(ChildServer):
+    """Mosquitto with a configuration file used as it is (one that ``fieldlab deploy`` wrote), whose
+    listeners are on 127.0.0.1 ``ports``; its output goes to ``log_file``."""
+
+    stop_timeout = 5.0
+
+    def __init__(self, conf: str | Path, ports: list[int], log_file: str | Path, binary: str | None = None):
+        self.conf, self.ports, self.log_file = Path(conf), list(ports), Path(log_file)
+        self.binary = binary or mosquitto_binary()
+        self.proc = None
+
+    def start(self, timeout: float = 10.0) -> "ConfiguredMosquitto":
+        if not self.binary:
+            raise ServiceError(f"no mosquitto binary found; {INSTALL_HINT}")
+        _launch_mosquitto(self, self.binary, self.conf, self.ports, self.log_file, timeout)
+        return self
+
+    def log_text(self) -> str:
+        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
 
 
 

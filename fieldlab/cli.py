@@ -228,7 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
             "for all machines together and publishes the KPIs as retained MQTT messages\n"
             "(fieldlab/v1/<site>/<area>/<line>/<machine>/kpi).\n\n"
             "example:\n  fieldlab gateway --broker mqtt://localhost:1883")
-    g.add_argument("--broker", required=True, metavar="URL", help="MQTT broker, e.g. mqtt://localhost:1883")
+    g.add_argument("--broker", required=True, metavar="URL", help="MQTT broker, e.g. mqtt://localhost:1883 or, "
+                   "with a user, mqtts://gateway@broker.local:8883")
+    _add_mqtt_login(g)
     g.add_argument("--site", default="+", help="only this site (default: all sites)")
     g.add_argument("--scope", action="append", metavar="SITE/AREA/LINE",
                    help="only these lines (+ for any level), e.g. --scope acme/hall-1/+ ; repeat for more. Run "
@@ -255,6 +257,34 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoint-every", type=_positive, default=10.0, metavar="SECONDS",
                    help="write the checkpoint this often (default 10; and always at a clean stop)")
     g.add_argument("--duration", type=_positive, default=None, metavar="SECONDS", help="stop after this many seconds")
+
+    dp = add("deploy", "make a secure MQTT broker set-up: one password and ACL per edge agent, TLS",
+             "Generate the files of a secure Mosquitto for a plant from a list of machines\n"
+             "(see deploy/plant.example.yaml): one MQTT user and random password per edge\n"
+             "agent, an ACL so that an agent may publish only its own machine's data, users\n"
+             "for the gateway, viewers and operators, mosquitto.conf without anonymous access,\n"
+             "and with --tls a CA and a server certificate. Run it again after changing the\n"
+             "plant file: existing passwords and certificates are kept.\n\n"
+             "The output directory holds secrets: keep it out of git (./secrets is ignored).\n\n"
+             "examples:\n"
+             "  fieldlab deploy deploy/plant.example.yaml --tls\n"
+             "  mosquitto -c secrets/mosquitto/mosquitto.conf          run the broker with it\n"
+             "  fieldlab deploy plant.yaml --layout compose --tls      for docker-compose.yml\n"
+             "  fieldlab deploy plant.yaml --rotate edge-cnc-01        a new password for one agent")
+    dp.add_argument("plant", metavar="PLANT.yaml", help="the site (its machines) or the central broker (its sites)")
+    dp.add_argument("--out", default="secrets", metavar="DIR", help="where to write (default ./secrets)")
+    dp.add_argument("--tls", action="store_true", help="add a TLS listener on 8883 with a CA and a server "
+                    "certificate for broker.hostnames (made with openssl)")
+    dp.add_argument("--layout", choices=("standalone", "compose"), default="standalone",
+                    help="standalone: mosquitto.conf names the files where they are; compose: where "
+                         "docker-compose.yml mounts them (/mosquitto/config) (default standalone)")
+    dp.add_argument("--plain-bind", metavar="ADDRESS", help="address of the unencrypted listener on 1883 (default "
+                    "0.0.0.0, with --tls 127.0.0.1; compose: 0.0.0.0 inside the stack's network)")
+    dp.add_argument("--rotate", action="append", default=[], metavar="USER", help="give this user a new password "
+                    "(repeat for more)")
+    dp.add_argument("--broker-user", metavar="USER", help="the user the broker runs as, who must read its files "
+                    "(default, when run as root: mosquitto, the user of Debian's package; with --layout compose "
+                    "1883, the container's)")
     return p
 
 
@@ -312,7 +342,9 @@ def _add_inject(sub) -> None:
                    help="quality: degC the temperature runs above its setpoint (rejects follow it)")
     how = i.add_mutually_exclusive_group(required=True)
     how.add_argument("--opcua", metavar="URL", help="the machine's OPC UA endpoint, e.g. opc.tcp://127.0.0.1:4840/fieldlab/")
-    how.add_argument("--broker", metavar="URL", help="MQTT broker, e.g. mqtt://localhost:1883")
+    how.add_argument("--broker", metavar="URL", help="MQTT broker, e.g. mqtt://localhost:1883 or, with a user, "
+                     "mqtt://trainer@broker.local:1883")
+    _add_mqtt_login(i)
     _add_levels(i, "with --broker: {level} name in the topic")
 
 
@@ -329,10 +361,10 @@ async def _inject(a) -> int:
     if a.opcua:
         print(await _inject_opcua(a.opcua, a.machine, fault, params), flush=True)
         return 0
-    from contract.mqtt import BrokerUrl, connect, wait_published
+    from contract.mqtt import connect, wait_published
 
     topic = MachineRef(a.site, a.area, a.line, a.machine).topic("cmd")
-    client = connect(BrokerUrl.parse(a.broker))
+    client = connect(_broker(a))
     try:
         if not wait_published([client.publish(topic, encode_command(fault, **params), qos=1)], 5.0):
             raise ServiceError(f"the MQTT broker at {a.broker} did not acknowledge the command")
@@ -557,7 +589,6 @@ async def _discover(a) -> int:
 
 
 async def _gateway(a) -> int:
-    from contract.mqtt import BrokerUrl
     from gateway.service import Gateway
 
     from . import table
@@ -567,7 +598,7 @@ async def _gateway(a) -> int:
     if a.scope and a.site != "+":
         raise ServiceError("give either --site or --scope (a scope names its site: --scope SITE/AREA/LINE)")
     sinks = [sink] if (sink := _influx_sink(a)) else []
-    gw = Gateway(BrokerUrl.parse(a.broker), site=a.site, config=site_config(a.config), sinks=sinks,
+    gw = Gateway(_broker(a), site=a.site, config=site_config(a.config), sinks=sinks,
                  scope=a.scope, state_dir=_state_dir(a.state_dir), checkpoint_s=a.checkpoint_every)
     http = HttpEndpoint(gw, a.http_host, a.http_port)
     await http.start()
@@ -581,6 +612,35 @@ async def _gateway(a) -> int:
         await http.stop()
     print(table.render(gw.rows))
     return 0
+
+
+def _add_mqtt_login(p) -> None:
+    p.add_argument("--password-file", metavar="FILE", help="the MQTT user's password (the user is in the --broker "
+                   "URL); or set $FIELDLAB_MQTT_PASSWORD. Never put it in the URL: it would show in the process list")
+    p.add_argument("--ca-file", metavar="FILE", help="with mqtts://: the CA certificate that signed the broker's "
+                   "(default: the system's CAs)")
+    p.add_argument("--cert-file", metavar="FILE", help="with mqtts://: a client certificate, if the broker wants one")
+    p.add_argument("--key-file", metavar="FILE", help="with --cert-file: its private key (PEM, not encrypted)")
+
+
+def _broker(a):
+    """--broker with the login of _add_mqtt_login: password from a file or $FIELDLAB_MQTT_PASSWORD."""
+    from contract.mqtt import BrokerUrl
+
+    url = BrokerUrl.parse(a.broker, ca_file=getattr(a, "ca_file", None), cert_file=getattr(a, "cert_file", None),
+                          key_file=getattr(a, "key_file", None))
+    if url.password:
+        raise ServiceError("--broker: do not put the password in the address (it shows in the process list); "
+                           "use --password-file FILE or $FIELDLAB_MQTT_PASSWORD")
+    password = os.environ.get("FIELDLAB_MQTT_PASSWORD") or None
+    if getattr(a, "password_file", None):
+        try:
+            password = Path(a.password_file).read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise ServiceError(f"--password-file {a.password_file}: {e.strerror}") from None
+    if password and not url.username:
+        raise ServiceError("a password needs a user: write it in the address, like mqtt://gateway@broker.local:1883")
+    return dataclasses.replace(url, password=password) if password else url
 
 
 def _state_dir(given: str | None) -> Path | None:
@@ -662,9 +722,34 @@ async def _demo(a) -> int:
                       scenario=a.scenario).run()
 
 
+async def _deploy(a) -> int:
+    from . import deploy
+
+    plant = deploy.load_plant(a.plant)
+    user = a.broker_user if a.broker_user is not None else deploy.default_broker_user(a.layout)
+    r = deploy.generate(plant, Path(a.out), tls=a.tls, layout=a.layout, plain_bind=a.plain_bind,
+                        rotate=tuple(a.rotate), broker_user=user)
+    what = f"site {plant.site}" if plant.site else f"the central broker of {', '.join(plant.sites)}"
+    print(f"secure MQTT set-up for {what} in {r.out} (keep it out of git)")
+    for user in r.users:
+        print(f"  {user:<24} {'new password' if user in r.new_passwords else 'password kept'}"
+              f"   {r.out / 'credentials' / user}")
+    print("broker files: " + ", ".join(str(f.relative_to(r.out)) for f in r.files))
+    if r.blocked:
+        print(f"warning: the broker's user ({user}) cannot enter {r.blocked}, so it cannot read its files: write "
+              f"them somewhere it can reach, e.g. --out /etc/fieldlab", file=sys.stderr)
+    if a.layout == "standalone":
+        print(f"run the broker:  mosquitto -c {r.out / 'mosquitto' / 'mosquitto.conf'}")
+    if user is None:
+        print("the broker must be able to read them: run this as root, or as the user the broker runs as, or "
+              f"give them to that user:  sudo chown -R USER {r.out / 'mosquitto'}" +
+              (" (the container's mosquitto is 1883)" if a.layout == "compose" else ""))
+    return 0
+
+
 EXIT_CONFIG = 78  # EX_CONFIG of sysexits.h: configuration error
 
-COMMANDS = {"demo": _demo, "sim": _sim, "edge": _edge, "gateway": _gateway, "oee": _oee}
+COMMANDS = {"demo": _demo, "sim": _sim, "edge": _edge, "gateway": _gateway, "oee": _oee, "deploy": _deploy}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,265 @@
+"""`fieldlab deploy` against a real Mosquitto started with exactly the files it generated.
+
+No anonymous client gets in; an edge agent may publish only its own machine's data and read only
+its own commands; the gateway reads everything; TLS works with the generated CA and refuses a
+client that trusts another CA. A message refused by the ACL is dropped silently by the broker (MQTT
+3.1.1 has no way to say so), so every "refused" check publishes the refused message and then an
+allowed one on the same connection: when the allowed one arrives, the refused one would have arrived
+before it.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import stat
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+from contract.errors import ServiceError
+from contract.mqtt import BrokerUrl, connect, wait_published
+from contract.yamlfile import ConfigError
+from fieldlab import cli, deploy
+from fieldlab.broker import ConfiguredMosquitto, free_port, mosquitto_binary
+
+PLANT = """\
+site: acme
+machines:
+  hall-1/line-1: [cnc-01, moulder-01]
+  hall-2/packing: [filler-01]
+broker:
+  hostnames: [localhost, 127.0.0.1]
+viewers: [node-red]
+operators: [trainer]
+"""
+
+
+def _need_binaries():
+    if not mosquitto_binary():
+        pytest.fail("mosquitto not found; install it with: sudo apt-get install -y mosquitto", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def plant_file(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("plant") / "plant.yaml"
+    p.write_text(PLANT)
+    return p
+
+
+@pytest.fixture(scope="module")
+def stack(plant_file, tmp_path_factory):
+    """The generated files (TLS on) and a Mosquitto running on them."""
+    _need_binaries()
+    # where an operator would put them (/etc/fieldlab): a directory the broker's user can enter (pytest's
+    # own temp dirs are private to root, and Mosquitto started as root reads its files as user mosquitto)
+    out = Path(tempfile.mkdtemp(prefix="fieldlab-secrets-"))
+    out.chmod(0o755)
+    ports = (free_port(), free_port())
+    while ports[1] == ports[0]:
+        ports = (ports[0], free_port())
+    plant = deploy.load_plant(plant_file)
+    deploy.generate(plant, out, tls=True, ports=ports, plain_bind="127.0.0.1",
+                    broker_user=deploy.default_broker_user("standalone"))
+    broker = ConfiguredMosquitto(out / "mosquitto" / "mosquitto.conf", list(ports), out / "mosquitto.log").start()
+    yield out, ports, plant, broker
+    broker.cleanup()
+    shutil.rmtree(out)
+
+
+def _url(stack, user: str | None, tls: bool = False, ca: Path | None = None) -> BrokerUrl:
+    out, ports, _, _ = stack
+    password = (out / "credentials" / user).read_text().strip() if user else None
+    if tls:
+        return BrokerUrl("127.0.0.1", ports[1], user, password, tls=True, ca_file=str(ca or out / "ca" / "ca.crt"))
+    return BrokerUrl("127.0.0.1", ports[0], user, password)
+
+
+class Listener:
+    """A connected client that records what it receives, in order."""
+
+    def __init__(self, url: BrokerUrl, *topics: str):
+        self.got: queue.Queue = queue.Queue()
+        self.client = connect(url, f"t-{uuid.uuid4().hex[:8]}", subscriptions=[(t, 1) for t in topics],
+                              on_message=lambda c, u, m: self.got.put(m.topic))
+
+    def next(self, timeout: float = 5.0) -> str:
+        try:
+            return self.got.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"nothing arrived within {timeout} s") from None
+
+    def close(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _publish(url: BrokerUrl, *topics: str) -> None:
+    c = connect(url, f"p-{uuid.uuid4().hex[:8]}")
+    try:
+        assert wait_published([c.publish(t, b"{}", qos=1) for t in topics], 5.0)
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+def _topic(machine: str, kind: str, area="hall-1", line="line-1") -> str:
+    return f"fieldlab/v1/acme/{area}/{line}/{machine}/{kind}"
+
+
+def test_anonymous_and_wrong_passwords_are_refused(stack):
+    for url in (_url(stack, None), _url(stack, None, tls=True),
+                BrokerUrl("127.0.0.1", stack[1][0], "edge-cnc-01", "not-the-password"),
+                BrokerUrl("127.0.0.1", stack[1][0], "nobody", "x")):
+        with pytest.raises(ServiceError, match="not authorised"):
+            connect(url, "intruder")
+
+
+def test_agent_publishes_only_its_own_machine_and_the_gateway_reads_all(stack):
+    gw = Listener(_url(stack, "gateway"), "fieldlab/v1/acme/#")
+    try:
+        agent = _url(stack, "edge-cnc-01")
+        own = [_topic("cnc-01", k) for k in ("telemetry", "state", "counts", "status")]
+        _publish(agent, *own)
+        assert [gw.next() for _ in own] == own
+        # another machine's data, a KPI, a command, a made-up kind, the dead-letter topic: all refused
+        refused = [_topic("moulder-01", "telemetry"), _topic("cnc-01", "kpi"), _topic("cnc-01", "cmd"),
+                   _topic("cnc-01", "other"), "fieldlab/v1/_sys/deadletter", _topic("filler-01", "counts",
+                                                                                    "hall-2", "packing")]
+        _publish(agent, *refused, own[0])
+        assert gw.next() == own[0]  # the allowed one after them arrives first: the refused ones never came
+        # the other agents are just as confined, and their own data gets through
+        _publish(_url(stack, "edge-filler-01"), _topic("cnc-01", "counts"),
+                 _topic("filler-01", "counts", "hall-2", "packing"))
+        assert gw.next() == _topic("filler-01", "counts", "hall-2", "packing")
+    finally:
+        gw.close()
+
+
+def test_agent_reads_only_its_own_commands_and_operators_send_them(stack):
+    spy = Listener(_url(stack, "edge-cnc-01"), "fieldlab/v1/#")  # subscribes to all, may see only its cmd
+    try:
+        _publish(_url(stack, "edge-moulder-01"), _topic("moulder-01", "telemetry"))
+        _publish(_url(stack, "trainer"), _topic("moulder-01", "cmd"), _topic("cnc-01", "cmd"))
+        assert spy.next() == _topic("cnc-01", "cmd")
+        assert spy.got.empty()
+    finally:
+        spy.close()
+
+
+def test_gateway_publishes_kpis_and_viewers_only_read(stack):
+    viewer = Listener(_url(stack, "node-red"), "fieldlab/v1/#")
+    try:
+        kpi, line_kpi = _topic("cnc-01", "kpi"), _topic("_line", "kpi")
+        _publish(_url(stack, "gateway"), _topic("cnc-01", "telemetry"), kpi, line_kpi)
+        assert [viewer.next(), viewer.next()] == [kpi, line_kpi]  # the gateway may not fake machine data
+        _publish(_url(stack, "node-red"), kpi, _topic("cnc-01", "cmd"))
+        _publish(_url(stack, "trainer"), _topic("cnc-01", "kpi"), _topic("filler-01", "cmd", "hall-2", "packing"))
+        assert viewer.next() == _topic("filler-01", "cmd", "hall-2", "packing")  # viewers/trainers forge no KPIs
+    finally:
+        viewer.close()
+
+
+def test_tls_with_the_generated_ca_works_and_another_ca_is_refused(stack, tmp_path):
+    gw = Listener(_url(stack, "gateway", tls=True), _topic("cnc-01", "telemetry"))
+    try:
+        _publish(_url(stack, "edge-cnc-01", tls=True), _topic("cnc-01", "telemetry"))
+        assert gw.next() == _topic("cnc-01", "telemetry")
+    finally:
+        gw.close()
+    other = deploy.make_ca(tmp_path, "other-ca", subject="someone else's CA")
+    with pytest.raises(ServiceError, match="certificate verif"):
+        connect(_url(stack, "edge-cnc-01", tls=True, ca=other), "mitm-check")
+
+
+def test_the_plain_listener_is_loopback_only_with_tls_and_files_are_private(stack):
+    out = stack[0]
+    conf = (out / "mosquitto" / "mosquitto.conf").read_text()
+    assert f"listener {stack[1][0]} 127.0.0.1\n" in conf and "allow_anonymous false" in conf
+    mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)  # noqa: E731
+    assert mode(out / "credentials") == 0o700
+    assert all(mode(f) == 0o600 for f in (out / "credentials").iterdir())
+    assert mode(out / "mosquitto" / "server.key") == 0o600 and mode(out / "ca" / "ca.key") == 0o600
+    assert mode(out / "ca") == 0o700
+    assert not (out / "mosquitto" / "ca.key").exists()  # the CA's key never goes to the broker
+    passwd = (out / "mosquitto" / "passwd").read_text()
+    for user in stack[2].users:
+        assert (out / "credentials" / user).read_text().strip() not in passwd  # only hashes
+
+
+def test_rerun_keeps_passwords_rotates_on_request_and_removes_users(plant_file, tmp_path):
+    plant = deploy.load_plant(plant_file)
+    first = deploy.generate(plant, tmp_path)
+    files = {p: p.read_bytes() for p in (tmp_path / "mosquitto").iterdir()}
+    creds = {p.name: p.read_text() for p in (tmp_path / "credentials").iterdir()}
+    assert sorted(first.new_passwords) == sorted(plant.users) and len(set(creds.values())) == len(creds)
+    again = deploy.generate(plant, tmp_path)
+    assert again.new_passwords == []
+    assert {p: p.read_bytes() for p in (tmp_path / "mosquitto").iterdir()} == files  # nothing churns
+    deploy.generate(plant, tmp_path, rotate=("edge-cnc-01",))
+    assert (tmp_path / "credentials" / "edge-cnc-01").read_text() != creds["edge-cnc-01"]
+    assert (tmp_path / "credentials" / "edge-moulder-01").read_text() == creds["edge-moulder-01"]
+    lines = dict(ln.split(":", 1) for ln in (tmp_path / "mosquitto" / "passwd").read_text().splitlines())
+    assert deploy.hash_matches(lines["edge-cnc-01"], (tmp_path / "credentials" / "edge-cnc-01").read_text().strip())
+    plant_file2 = tmp_path / "smaller.yaml"
+    plant_file2.write_text(PLANT.replace("[cnc-01, moulder-01]", "[cnc-01]"))
+    deploy.generate(deploy.load_plant(plant_file2), tmp_path)
+    assert not (tmp_path / "credentials" / "edge-moulder-01").exists()
+    assert "edge-moulder-01" not in (tmp_path / "mosquitto" / "passwd").read_text()
+    assert "moulder-01" not in (tmp_path / "mosquitto" / "acl").read_text()
+    with pytest.raises(ServiceError, match="--rotate edge-zz: no such user"):
+        deploy.generate(plant, tmp_path, rotate=("edge-zz",))
+
+
+def test_a_broker_user_that_cannot_reach_the_files_is_warned_about(plant_file):
+    base = Path(tempfile.mkdtemp(prefix="fieldlab-deploy-"))
+    try:
+        base.chmod(0o755)
+        private = base / "private"
+        private.mkdir(mode=0o700)
+        nobody = (65534, 65534)
+        assert deploy.unreachable(private / "s" / "mosquitto", *nobody) == private
+        assert deploy.unreachable(base / "s" / "mosquitto", *nobody) is None
+        if os.geteuid() == 0:  # generate hands the files over (needs root) and then warns
+            r = deploy.generate(deploy.load_plant(plant_file), private / "s", broker_user=nobody[0])
+            assert r.blocked == private and (private / "s" / "mosquitto" / "acl").stat().st_uid == nobody[0]
+        assert deploy.unreachable(private / "s" / "mosquitto", 0, 0) is None  # root enters everywhere
+    finally:
+        shutil.rmtree(base)
+
+
+def test_the_hash_is_the_one_mosquitto_passwd_makes():
+    # a line made by mosquitto_passwd 2.0.11 for user alice, password s3cret
+    stored = ("$7$101$hhhug18aLfH//GGw$NwGkTCmOYwMd6ggWfgL385cRT0c1EUkDDmHQtWZhmlERhnQPCB0rs4gnclbgCmZTeAOaahxpDNpZ"
+              "CRa3RL4VLA==")
+    assert deploy.hash_matches(stored, "s3cret") and not deploy.hash_matches(stored, "s3cret ")
+    assert deploy.hash_matches(deploy.mosquitto_hash("pw"), "pw")
+
+
+@pytest.mark.parametrize("text, where", [
+    ("site: acme\nmachines:\n  hall-1/line-1: [cnc-01]\n  hall-1/line-2: [cnc-01]\n",
+     "plant.yaml:4: machines.hall-1/line-2: machine cnc-01 is also on hall-1/line-1"),
+    ("site: acme\nmachines:\n  hall-1: [cnc-01]\n", "plant.yaml:3: machines.hall-1: write the area and the line"),
+    ("site: acme\nmachines:\n  a/b: [_x]\n", "plant.yaml:3: machines.a/b[0]: '_x' is not a valid name"),
+    ("site: acme\nmachines:\n  a/b: [m]\nviewers: [edge-m]\n", "plant.yaml:4: viewers: user edge-m is listed twice"),
+    ("site: acme\nmachine:\n  a/b: [m]\n", "plant.yaml:2: machine: unknown key"),
+    ("sites: [a]\nsite: b\n", "plant.yaml:2: site: give either site:"),
+    ("site: acme\nmachines:\n  a/b: [m]\nbridge:\n  address: central:8883\n  password_file: nope\n",
+     "plant.yaml:6: bridge.password_file: "),
+])
+def test_plant_file_mistakes_name_the_line_and_the_fix(tmp_path, text, where):
+    p = tmp_path / "plant.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        deploy.load_plant(p)
+    assert str(e.value).startswith(f"{p.parent}/{where}"), str(e.value)
+
+
+def test_cli_writes_the_files_and_says_how_to_run_the_broker(plant_file, tmp_path, capsys):
+    assert cli.main(["deploy", str(plant_file), "--out", str(tmp_path / "s")]) == 0
+    said = capsys.readouterr().out
+    assert "edge-cnc-01" in said and "new password" in said and "mosquitto -c" in said
+    assert (tmp_path / "s" / "mosquitto" / "acl").exists()
+    assert cli.main(["deploy", str(tmp_path / "missing.yaml")]) == cli.EXIT_CONFIG
