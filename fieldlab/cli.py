@@ -158,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--list-scenarios", action="store_true", help="list the shipped scenarios and stop")
     s.add_argument("--broker", metavar="URL", help="take fault commands from this MQTT broker, e.g. "
                    "mqtt://localhost:1883, on fieldlab/v1/SITE/AREA/LINE/<machine>/cmd")
+    _add_mqtt_login(s)
     _add_levels(s, "with --broker: {level} name in the command topics")
     ssub = s.add_subparsers(dest="sim_command", metavar="inject")
     _add_inject(ssub)
@@ -458,9 +459,8 @@ async def _sim(a) -> int:
     url = None
     if a.broker:
         from contract import MachineRef
-        from contract.mqtt import BrokerUrl
 
-        url = BrokerUrl.parse(a.broker)
+        url = _broker(a)
         MachineRef(a.site, a.area, a.line, "m")  # check the names before anything starts
     clock = SimClock(time.time(), a.speed)
     machines = scen.machines(clock.t0) if scen else demo_machines(a.machines, clock.t0, a.seed)

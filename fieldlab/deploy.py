@@ -45,6 +45,11 @@ AGENT_KINDS = (Kind.TELEMETRY, Kind.STATE, Kind.COUNTS, Kind.STATUS)
 GATEWAY_USER = "gateway"
 #: Container paths of the eclipse-mosquitto image (docker-compose.yml mounts the generated dir there).
 COMPOSE_DIRS = ("/mosquitto/config", "/mosquitto/data")
+#: The user fieldlab's own container image runs as (Dockerfile): it reads the agents' credentials.
+IMAGE_UID = 10001
+#: Secrets of the compose stack's other services, written once to compose.env (docker compose --env-file).
+COMPOSE_SECRETS = ("INFLUXDB_ADMIN_PASSWORD", "INFLUXDB_WRITE_USER_PASSWORD", "INFLUXDB_READ_USER_PASSWORD",
+                   "GRAFANA_ADMIN_PASSWORD")
 PBKDF2_ITERATIONS = 101  # mosquitto_passwd 2.0's default
 OPENSSL_HINT = "install it with: sudo apt-get install -y openssl"
 
@@ -458,7 +463,28 @@ def generate(plant: Plant, out: Path, *, tls: bool = False, layout: str = "stand
         for f in owned:
             os.chown(f, *owner)
     blocked = unreachable(broker_dir, *owner) if owner and layout == "standalone" else None
+    if layout == "compose":
+        files.append(compose_env(out / "compose.env"))
+        if os.geteuid() == 0:  # the containers of fieldlab's image read the agents' passwords
+            for f in [creds, *creds.iterdir()]:
+                os.chown(f, IMAGE_UID, IMAGE_UID)
     return Result(out, plant.users, new, files, blocked)
+
+
+def compose_env(path: Path) -> Path:
+    """The compose stack's passwords (InfluxDB's users, Grafana's admin), random, made once and then kept:
+    ``docker compose --env-file secrets/compose.env up -d``."""
+    have = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            key, eq, value = line.partition("=")
+            if eq and not key.startswith("#"):
+                have[key.strip()] = value.strip()
+    lines = ["# made by fieldlab deploy --layout compose; docker compose --env-file secrets/compose.env up -d",
+             *(f"{k}={v}" for k, v in have.items() if k not in COMPOSE_SECRETS)]
+    lines += [f"{k}={have.get(k) or secrets.token_urlsafe(24)}" for k in COMPOSE_SECRETS]
+    _write(path, "\n".join(lines) + "\n", 0o600)
+    return path
 
 
 def unreachable(path: Path, uid: int, gid: int) -> Path | None:
