@@ -276,9 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--out", default="secrets", metavar="DIR", help="where to write (default ./secrets)")
     dp.add_argument("--tls", action="store_true", help="add a TLS listener on 8883 with a CA and a server "
                     "certificate for broker.hostnames (made with openssl)")
-    dp.add_argument("--layout", choices=("standalone", "compose"), default="standalone",
-                    help="standalone: mosquitto.conf names the files where they are; compose: where "
-                         "docker-compose.yml mounts them (/mosquitto/config) (default standalone)")
+    dp.add_argument("--layout", choices=("standalone", "debian", "compose"), default="standalone",
+                    help="standalone: a complete mosquitto.conf naming the files where they are; debian: a drop-in "
+                         "for /etc/mosquitto/conf.d of Debian's mosquitto package; compose: for docker-compose.yml, "
+                         "which mounts them at /mosquitto/config (default standalone)")
     dp.add_argument("--plain-bind", metavar="ADDRESS", help="address of the unencrypted listener on 1883 (default "
                     "0.0.0.0, with --tls 127.0.0.1; compose: 0.0.0.0 inside the stack's network)")
     dp.add_argument("--rotate", action="append", default=[], metavar="USER", help="give this user a new password "
@@ -738,8 +739,13 @@ async def _deploy(a) -> int:
     if r.blocked:
         print(f"warning: the broker's user ({user}) cannot enter {r.blocked}, so it cannot read its files: write "
               f"them somewhere it can reach, e.g. --out /etc/fieldlab", file=sys.stderr)
+    conf = r.out / "mosquitto" / "mosquitto.conf"
     if a.layout == "standalone":
-        print(f"run the broker:  mosquitto -c {r.out / 'mosquitto' / 'mosquitto.conf'}")
+        print(f"run the broker:  mosquitto -c {conf}")
+    elif a.layout == "debian":
+        print(f"use it:  sudo ln -sf {conf} /etc/mosquitto/conf.d/fieldlab.conf && sudo systemctl restart mosquitto")
+    else:
+        print(f"start the stack:  docker compose --env-file {r.out / 'compose.env'} up -d --build")
     if user is None:
         print("the broker must be able to read them: run this as root, or as the user the broker runs as, or "
               f"give them to that user:  sudo chown -R USER {r.out / 'mosquitto'}" +

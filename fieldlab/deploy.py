@@ -390,7 +390,9 @@ def generate(plant: Plant, out: Path, *, tls: bool = False, layout: str = "stand
     """Write credentials, password file, ACL, mosquitto.conf (and with ``tls`` the certificates) to ``out``.
 
     ``layout``: ``standalone`` (the conf names the files where they are: ``mosquitto -c
-    out/mosquitto/mosquitto.conf``) or ``compose`` (paths inside the eclipse-mosquitto container).
+    out/mosquitto/mosquitto.conf``), ``debian`` (the same without persistence, as a drop-in for
+    /etc/mosquitto/conf.d of Debian's package, whose own mosquitto.conf sets it) or ``compose``
+    (paths inside the eclipse-mosquitto container).
     ``plain_bind``: address of the unencrypted listener; default 0.0.0.0 without TLS and
     127.0.0.1 with it (compose: 0.0.0.0, for the services on the stack's own network).
     ``ports``: of the plain and the TLS listener.
@@ -454,15 +456,18 @@ def generate(plant: Plant, out: Path, *, tls: bool = False, layout: str = "stand
         Path(data_dir).mkdir(mode=0o750, exist_ok=True)
         owned.append(Path(data_dir))
         bind = plain_bind or ("127.0.0.1" if tls else "0.0.0.0")
+    elif layout == "debian":  # a drop-in for /etc/mosquitto/conf.d: Debian's mosquitto.conf keeps persistence
+        config_dir, data_dir = str(broker_dir), None
+        bind = plain_bind or ("127.0.0.1" if tls else "0.0.0.0")
     else:
-        raise ServiceError(f"unknown layout {layout!r}: standalone or compose")
+        raise ServiceError(f"unknown layout {layout!r}: standalone, debian or compose")
     conf = mosquitto_conf(plant, config_dir, data_dir, tls=tls, plain_bind=bind, plain_port=ports[0],
                           tls_port=ports[1], bridge_password=bridge_password)
     _write(files[2], conf, 0o600 if bridge_password else 0o640)
     if owner:
         for f in owned:
             os.chown(f, *owner)
-    blocked = unreachable(broker_dir, *owner) if owner and layout == "standalone" else None
+    blocked = unreachable(broker_dir, *owner) if owner and layout != "compose" else None
     if layout == "compose":
         files.append(compose_env(out / "compose.env"))
         if os.geteuid() == 0:  # the containers of fieldlab's image read the agents' passwords
@@ -520,7 +525,7 @@ def default_broker_user(layout: str) -> str | int | None:
     if os.geteuid() != 0:
         return None
     if layout == "compose":
-        return 1883
+        return 1883  # the eclipse-mosquitto image's user
     try:
         return pwd.getpwnam("mosquitto").pw_name
     except KeyError:

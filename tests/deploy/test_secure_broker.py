@@ -377,3 +377,34 @@ def test_a_site_broker_bridges_its_own_topics_to_the_central_one(tmp_path_factor
         for b in brokers:
             b.cleanup()
         shutil.rmtree(base)
+
+
+def test_the_debian_layout_is_a_drop_in_next_to_debians_own_configuration(plant_file):
+    """Debian's /etc/mosquitto/mosquitto.conf sets persistence and includes conf.d: the drop-in must not
+    set it again (Mosquitto stops at a duplicate) and still refuses anonymous clients."""
+    _need_binaries()
+    base = Path(tempfile.mkdtemp(prefix="fieldlab-debian-"))
+    try:
+        base.chmod(0o755)
+        port = free_port()
+        deploy.generate(deploy.load_plant(plant_file), base / "fieldlab", layout="debian", ports=(port, 8883),
+                        plain_bind="127.0.0.1", broker_user=deploy.default_broker_user("debian"))
+        (base / "conf.d").mkdir()
+        (base / "conf.d" / "fieldlab.conf").symlink_to(base / "fieldlab" / "mosquitto" / "mosquitto.conf")
+        (base / "data").mkdir()
+        if os.geteuid() == 0:  # Mosquitto started as root writes its persistence as user mosquitto
+            shutil.chown(base / "data", "mosquitto", "mosquitto")
+        # what Debian 12's package ships, with its paths moved here
+        (base / "mosquitto.conf").write_text(f"persistence true\npersistence_location {base}/data/\n"
+                                             f"log_dest stderr\ninclude_dir {base}/conf.d\n")
+        broker = ConfiguredMosquitto(base / "mosquitto.conf", [port], base / "log").start()
+        try:
+            with pytest.raises(ServiceError, match="not authorised"):
+                connect(BrokerUrl("127.0.0.1", port), "anonymous")
+            creds = base / "fieldlab" / "credentials"
+            _publish(BrokerUrl("127.0.0.1", port, "edge-cnc-01", (creds / "edge-cnc-01").read_text().strip()),
+                     _topic("cnc-01", "telemetry"))
+        finally:
+            broker.cleanup()
+    finally:
+        shutil.rmtree(base)
