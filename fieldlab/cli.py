@@ -736,6 +736,8 @@ async def _deploy(a) -> int:
         print(f"  {user:<24} {'new password' if user in r.new_passwords else 'password kept'}"
               f"   {r.out / 'credentials' / user}")
     print("broker files: " + ", ".join(str(f.relative_to(r.out)) for f in r.files))
+    if a.tls:
+        print(f"clients trust the broker with {r.out / 'ca.crt'} (copy it to each edge agent: ca_file)")
     if r.blocked:
         print(f"warning: the broker's user ({user}) cannot enter {r.blocked}, so it cannot read its files: write "
               f"them somewhere it can reach, e.g. --out /etc/fieldlab", file=sys.stderr)

@@ -12,7 +12,8 @@ From a plant file (``deploy/plant.example.yaml``) it writes, into a directory th
   and publishes KPIs and dead letters; viewers only read; operators also send commands.
 - ``mosquitto/mosquitto.conf``: no anonymous clients, the password file and ACL, persistence, and
   with ``--tls`` a TLS listener on 8883 (``ca.crt``, ``server.crt``, ``server.key``, made with
-  openssl; the CA's key stays in ``ca/``, never next to the broker).
+  openssl; the CA's key stays in ``ca/``, never next to the broker). ``ca.crt`` at the top is the
+  copy for the clients, which they need to trust the broker.
 - with a ``bridge:`` section: the site broker forwards its site's topics to a central broker
   (Mosquitto's own bridge), and ``fieldlab deploy`` for the central broker gives each bridged site
   one user that may write only its own site's topics.
@@ -433,10 +434,11 @@ def generate(plant: Plant, out: Path, *, tls: bool = False, layout: str = "stand
             make_ca(ca.parent)
         os.chmod(ca.parent, 0o700)  # the CA's key signs certificates: it never leaves this directory
         shutil.copyfile(ca, broker_dir / "ca.crt")
+        shutil.copyfile(ca, out / "ca.crt")  # for the clients (gateway, agents): public, unlike ca/
         server = broker_dir / "server.crt"
         if not server.exists() or _cert_names(server) != set(plant.hostnames):
             make_cert(broker_dir, "server", ca, hostnames=plant.hostnames)
-        for f in (ca, broker_dir / "ca.crt", server):
+        for f in (ca, out / "ca.crt", broker_dir / "ca.crt", server):
             os.chmod(f, 0o644)  # certificates are public; the keys stay 0600
         files += [broker_dir / "ca.crt", server, broker_dir / "server.key"]
     bridge_password = None

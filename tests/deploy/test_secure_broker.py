@@ -73,7 +73,7 @@ def _url(stack, user: str | None, tls: bool = False, ca: Path | None = None) -> 
     out, ports, _, _ = stack
     password = (out / "credentials" / user).read_text().strip() if user else None
     if tls:
-        return BrokerUrl("127.0.0.1", ports[1], user, password, tls=True, ca_file=str(ca or out / "ca" / "ca.crt"))
+        return BrokerUrl("127.0.0.1", ports[1], user, password, tls=True, ca_file=str(ca or out / "ca.crt"))
     return BrokerUrl("127.0.0.1", ports[0], user, password)
 
 
@@ -182,7 +182,7 @@ def test_the_plain_listener_is_loopback_only_with_tls_and_files_are_private(stac
     assert mode(out / "credentials") == 0o700
     assert all(mode(f) == 0o600 for f in (out / "credentials").iterdir())
     assert mode(out / "mosquitto" / "server.key") == 0o600 and mode(out / "ca" / "ca.key") == 0o600
-    assert mode(out / "ca") == 0o700
+    assert mode(out / "ca") == 0o700 and mode(out / "ca.crt") == 0o644  # the clients' copy is public
     assert not (out / "mosquitto" / "ca.key").exists()  # the CA's key never goes to the broker
     passwd = (out / "mosquitto" / "passwd").read_text()
     for user in stack[2].users:
