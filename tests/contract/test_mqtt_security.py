@@ -1,8 +1,8 @@
 """TLS and username/password for fieldlab's MQTT clients, against a real Mosquitto.
 
-The certificates are made here with openssl (a test CA, a server certificate for
-127.0.0.1/localhost, a client certificate, and an unrelated CA for the negative
-case), the password file with mosquitto_passwd. A missing binary fails the test
+The certificates are made with openssl by fieldlab deploy's helpers (a test CA, a
+server certificate for 127.0.0.1/localhost, a client certificate, and an unrelated
+CA for the negative case), the password file with mosquitto_passwd. A missing binary fails the test
 with its install command; nothing is skipped.
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ import pytest
 
 from contract.errors import ServiceError
 from contract.mqtt import BrokerUrl, connect, wait_published
+from fieldlab import deploy
 from fieldlab.broker import PrivateMosquitto, free_port, mosquitto_binary
 
 INSTALL = "sudo apt-get install -y mosquitto openssl"
@@ -40,30 +41,15 @@ def _run(*args: str, cwd: Path) -> None:
         pytest.fail(f"{' '.join(args)} failed: {r.stderr.strip()}", pytrace=False)
 
 
-def _ca(d: Path, name: str) -> Path:
-    _run(_need("openssl"), "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", f"{name}.key", "-out", f"{name}.crt", "-days", "2", "-subj", f"/CN=fieldlab {name}", cwd=d)
-    return d / f"{name}.crt"
-
-
-def _signed(d: Path, name: str, ca: str, ext: str) -> tuple[Path, Path]:
-    (d / f"{name}.ext").write_text(ext + "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n")
-    openssl = _need("openssl")
-    _run(openssl, "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
-    _run(openssl, "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key", "-CAcreateserial",
-         "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext", cwd=d)
-    return d / f"{name}.crt", d / f"{name}.key"
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> SimpleNamespace:
     d = tmp_path_factory.mktemp("pki")
-    ca, other_ca = _ca(d, "ca"), _ca(d, "other-ca")
-    server = _signed(d, "server", "ca", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    _need("openssl")
+    ca, other_ca = deploy.make_ca(d, "ca", days=2), deploy.make_ca(d, "other-ca", days=2, subject="another CA")
+    server = deploy.make_cert(d, "server", ca, hostnames=["localhost", "127.0.0.1"], days=2)
     # names only "localhost": connecting to 127.0.0.1 is a host name mismatch
-    named = _signed(d, "localhost-only", "ca", "subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n")
-    client = _signed(d, "client", "ca", "extendedKeyUsage=clientAuth\n")
+    named = deploy.make_cert(d, "localhost-only", ca, hostnames=["localhost"], days=2)
+    client = deploy.make_cert(d, "client", ca, client=True, days=2)
     return SimpleNamespace(dir=d, ca=ca, other_ca=other_ca, server=server, named=named, client=client)
 
 
