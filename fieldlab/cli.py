@@ -130,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "scripted faults; stops at its end unless --duration (fieldlab sim --list-scenarios)")
     d.add_argument("--ledger", metavar="FILE", help="at the end, write what the simulated machines really "
                    "did (time per state, good and reject parts) to this JSON file, to check the OEE by hand")
+    d.add_argument("--influx", metavar="URL", help="also store everything in this InfluxDB 1.x (database fieldlab), "
+                   "e.g. http://localhost:8086, for the Grafana dashboards (docs/dashboards.md)")
 
     s = add("sim", "run simulated machines with OPC UA (and Modbus TCP) servers for other tools",
             "Run simulated machines on their own, each with an OPC UA server (and, if asked,\n"
@@ -693,7 +695,13 @@ async def _demo(a) -> int:
     return await Demo(machines=a.machines, speed=a.speed, duration=a.duration, broker=a.broker,
                       broker_impl=a.broker_impl, mqtt_port=a.mqtt_port, opcua_port=a.opcua_port,
                       seed=a.seed, ledger=a.ledger, config=site_config(a.config), http_port=a.http_port,
-                      scenario=a.scenario).run()
+                      scenario=a.scenario, sinks=_demo_sinks(a.influx)).run()
+
+
+def _demo_sinks(url: str | None) -> list:
+    """--influx of the demo: the gateway's 1.x sink to database fieldlab, with the gateway's checks."""
+    sink = _influx_sink(argparse.Namespace(influx=url, influx_db=None, influx_org=None, influx_bucket=None))
+    return [sink] if sink else []
 
 
 async def _dashboards(a) -> int:
