@@ -79,7 +79,11 @@ def grafana_url(url: str) -> str:
 
 class Pusher:
     def __init__(self, url: str, token: str, timeout: float = 10.0, out=print):
-        from grafana_client import GrafanaApi  # an optional extra: imported only when pushing
+        try:
+            from grafana_client import GrafanaApi  # an optional extra: imported only when pushing
+        except ImportError:
+            raise ServiceError("push needs grafana-client: pip install 'fieldlab[dashboards]' "
+                               "(in a clone: .venv/bin/pip install -e '.[dashboards]')") from None
 
         self.url = grafana_url(url)
         self.api = GrafanaApi.from_url(self.url, credential=token, timeout=timeout)

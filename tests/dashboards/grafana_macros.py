@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 VAR = re.compile(r"\$(\w+)")
-MACROS = {"timeFilter", "__interval", "__interval_ms", "tag_machine", "tag_line", "col"}
+MACROS = {"timeFilter", "__interval", "tag_machine", "tag_line", "col"}  # what expand() handles, and aliases
 _REGEX_CHARS = re.compile(r"([\\^$*+?.()|\[\]{}/])")
 
 

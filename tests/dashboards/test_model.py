@@ -170,3 +170,14 @@ def test_the_package_ships_json_and_provisioning():
     assert any(r.startswith("grafana-client") for r in project["project"]["optional-dependencies"]["dashboards"])
     test_extra = project["project"]["optional-dependencies"]["test"][0]
     assert re.fullmatch(r"fieldlab\[(.*)\]", test_extra) and "dashboards" in test_extra.split("[")[1], test_extra
+
+
+def test_dashboards_import_only_the_standard_library_contract_and_grafana_client():
+    """No gateway internals: the dashboards depend on the stored data's names only (docs/storage.md)."""
+    import sys
+
+    from tests.contract.test_layering import imported_packages
+
+    pkg = Path(__file__).resolve().parents[2] / "dashboards"
+    names = set().union(*(imported_packages(p) for p in pkg.rglob("*.py")))
+    assert names - set(sys.stdlib_module_names) <= {"contract", "grafana_client"}, names
