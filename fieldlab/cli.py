@@ -130,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "scripted faults; stops at its end unless --duration (fieldlab sim --list-scenarios)")
     d.add_argument("--ledger", metavar="FILE", help="at the end, write what the simulated machines really "
                    "did (time per state, good and reject parts) to this JSON file, to check the OEE by hand")
+    d.add_argument("--influx", metavar="URL", help="also store everything in this InfluxDB 1.x (database fieldlab), "
+                   "e.g. http://localhost:8086, for the Grafana dashboards (docs/dashboards.md)")
 
     s = add("sim", "run simulated machines with OPC UA (and Modbus TCP) servers for other tools",
             "Run simulated machines on their own, each with an OPC UA server (and, if asked,\n"
@@ -287,6 +289,40 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--broker-user", metavar="USER", help="the user the broker runs as, who must read its files "
                     "(default, when run as root: mosquitto, the user of Debian's package; with --layout compose "
                     "1883, the container's)")
+
+    db = add("dashboards", "Grafana dashboards: write their JSON, or upload them to a Grafana",
+             "The fieldlab Grafana dashboards (shop-floor overview, machine detail, losses, shift\n"
+             "report) are generated from Python code (dashboards/) and read the gateway's InfluxDB\n"
+             "(docs/storage.md) with InfluxQL. docs/dashboards.md says what each one shows.\n\n"
+             "examples:\n"
+             "  fieldlab dashboards build                      regenerate dashboards/json\n"
+             "  FIELDLAB_GRAFANA_TOKEN=glsa_... fieldlab dashboards push --url http://localhost:3000 \\\n"
+             "      --influx-url http://influxdb:8086 --influx-user grafana   upload (datasource if missing)")
+    dbsub = db.add_subparsers(dest="dashboards_command", metavar="build|push", required=True)
+    dbb = dbsub.add_parser("build", help="write every dashboard's JSON (default: dashboards/json in the source tree)",
+                           description="Write every dashboard's JSON model, as Grafana's file provisioning reads it.")
+    dbb.add_argument("--out", metavar="DIR", help="write into DIR instead of dashboards/json")
+    dbb.add_argument("--check", action="store_true", help="write nothing; fail if the files differ from the code")
+    dbp = dbsub.add_parser("push", help="upload the dashboards (and the data source, if missing) to a Grafana",
+                           description="Upload the dashboards into the folder 'fieldlab' of a running Grafana, and\n"
+                                       "create the InfluxDB data source (uid fieldlab-influxdb) if it has none.\n"
+                                       "Running it twice changes nothing: unchanged dashboards are not saved.\n"
+                                       "The token: a Grafana service account token (Editor; Admin to create the\n"
+                                       "data source) in $FIELDLAB_GRAFANA_TOKEN or a file (--token-file).",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    dbp.add_argument("--url", required=True, metavar="URL", help="Grafana's address, e.g. http://localhost:3000")
+    dbp.add_argument("--token-file", metavar="FILE", help="read the token from FILE (default: $FIELDLAB_GRAFANA_TOKEN)")
+    dbp.add_argument("--token", metavar="TOKEN", help="the token itself; avoid it: it shows in the process list "
+                     "and the shell history")
+    dbp.add_argument("--influx-url", default="http://localhost:8086", metavar="URL",
+                     help="for a new data source: InfluxDB's address as Grafana's server reaches it "
+                          "(default http://localhost:8086; in docker-compose http://influxdb:8086)")
+    dbp.add_argument("--influx-db", default="fieldlab", metavar="NAME", help="for a new data source: the database "
+                     "(default fieldlab; InfluxDB 2.x: the database of a DBRP mapping)")
+    dbp.add_argument("--influx-user", metavar="USER", help="for a new data source: a read-only InfluxDB user; its "
+                     "password from $FIELDLAB_INFLUX_PASSWORD or --influx-password-file")
+    dbp.add_argument("--influx-password-file", metavar="FILE", help="read the InfluxDB user's password from FILE")
+    dbp.add_argument("--no-datasource", action="store_true", help="do not check or create the data source")
     return p
 
 
@@ -720,7 +756,39 @@ async def _demo(a) -> int:
     return await Demo(machines=a.machines, speed=a.speed, duration=a.duration, broker=a.broker,
                       broker_impl=a.broker_impl, mqtt_port=a.mqtt_port, opcua_port=a.opcua_port,
                       seed=a.seed, ledger=a.ledger, config=site_config(a.config), http_port=a.http_port,
-                      scenario=a.scenario).run()
+                      scenario=a.scenario, sinks=_demo_sinks(a.influx)).run()
+
+
+def _demo_sinks(url: str | None) -> list:
+    """--influx of the demo: the gateway's 1.x sink to database fieldlab, with the gateway's checks."""
+    sink = _influx_sink(argparse.Namespace(influx=url, influx_db=None, influx_org=None, influx_bucket=None))
+    return [sink] if sink else []
+
+
+async def _dashboards(a) -> int:
+    from dashboards import build
+
+    if a.dashboards_command == "build":
+        if a.check:
+            stale = build.stale(Path(a.out) if a.out else build.JSON_DIR)
+            if stale:
+                raise ServiceError(f"out of date: {', '.join(stale)}; regenerate with: {build.REGENERATE}")
+            print("the dashboards' JSON is up to date")
+            return 0
+        for path, changed in build.write(Path(a.out) if a.out else build.JSON_DIR):
+            print(f"{path}: {'written' if changed else 'unchanged'}")
+        return 0
+    from dashboards import push
+
+    token = push.token_from(a.token, a.token_file)
+    ds = None
+    if not a.no_datasource:
+        password = push.read_secret("--influx-password-file", a.influx_password_file, push.INFLUX_PASSWORD_ENV)
+        if password and not a.influx_user:
+            raise ServiceError("an InfluxDB password without --influx-user: give the user too")
+        ds = push.Datasource(a.influx_url, a.influx_db, a.influx_user, password)
+    await asyncio.to_thread(push.Pusher(a.url, token).push, ds)
+    return 0
 
 
 async def _deploy(a) -> int:
@@ -757,7 +825,8 @@ async def _deploy(a) -> int:
 
 EXIT_CONFIG = 78  # EX_CONFIG of sysexits.h: configuration error
 
-COMMANDS = {"demo": _demo, "sim": _sim, "edge": _edge, "gateway": _gateway, "oee": _oee, "deploy": _deploy}
+COMMANDS = {"demo": _demo, "sim": _sim, "edge": _edge, "gateway": _gateway, "oee": _oee, "deploy": _deploy,
+            "dashboards": _dashboards}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,7 +46,8 @@ class Demo:
     def __init__(self, machines: int = 3, speed: float = 60.0, duration: float | None = None,
                  broker: str | None = None, broker_impl: str = "auto", mqtt_port: int = 1883,
                  opcua_port: int = 4840, seed: int = 1, ledger: str | None = None, out=sys.stdout,
-                 config=None, http_port: int = 8080, scenario: str | None = None):
+                 config=None, http_port: int = 8080, scenario: str | None = None, sinks: list | None = None):
+        self.sinks = list(sinks or [])  # e.g. an InfluxV1Sink (--influx): the gateway stores everything there
         self.n, self.speed, self.duration, self.seed = machines, speed, duration, seed
         self.scenario = None
         if scenario:  # a course scenario: its machines, seed and scripted faults; by default stop at its end
@@ -85,7 +86,8 @@ class Demo:
                         else demo_machines(self.n, clock.t0, self.seed))
             sim = Simulation(machines, clock, base_port=self.opcua_port)
             await sim.start()
-            gateway = Gateway(url, site=SITE, client_id=f"fieldlab-gateway-{self.opcua_port}", config=self.config)
+            gateway = Gateway(url, site=SITE, client_id=f"fieldlab-gateway-{self.opcua_port}", config=self.config,
+                              sinks=self.sinks)
             await gateway.start()
             http = HttpEndpoint(gateway, "127.0.0.1", self.http_port)
             await http.start()
@@ -138,6 +140,9 @@ class Demo:
         lines.append(f"  KPIs on MQTT: mosquitto_sub -h {url.host} -p {url.port} -t 'fieldlab/v1/{SITE}/+/+/+/kpi' -v")
         lines.append(f"  Live dashboard: {http.url}/   (REST API: {http.url}/api/openapi.json)")
         lines.append(f"  Metrics: {http.url}/metrics")
+        for sink in self.sinks:  # the data is stamped with the machines' accelerated time: ahead of the clock
+            lines.append(f"  Stored in InfluxDB {sink.url}, database {sink.database} (Grafana: docs/dashboards.md; "
+                         "the data runs ahead of the clock, choose a time range up to now+24h)")
         lines.append(f"  Faults on cue: fieldlab sim inject {next(iter(sim.endpoints))} breakdown --minutes 5 "
                      f"--broker {url}   (fieldlab sim inject --help)")
         lines.append("  Stop with Ctrl-C." if self.duration is None else f"  Running for {self.duration:g} s.")
