@@ -82,7 +82,14 @@ class Gateway:
         self.line_rows: list[dict] = []
         self.ticks = 0  # KPI computations so far: the HTTP service's live stream follows it
         self.tick_seconds = 0.0
+        # Two locks, so that paho's network thread never waits for a KPI computation:
+        # - _lock (ingest): the inbox of decoded messages, machine index, statuses, stats, journal. Held
+        #   for a few microseconds per message, and by the tick only to take the inbox (a list swap).
+        # - _state_lock: the engine (fold, snapshot, timelines, checkpoints). Held by the tick while it
+        #   folds and computes; ingest never takes it. Order when both are needed: _state_lock, then _lock.
         self._lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._inbox: list = []  # (machine index, kind, decoded item) in arrival order, not yet folded
         self._client = None
         self._task: asyncio.Task | None = None
         self._pending: list = []
@@ -98,33 +105,45 @@ class Gateway:
             self._dead_letter(msg.topic, msg.payload, f"internal error: {type(e).__name__}: {e}")
 
     def _ingest(self, topic: str, payload: bytes, journal: bool = True) -> None:
+        """Decode and queue one message (paho's thread). Only the queueing holds the ingest lock; folding
+        into the machines' state happens in the tick (``_take_inbox``), which never holds up this thread."""
         ref, kind = parse_topic(topic)
         if kind not in INGEST_KINDS:
             return
         item = decode(kind, payload)
+        if kind is Kind.TELEMETRY:
+            samples = item.ts.size * len(item.signals)
+        else:
+            samples = 0 if kind is Kind.STATUS else item.ts.size
+        new = False
         with self._lock:
-            self.stats["messages"] += 1
-            self.last_message_at = time.time()  # wall clock: /metrics shows how long ago data came
             m = self._index.get(ref)
-            if m is None:
-                m = self._index[ref] = self.engine.add_machine()
+            if m is None:  # the engine learns of it when the tick folds (_fold_inbox)
+                m = self._index[ref] = len(self.machines)
                 self.machines.append(ref)
-                log.info("new machine machine=%s", ref.path)
+                new = True
             if journal and self._journal_fd is not None:  # on disk before it counts (gateway/checkpoint.py)
                 os.write(self._journal_fd, checkpoint.record(topic, payload))
-            if self.sinks:
-                self._to_store.append((ref, kind, item))
             if kind is Kind.STATUS:
                 self.status[m] = item.status
-            elif kind is Kind.STATE:
-                self.engine.add_state(m, item)
-                self.stats["samples"] += item.ts.size
-            elif kind is Kind.COUNTS:
-                self.engine.add_counts(m, item)
-                self.stats["samples"] += item.ts.size
-            else:
-                self.engine.add_telemetry(m, item)
-                self.stats["samples"] += item.ts.size * len(item.signals)
+            self._inbox.append((m, kind, item))
+            self.stats["messages"] += 1
+            self.stats["samples"] += samples
+            self.last_message_at = time.time()  # wall clock: /metrics shows how long ago data came
+        if new:
+            log.info("new machine machine=%s", ref.path)
+
+    def _take_inbox(self) -> tuple[list, int, dict]:
+        """(messages not folded yet, machines known, statuses): a swap under the ingest lock."""
+        with self._lock:
+            items, self._inbox = self._inbox, []
+            return items, len(self.machines), dict(self.status)
+
+    def _fold_inbox(self) -> tuple[int, dict]:
+        """Hand what arrived to the engine and fold it (with _state_lock held); (machines, statuses) as of then."""
+        items, n, status = self._take_inbox()
+        self._inbox_taken(items, n)
+        return n, status
 
     def _dead_letter(self, topic: str, payload: bytes, reason: str) -> None:
         with self._lock:
@@ -152,7 +171,7 @@ class Gateway:
         if not self.checkpoint_path:
             return False
         restored = False
-        with self._lock:
+        with self._state_lock, self._lock:
             got = checkpoint.load(self.checkpoint_path, self.engine)
             if got is not None:
                 self.machines, self.status = got
@@ -182,16 +201,41 @@ class Gateway:
         self._journal_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
     def _capture(self) -> tuple[int, dict, dict]:
-        with self._lock:
-            self._checkpointed_at = time.monotonic()
-            self._checkpoint_seq += 1
-            arrays, doc = checkpoint.capture(self.engine, self.machines, self.status)
-            if self._journal_fd is not None:  # from here on, messages go to the next journal
-                doc["journal"] = self._journal_seq
-                os.close(self._journal_fd)
-                self._journal_seq += 1
-                self._open_journal()
-            return self._checkpoint_seq, arrays, doc
+        with self._state_lock:
+            with self._lock:  # the inbox and the journal change together: a message is in exactly one of
+                # (folded before this capture, journal after it)
+                self._checkpointed_at = time.monotonic()
+                self._checkpoint_seq += 1
+                seq = self._checkpoint_seq
+                rotated = self._journal_fd is not None
+                if rotated:  # from here on, messages go to the next journal
+                    os.close(self._journal_fd)
+                    self._journal_seq += 1
+                    self._open_journal()
+                journal = self._journal_seq - 1
+                items, self._inbox = self._inbox, []
+                n, status = len(self.machines), dict(self.status)
+            self._inbox_taken(items, n)
+            arrays, doc = checkpoint.capture(self.engine, self.machines[:n], status)
+            if rotated:
+                doc["journal"] = journal
+            return seq, arrays, doc
+
+    def _inbox_taken(self, items: list, n: int) -> None:
+        """Fold messages taken from the inbox into the engine (with _state_lock held)."""
+        engine = self.engine
+        while engine.n < n:
+            engine.add_machine()
+        for m, kind, item in items:
+            if kind is Kind.STATE:
+                engine.add_state(m, item)
+            elif kind is Kind.COUNTS:
+                engine.add_counts(m, item)
+            elif kind is Kind.TELEMETRY:
+                engine.add_telemetry(m, item)
+        engine.fold()
+        if self.sinks:
+            self._to_store += items
 
     def checkpoint(self, captured: tuple[int, dict, dict] | None = None) -> None:
         """Write the state (captured now, or by ``_capture``) to the checkpoint file; a newer one is never
@@ -226,11 +270,10 @@ class Gateway:
     def tick(self) -> list[dict]:
         """Fold what arrived, compute KPIs for all machines, publish them retained."""
         started = time.perf_counter()
-        with self._lock:
-            self.engine.fold()
+        with self._state_lock:
+            n, status = self._fold_inbox()
             snap = self.engine.snapshot()
-            machines = list(self.machines)
-            status = dict(self.status)
+            machines = self.machines[:n]
             to_store, self._to_store = self._to_store, []
             now = self.engine.now_ts[: len(machines)].copy()
             # lines: each line's windows end at its latest machine's time; its machines' totals in those
@@ -261,9 +304,9 @@ class Gateway:
     def timeline(self, machine: MachineRef, start: float | None = None, end: float | None = None,
                  window: str = "last_1h") -> dict | None:
         """A machine's state pieces in a window of its latest KPIs (or between start and end)."""
-        with self._lock:
+        with self._state_lock:
             i = self._index.get(machine)
-            if i is None:
+            if i is None or i >= self.engine.n:
                 return None
             row = next((r for r in self.rows if r["machine"] == machine), None)
             w = (row or {}).get("windows", {}).get(window) if window != "since_start" else (row or {}).get("window")
@@ -279,9 +322,9 @@ class Gateway:
     def _store(self, items: list, machines: list[MachineRef] | None = None, snap: dict | None = None, now=None,
                line_refs: list[LineRef] | None = None, line_snap: dict | None = None) -> None:
         """Hand the new data (and, with a snapshot, every store_kpis_s the KPIs) to the sinks as line protocol."""
-        out = []
-        for ref, kind, item in items:
-            out += storage.batch_lines(ref, kind, item)
+        out, refs = [], self.machines  # items carry the machine's index (only ever appended to)
+        for m, kind, item in items:
+            out += storage.batch_lines(refs[m], kind, item)
         wall = time.monotonic()
         if snap is not None and (wall - self._kpis_stored_at >= self.store_kpis_s or self._task is None):
             self._kpis_stored_at = wall
@@ -318,7 +361,8 @@ class Gateway:
         self._client.loop_stop()
         self._client = None
         if self.sinks:  # what came in after the last tick still goes to storage
-            with self._lock:
+            with self._state_lock:
+                self._fold_inbox()
                 rest, self._to_store = self._to_store, []
             self._store(rest)
         if self.checkpoint_path:  # after the last message came in: it holds everything acknowledged
