@@ -144,3 +144,24 @@ def test_both_ways_of_building_sparse_lines_agree():
         grouped += lines("m", ts[i:i + 1], {k: v[i:i + 1] for k, v in cols.items()}, frozenset({"n"}))
     assert np.unique(np.stack([np.isfinite(cols[k]) for k in names if k != "n"]).T, axis=0).shape[0] > 16
     assert row_by_row == grouped
+
+
+async def test_writes_share_one_kept_alive_connection(influxdb):
+    """One TCP connection for all batches (a new one per POST cost the sink time a bare writer does not spend)."""
+    db = db_name()
+    sink = InfluxV1Sink(influxdb.url, db, batch_lines=100)
+    socks, request = [], sink._request
+
+    def watched(body):  # the socket each write went out on
+        out = request(body)
+        socks.append(sink._conn.sock if sink._conn else None)
+        return out
+
+    sink._request = watched
+    await sink.start()
+    for k in range(3):
+        sink.accept([f"m v={i} {1_800_000_000_000 + i}" for i in range(k * 100, (k + 1) * 100)])
+        assert await wait_until(lambda: sink.stats["written"] == (k + 1) * 100), sink.stats
+    await sink.stop()
+    assert len(socks) == 3 and socks[0] is not None and all(s is socks[0] for s in socks)
+    assert [v for _, v in influxdb.query('SELECT "v" FROM "m"', db)[0]["values"]] == list(range(300))
