@@ -309,12 +309,21 @@ class Gateway:
             if i is None or i >= self.engine.n:
                 return None
             row = next((r for r in self.rows if r["machine"] == machine), None)
-            w = (row or {}).get("windows", {}).get(window) if window != "since_start" else (row or {}).get("window")
-            a = start if start is not None else (w or {}).get("start")
-            b = end if end is not None else (w or {}).get("end")
-            if a is None or b is None:
-                return {"start": a, "end": b, "pieces": []}
-            s, e, c, r = self.engine.timeline.pieces(i, a, b)
+            return self._timeline(i, row, start, end, window)
+
+    def timelines(self, window: str = "last_1h") -> dict[MachineRef, dict]:
+        """Every machine's state pieces in a window of its latest KPIs, in one go (the dashboard's view)."""
+        with self._state_lock:
+            return {row["machine"]: self._timeline(self._index[row["machine"]], row, None, None, window)
+                    for row in self.rows}
+
+    def _timeline(self, i: int, row: dict | None, start, end, window: str) -> dict:
+        w = (row or {}).get("windows", {}).get(window) if window != "since_start" else (row or {}).get("window")
+        a = start if start is not None else (w or {}).get("start")
+        b = end if end is not None else (w or {}).get("end")
+        if a is None or b is None:
+            return {"start": a, "end": b, "pieces": []}
+        s, e, c, r = self.engine.timeline.pieces(i, a, b)
         return {"start": a, "end": b, "pieces": [
             {"start": float(x), "end": float(y), "category": oee.CATEGORIES[int(k)], "reason": int(z)}
             for x, y, k, z in zip(s, e, c, r)]}
