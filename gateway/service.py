@@ -285,15 +285,13 @@ class Gateway:
             self._store(to_store, machines, snap, now, line_refs, line_snap)
         self._pending = [i for i in self._pending if not i.is_published()]
         rows = []
-        for i, ref in enumerate(machines):
-            row = kpi_row(snap, i)
+        for i, (ref, row) in enumerate(zip(machines, kpi_rows(snap))):
             row["status"] = status.get(i)
             self._publish_kpi(ref, row)
             rows.append({"machine": ref, **row})
         self.rows = rows
         line_rows = []
-        for j, line in enumerate(line_refs):  # after the machines' KPIs, one message per line
-            row = line_kpi_row(line_snap, j, line_names[j])
+        for line, row in zip(line_refs, line_kpi_rows(line_snap, line_names)):  # after the machines': one per line
             self._publish_kpi(line, row)
             line_rows.append({"line": line, **row})
         self.line_rows = line_rows
@@ -425,6 +423,64 @@ def line_kpi_row(line_snap: dict, j: int, machines: list[str]) -> dict:
            "machines": list(machines), "n_machines": len(machines)}
     row.update(_kpi_fields(line_snap, j))
     return row
+
+
+def _plain_list(a, whole: bool = False) -> list:
+    """``[plain(x, whole) for x in a]`` with one conversion for the whole array (the tick's per-value cost)."""
+    a = np.asarray(a)
+    if a.dtype.kind != "f":
+        return a.tolist()
+    finite = np.isfinite(a)
+    out = (np.where(finite, np.rint(a), 0).astype(np.int64) if whole else a).tolist()
+    if not finite.all():
+        for i in np.flatnonzero(~finite).tolist():
+            out[i] = None
+    return out
+
+
+def _fields_of_all(snap: dict, n: int) -> list[dict]:
+    """``_kpi_fields(snap, i)`` for i in range(n), each array converted once."""
+    main = snap["since_start"]
+    mains = [(k, _plain_list(main[k], k in oee.COUNT_FIELDS)) for k in MAIN_FIELDS]
+    losses = [(name, _plain_list(main[f"loss_{name}_s"]), _plain_list(main[f"loss_{name}_pp"])) for name in LOSSES]
+    windows = [(name, _plain_list(w["start"]), _plain_list(w["end"]),
+                [(k, _plain_list(w[k], k in oee.COUNT_FIELDS)) for k in WINDOW_FIELDS])
+               for name, w in snap.items() if name != "since_start"]
+    return [{**{k: v[i] for k, v in mains},
+             "losses": {name: {"s": ls[i], "pp": lp[i]} for name, ls, lp in losses},
+             "windows": {name: {"start": ws[i], "end": we[i], **{k: v[i] for k, v in cols}}
+                         for name, ws, we, cols in windows}}
+            for i in range(n)]
+
+
+def kpi_rows(snap: dict) -> list[dict]:
+    """``[kpi_row(snap, i) for every machine]``, converting each KPI array once instead of value by value."""
+    main = snap["since_start"]
+    n = len(main["end"])
+    start, end = _plain_list(main["start"]), _plain_list(main["end"])
+    codes, models = main["state"].tolist(), main["model"].tolist()
+    rows = []
+    for i, fields in enumerate(_fields_of_all(snap, n)):
+        code = codes[i]
+        row = {"ts": end[i], "window": {"name": "since_start", "start": start[i], "end": end[i]},
+               "state": code if code >= 0 else None, "state_name": state_name(models[i], code)}
+        row.update(fields)
+        row["windows"]["shift"]["stop_reasons"] = snap["shift"]["stop_reasons"][i][:10]
+        rows.append(row)
+    return rows
+
+
+def line_kpi_rows(line_snap: dict, names: list[list[str]]) -> list[dict]:
+    """``[line_kpi_row(line_snap, j, names[j]) for every line]``, each KPI array converted once."""
+    main = line_snap["since_start"]
+    start, end = _plain_list(main["start"]), _plain_list(main["end"])
+    rows = []
+    for j, fields in enumerate(_fields_of_all(line_snap, len(names))):
+        row = {"ts": end[j], "window": {"name": "since_start", "start": start[j], "end": end[j]},
+               "machines": list(names[j]), "n_machines": len(names[j])}
+        row.update(fields)
+        rows.append(row)
+    return rows
 
 
 class LineIndex:
