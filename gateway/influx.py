@@ -22,6 +22,7 @@ import asyncio
 import base64
 import collections
 import http.client
+import itertools
 import logging
 import time
 import urllib.parse
@@ -108,18 +109,35 @@ class BufferedSink:
     async def _run(self) -> None:
         backoff = 0.5
         await self._prepare()
+        prepared = None  # (lines, dropped count when taken, future of their body): the next batch, made ahead
         while True:
             if not self._buffer:
                 self._wake.clear()
                 await self._wake.wait()
             n = min(self.batch_lines, len(self._buffer))
-            batch = [self._buffer[i] for i in range(n)]
-            self._inflight_n, self._inflight_dropped = n, self.stats["dropped"]
+            dropped = self.stats["dropped"]
+            if prepared is not None and len(prepared[0]) == n and prepared[1] == dropped:
+                # made while the previous batch was in flight: the buffer's first n lines are these (lines only
+                # join at the end, and none were dropped since)
+                batch, body = prepared[0], await prepared[2]
+            else:
+                if prepared is not None:
+                    await prepared[2]  # stale (lines dropped, or more arrived): let its thread finish, make anew
+                batch = list(itertools.islice(self._buffer, n))
+                body = await asyncio.to_thread(self._encode, batch)
+            prepared = None
+            self._inflight_n, self._inflight_dropped = n, dropped
             # shielded: a stop() waits for the write in flight instead of abandoning it in its thread
-            self._inflight = asyncio.ensure_future(asyncio.to_thread(self._post, batch))
+            self._inflight = asyncio.ensure_future(asyncio.to_thread(self._post, batch, body))
+            ahead = list(itertools.islice(self._buffer, n, n + self.batch_lines))
+            if ahead:  # the next body is built while this one is posted (the POST waits on the network)
+                prepared = (ahead, dropped, asyncio.ensure_future(asyncio.to_thread(self._encode, ahead)))
             outcome = await asyncio.shield(self._inflight)
             self._inflight = None
-            if outcome == "retry":
+            if outcome == "retry":  # the same lines again: the body made ahead is not theirs
+                if prepared is not None:
+                    await prepared[2]
+                    prepared = None
                 self.stats["retries"] += 1
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
@@ -136,8 +154,13 @@ class BufferedSink:
         for _ in range(n - gone):
             self._buffer.popleft()
 
-    def _post(self, batch: list[str]) -> str:
-        """One write; "ok", "rejected" (do not retry) or "retry". Runs in a worker thread."""
+    def _encode(self, batch: list[str]):
+        """What ``_post`` sends for these lines, made ahead in a worker thread (None: ``_post`` makes it)."""
+        return None
+
+    def _post(self, batch: list[str], body=None) -> str:
+        """One write of ``batch`` (``body``: its ``_encode``); "ok", "rejected" (do not retry) or "retry".
+        Runs in a worker thread."""
         raise NotImplementedError
 
     def _ok(self, batch: list[str], started: float) -> str:
@@ -187,9 +210,13 @@ class InfluxV1Sink(BufferedSink):
         if self.create_database:
             await self._create_database()
 
-    def _post(self, batch: list[str]) -> str:
+    def _encode(self, batch: list[str]) -> bytes:
+        return ("\n".join(batch) + "\n").encode()
+
+    def _post(self, batch: list[str], body: bytes | None = None) -> str:
         """One write; "ok", "rejected" (do not retry) or "retry". Runs in a worker thread (one at a time)."""
-        body = ("\n".join(batch) + "\n").encode()
+        if body is None:
+            body = self._encode(batch)
         started = time.perf_counter()
         for attempt in (1, 2):
             fresh = self._conn is None
@@ -283,7 +310,7 @@ class InfluxV2Sink(BufferedSink):
     def __str__(self) -> str:
         return f"InfluxDB {self.url} org {self.org} bucket {self.bucket}"
 
-    def _post(self, batch: list[str]) -> str:
+    def _post(self, batch: list[str], body=None) -> str:
         """One write; "ok", "rejected" (do not retry) or "retry". Runs in a worker thread."""
         started = time.perf_counter()
         try:
