@@ -1,16 +1,21 @@
 """Through the broker: a bare paho subscriber vs the gateway's ingest, side by side in one run.
 
-A private Mosquitto on a free port. Per configuration and run, two phases one after the other:
-publisher processes send the same pre-built contract messages (columnar telemetry batches on
+A private Mosquitto on a free port. Per configuration and run, phases one after the other: publisher
+processes send the same pre-built contract messages (columnar telemetry batches on
 ``MachineRef(...).topic(Kind.TELEMETRY)``, plus counts and state) at QoS 1 as fast as the broker takes
-them, to (1) a bare paho subscriber (own process, QoS 1, counts messages and bytes) and (2) the real
-``gateway.service.Gateway`` (own process, publish_s=1.0, no sinks). Rates run from the first message
-to the last (for the gateway: to the end of the fold after the last). CPU is utime + stime of the
-subscriber process (os.times) and of Mosquitto (/proc/PID/stat) over the phase. Run:
+them, to (1) a bare paho subscriber (own process, QoS 1, counts messages and bytes), (2) the gateway's
+own MQTT client (contract.mqtt.connect) counting only, (3) the real ``gateway.service.Gateway`` (own
+process, publish_s=1.0, no sinks) and, with ``--gateways N``, (4) N gateway processes that split the
+lines by ``--scope``. Rates run from the first message to the last (for a gateway: to the end of the
+fold after the last). CPU is utime + stime of the subscriber process (os.times; for the gateway also
+per thread: paho's, which decodes, and the ticks) and of Mosquitto (/proc/PID/stat) over the phase.
+With ``--drain`` every message is published first (the broker queues them for the subscriber's
+persistent session) and then drained, so no publisher competes for the CPU. Run:
 
-    .venv/bin/python bench/bench_broker.py              # 2 configurations x 3 runs, about 2 minutes
+    .venv/bin/python bench/bench_broker.py              # 2 configurations x 3 runs, about 3 minutes
     .venv/bin/python bench/bench_broker.py --runs 1 --scale 0.3
     .venv/bin/python bench/bench_broker.py --profile    # also: cProfile of the gateway's ingest thread
+    .venv/bin/python bench/bench_broker.py --drain --gateways 2   # publish first, then drain; also 2 gateways
 """
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from contract import Kind, MachineRef, encode_counts, encode_state, encode_telemetry, subscription  # noqa: E402
+from contract import ROOT as ROOT_TOPIC, Kind, MachineRef, encode_counts, encode_state, encode_telemetry, subscription  # noqa: E402,E501
 from fieldlab.broker import PrivateMosquitto  # noqa: E402
 
 CONFIGS = {  # name: (rows per telemetry batch, signals, telemetry messages)
@@ -78,7 +83,7 @@ def paho_client(name: str):
     return paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{name}-{os.getpid()}")
 
 
-def register_session(port: int, client_id: str) -> None:
+def register_session(port: int, client_id: str, filters=FILTERS) -> None:
     """Drain mode: make the broker keep a session with our subscriptions, then leave, so that it queues
     every message for us while the publishers run; the subscriber connects only once they are done."""
     import paho.mqtt.client as paho
@@ -86,7 +91,7 @@ def register_session(port: int, client_id: str) -> None:
     c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
     subscribed = threading.Event()
     c.on_subscribe = lambda *args: subscribed.set()
-    c.on_connect = lambda cl, *args: cl.subscribe(FILTERS)
+    c.on_connect = lambda cl, *args: cl.subscribe(list(filters))
     c.connect("127.0.0.1", port)
     c.loop_start()
     if not subscribed.wait(10):
@@ -117,7 +122,11 @@ def role_pub(a) -> None:
     c.on_publish = on_publish
     c.connect("127.0.0.1", a.port)
     c.loop_start()
-    emit(ready=True, messages=len(msgs), samples=sum(s for _, _, s in msgs))
+    per_line: dict[str, list[int]] = {}  # line -> [messages, samples]: what each scoped gateway should get
+    for topic, _, n in msgs:
+        got = per_line.setdefault(topic.split("/")[4], [0, 0])
+        got[0], got[1] = got[0] + 1, got[1] + n
+    emit(ready=True, messages=len(msgs), samples=sum(s for _, _, s in msgs), per_line=per_line)
     if not sys.stdin.readline():  # "go", or the parent is gone
         return
     t = time.monotonic()
@@ -203,12 +212,14 @@ def role_gateway(a) -> None:
 
     async def main():
         client_id = f"bench-gw-{os.getpid()}"
-        if a.drain:
-            register_session(a.port, client_id)
+        scope = [f"bench/hall/{name}" for name in a.scope.split(",")] if a.scope else None
+        if a.drain:  # the gateway's own subscriptions (its scope's lines only)
+            register_session(a.port, client_id, [(f"{ROOT_TOPIC}/{s}/+/{k.value}", 1) for s in (scope or ["+/+/+"])
+                                                 for k in (Kind.STATE, Kind.COUNTS, Kind.TELEMETRY, Kind.STATUS)])
             emit(ready=True)
             if not await asyncio.to_thread(sys.stdin.readline):
                 return
-        gw = BenchGateway(BrokerUrl("127.0.0.1", a.port), publish_s=1.0, client_id=client_id, sinks=[])
+        gw = BenchGateway(BrokerUrl("127.0.0.1", a.port), publish_s=1.0, client_id=client_id, sinks=[], scope=scope)
         await gw.start()
         if not a.drain:
             emit(ready=True)
@@ -219,7 +230,7 @@ def role_gateway(a) -> None:
         t1, cpu1 = time.monotonic(), cpu_self()
         emit(messages=gw.stats["messages"], dead_letters=gw.stats["dead_letters"], samples=gw.stats["samples"],
              seconds=t1 - (gw.t0 or t1), cpu=cpu1 - (gw.cpu0 or cpu1), machines=len(gw.machines),
-             ingest_cpu=gw.ingest_cpu, tick_cpu=gw.tick_cpu,
+             ingest_cpu=gw.ingest_cpu, tick_cpu=gw.tick_cpu, t0=gw.t0 or t1, t1=t1,
              tick_median=statistics.median(gw.tick_log), tick_max=max(gw.tick_log))
         if gw.prof:
             pstats.Stats(gw.prof, stream=sys.stderr).sort_stats("cumulative").print_stats(25)
@@ -252,26 +263,46 @@ def phase(broker: PrivateMosquitto, kind: str, cfg: tuple, a, procs: list) -> di
     ready = [line(p) for p in pubs]
     n, samples = sum(r["messages"] for r in ready), sum(r["samples"] for r in ready)
     extra = (["--profile"] if a.profile and kind == "gateway" else []) + (["--drain"] if a.drain else [])
-    sub = spawn(procs, kind, broker.port, "--n", n, "--timeout", a.timeout, *extra)
-    line(sub)
+    if kind == "gateways":  # scale-out: a.gateways processes, each owning every a.gateways-th line (--scope)
+        per_line: dict[str, int] = {}
+        for r in ready:
+            for name, (msgs, _) in r["per_line"].items():
+                per_line[name] = per_line.get(name, 0) + msgs
+        names = sorted(per_line)
+        shares = [names[i::a.gateways] for i in range(a.gateways)]
+        subs = [spawn(procs, "gateway", broker.port, "--n", sum(per_line[x] for x in share), "--timeout", a.timeout,
+                      "--scope", ",".join(share), *extra) for share in shares]
+    else:
+        subs = [spawn(procs, kind, broker.port, "--n", n, "--timeout", a.timeout, *extra)]
+    for sub in subs:
+        line(sub)
     cpu_b, t = cpu_pid(broker.proc.pid), time.monotonic()
     for p in pubs:
         p.stdin.write("go\n"), p.stdin.flush()
     if a.drain:  # everything is in the broker before the subscriber connects: it alone sets the pace
         pub_seconds = max(line(p)["seconds"] for p in pubs)
         cpu_b, t = cpu_pid(broker.proc.pid), time.monotonic()
-        sub.stdin.write("go\n"), sub.stdin.flush()
-    res = line(sub)
+        for sub in subs:
+            sub.stdin.write("go\n"), sub.stdin.flush()
+    results = [line(sub) for sub in subs]
+    res = results[0]
+    if len(results) > 1:  # the window runs from the first gateway's first message to the last one's end
+        res = {"messages": sum(r["messages"] for r in results), "samples": sum(r["samples"] for r in results),
+               "dead_letters": sum(r["dead_letters"] for r in results),
+               "seconds": max(r["t1"] for r in results) - min(r["t0"] for r in results),
+               **{k: sum(r[k] for r in results) for k in ("cpu", "ingest_cpu", "tick_cpu")},
+               "tick_median": statistics.median(r["tick_median"] for r in results),
+               "tick_max": max(r["tick_max"] for r in results)}
     res["broker_cpu"] = (cpu_pid(broker.proc.pid) - cpu_b) / (time.monotonic() - t)
     res["pub_seconds"] = pub_seconds if a.drain else max(line(p)["seconds"] for p in pubs)
-    for p in [*pubs, sub]:
+    for p in [*pubs, *subs]:
         p.wait(30)
         procs.remove(p)
     res.update(expected=n, expected_samples=samples)
     if res["messages"] != n or res.get("dead_letters", 0):
         raise SystemExit(f"{kind}: got {res['messages']} of {n} messages, dead letters "
                          f"{res.get('dead_letters', 0)}: the numbers would not be honest")
-    if kind == "gateway" and res["samples"] != samples:
+    if kind.startswith("gateway") and res["samples"] != samples:
         raise SystemExit(f"gateway counted {res['samples']} samples, {samples} were sent")
     return res
 
@@ -289,18 +320,19 @@ def parent(a) -> None:
     procs: list[subprocess.Popen] = []
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-up below on kill, too
     broker = PrivateMosquitto(extra_conf="allow_anonymous true\nmax_queued_messages 0\n")
-    results = {name: {"bare": [], "client": [], "gateway": []} for name in CONFIGS}
+    kinds = ("bare", "client", "gateway") + (("gateways",) if a.gateways > 1 else ())
+    results = {name: {kind: [] for kind in kinds} for name in CONFIGS}
     print(facts(), flush=True)
     try:
         broker.start()
         for run in range(a.runs):
             for name, cfg in CONFIGS.items():
-                for kind in ("bare", "client", "gateway"):
+                for kind in kinds:
                     r = phase(broker, kind, cfg, a, procs)
                     results[name][kind].append(r)
                     per = (f" = {r['cpu'] / r['expected'] * 1e6:.0f} us/msg" + (
                         f" (paho thread {r['ingest_cpu'] / r['expected'] * 1e6:.0f}, ticks "
-                        f"{r['tick_cpu'] / r['expected'] * 1e6:.0f})" if kind == "gateway" else ""))
+                        f"{r['tick_cpu'] / r['expected'] * 1e6:.0f})" if kind.startswith("gateway") else ""))
                     print(f"run {run + 1} {name} {kind}: {r['expected'] / r['seconds']:,.0f} msg/s "
                           f"{r['expected_samples'] / r['seconds']:,.0f} samples/s cpu {r['cpu'] / r['seconds']:.0%}"
                           f"{per} broker {r['broker_cpu']:.0%} (publish {r['pub_seconds']:.2f} s)", flush=True)
@@ -332,6 +364,19 @@ def parent(a) -> None:
               f"| {med([x['tick_median'] for x in g]) * 1e3:.1f} / {max(x['tick_max'] for x in g) * 1e3:.1f} "
               f"| {med([x['broker_cpu'] for x in b]):.0%} / {med([x['broker_cpu'] for x in c]):.0%} / "
               f"{med([x['broker_cpu'] for x in g]):.0%} |")
+    if a.gateways > 1:
+        print(f"\n{a.gateways} gateway processes, each owning 1/{a.gateways} of the lines (--scope), side by side "
+              f"with the single gateway and the bare subscriber of the same runs:\n")
+        print("| config | 1 gateway msgs/s | gateways msgs/s | gateways samples/s | gateways / 1 gateway "
+              "| gateways / bare | gateways CPU µs per message | broker CPU % |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for name, r in results.items():
+            b, g, gg = r["bare"], r["gateway"], r["gateways"]
+            bm, gm, ggm = (med([x["expected"] / x["seconds"] for x in xs]) for xs in (b, g, gg))
+            print(f"| {name} | {k(gm)} | {rng([x['expected'] / x['seconds'] for x in gg], k)} "
+                  f"| {mi(med([x['samples'] / x['seconds'] for x in gg]))} | {ggm / gm:.2f}× | {ggm / bm:.0%} "
+                  f"| {med([x['cpu'] / x['expected'] * 1e6 for x in gg]):.0f} "
+                  f"| {med([x['broker_cpu'] for x in gg]):.0%} |")
 
 
 def main() -> None:
@@ -342,6 +387,9 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=1.0, help="multiply the message counts")
     ap.add_argument("--publishers", type=int, default=1, help="publisher processes")
     ap.add_argument("--profile", action="store_true", help="cProfile the gateway's ingest thread (stderr)")
+    ap.add_argument("--gateways", type=int, default=1,
+                    help="also run this many gateway processes side by side, splitting the lines by --scope")
+    ap.add_argument("--scope", help=argparse.SUPPRESS)  # a gateway child's lines, comma-separated
     ap.add_argument("--drain", action="store_true",
                     help="publish everything first (the broker queues it for the subscriber's session), then let "
                          "the subscriber drain it: no publisher competes for the CPU while it is measured")
