@@ -219,7 +219,8 @@ def role_gateway(a) -> None:
             emit(ready=True)
             if not await asyncio.to_thread(sys.stdin.readline):
                 return
-        gw = BenchGateway(BrokerUrl("127.0.0.1", a.port), publish_s=1.0, client_id=client_id, sinks=[], scope=scope)
+        gw = BenchGateway(BrokerUrl("127.0.0.1", a.port), publish_s=a.publish_s, client_id=client_id, sinks=[],
+                          scope=scope)
         await gw.start()
         if not a.drain:
             emit(ready=True)
@@ -262,7 +263,8 @@ def phase(broker: PrivateMosquitto, kind: str, cfg: tuple, a, procs: list) -> di
                   "--index", i, "--of", a.publishers) for i in range(a.publishers)]
     ready = [line(p) for p in pubs]
     n, samples = sum(r["messages"] for r in ready), sum(r["samples"] for r in ready)
-    extra = (["--profile"] if a.profile and kind == "gateway" else []) + (["--drain"] if a.drain else [])
+    extra = (["--profile"] if a.profile and kind == "gateway" else []) + (["--drain"] if a.drain else []) + (
+        ["--publish-s", a.publish_s] if kind.startswith("gateway") else [])
     if kind == "gateways":  # scale-out: a.gateways processes, each owning every a.gateways-th line (--scope)
         per_line: dict[str, int] = {}
         for r in ready:
@@ -389,6 +391,7 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="cProfile the gateway's ingest thread (stderr)")
     ap.add_argument("--gateways", type=int, default=1,
                     help="also run this many gateway processes side by side, splitting the lines by --scope")
+    ap.add_argument("--publish-s", type=float, default=1.0, help="the gateway's tick interval (default 1 s)")
     ap.add_argument("--scope", help=argparse.SUPPRESS)  # a gateway child's lines, comma-separated
     ap.add_argument("--drain", action="store_true",
                     help="publish everything first (the broker queues it for the subscriber's session), then let "

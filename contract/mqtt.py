@@ -186,9 +186,13 @@ class _Client(paho.Client):
     def loop_write(self):
         """Send all PUBACKs that are due with one send (paho sends each packet on its own)."""
         out = self._out_packet
-        if len(out) > 1 and out[0]["command"] & 0xF0 == paho.PUBACK and out[1]["command"] & 0xF0 == paho.PUBACK:
+
+        def fresh_ack(packet) -> bool:  # a whole PUBACK, not yet partly sent
+            return packet["command"] & 0xF0 == paho.PUBACK and packet["pos"] == 0
+
+        if len(out) > 1 and fresh_ack(out[0]) and fresh_ack(out[1]):
             acks = []
-            while out and out[0]["command"] & 0xF0 == paho.PUBACK and out[0]["pos"] == 0 and len(acks) < 1000:
+            while out and fresh_ack(out[0]) and len(acks) < 1000:
                 acks.append(out.popleft())
             packet = b"".join(a["packet"] for a in acks)
             out.appendleft({**acks[0], "packet": packet, "to_process": len(packet), "pos": 0})
