@@ -102,6 +102,50 @@ def _hide_password(url: str) -> str:
     return re.sub(r"^([^:/]+://[^/@:]*):[^/]*@", r"\1:***@", url)
 
 
+class _BufferedSocket:
+    """The broker's socket, read in chunks of up to 64 KiB instead of paho's few tiny reads per packet.
+
+    paho reads each packet with 3-5 ``recv`` calls (1 byte of type, 1-4 bytes of length, the rest).
+    This wrapper serves them from one larger read; ``pending()`` (which paho asks of TLS sockets) tells
+    paho's loop that bytes are still buffered, so it reads them without waiting in ``select``. Anything
+    else (send, fileno, setblocking, close) is the socket's own. Errors of a read (BlockingIOError, the
+    TLS want-read) come only from the socket itself, and paho handles them as before.
+    """
+    __slots__ = ("_sock", "_buf", "_pos")
+    CHUNK = 65536
+
+    def __init__(self, sock) -> None:
+        self._sock, self._buf, self._pos = sock, b"", 0
+
+    def recv(self, n: int) -> bytes:
+        pos, buf = self._pos, self._buf
+        if pos < len(buf):  # a short answer is fine: paho asks again for the rest
+            self._pos = pos + n
+            return buf[pos:pos + n]
+        data = self._sock.recv(max(n, self.CHUNK))
+        if len(data) <= n:
+            self._buf, self._pos = b"", 0
+            return data
+        self._buf, self._pos = data, n
+        return data[:n]
+
+    def buffered(self) -> int:
+        return max(len(self._buf) - self._pos, 0)
+
+    def pending(self) -> int:
+        inner = getattr(self._sock, "pending", None)  # TLS: bytes decrypted but not read yet
+        return self.buffered() + (inner() if inner else 0)
+
+    def send(self, data) -> int:
+        return self._sock.send(data)
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
 class _Client(paho.Client):
     """paho's client plus ``fieldlab_last_error``, and hooks that see why a (re)connect attempt failed.
 
@@ -114,6 +158,45 @@ class _Client(paho.Client):
     fieldlab_last_error: str | None = None
     _fieldlab_on_fail = None
     _fieldlab_on_log = None
+
+    # Per message, paho's network thread made 3-5 recv calls, one select, and a wake-up byte to itself
+    # through a socket pair for the PUBACK it queues. The three overrides below cut that to a share of
+    # one recv and one select per 64 KiB, and one send for all the PUBACKs due (bench/bench_broker.py;
+    # docs/PERFORMANCE.md). They lean on paho 2.x internals (_create_socket, _sockpairW, _out_packet),
+    # which every test against a real Mosquitto exercises, TLS included.
+    def _create_socket(self):
+        return _BufferedSocket(super()._create_socket())
+
+    def loop_read(self, max_packets: int = 1):
+        """Read on while whole packets are buffered (paho reads one per select). Queuing the PUBACKs needs no
+        wake-up byte here: this is the network thread, and its next loop sees them (want_write)."""
+        wake, self._sockpairW = self._sockpairW, None
+        try:
+            rc = super().loop_read(max_packets)
+            for _ in range(1000):
+                sock = self._sock
+                if rc or not isinstance(sock, _BufferedSocket) or not sock.buffered():
+                    break
+                rc = super().loop_read(max_packets)
+        finally:
+            if self._sockpairW is None:  # unless a reconnect made a new pair meanwhile
+                self._sockpairW = wake
+        return rc
+
+    def loop_write(self):
+        """Send all PUBACKs that are due with one send (paho sends each packet on its own)."""
+        out = self._out_packet
+
+        def fresh_ack(packet) -> bool:  # a whole PUBACK, not yet partly sent
+            return packet["command"] & 0xF0 == paho.PUBACK and packet["pos"] == 0
+
+        if len(out) > 1 and fresh_ack(out[0]) and fresh_ack(out[1]):
+            acks = []
+            while out and fresh_ack(out[0]) and len(acks) < 1000:
+                acks.append(out.popleft())
+            packet = b"".join(a["packet"] for a in acks)
+            out.appendleft({**acks[0], "packet": packet, "to_process": len(packet), "pos": 0})
+        return super().loop_write()
 
     def reconnect(self):
         if self._fieldlab_on_log is not None and self.on_log is None:

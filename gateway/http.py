@@ -120,7 +120,7 @@ def openapi() -> dict:
     def get(summary, schema, params=(), text=None):
         ok = {"description": "OK", "content": {text or "application/json": {"schema": schema}}}
         responses = {"200": ok}
-        if params:
+        if any(p["in"] == "path" for p in params):
             responses["404"] = {"description": "no such machine (yet)"}
         return {"get": {"summary": summary, "parameters": list(params), "responses": responses}}
 
@@ -146,6 +146,15 @@ def openapi() -> dict:
                                              "reasons", {"type": "object"}, [machine]),
             "/api/machines/{id}/counts": get("good and reject parts per window, and the target at ideal speed",
                                              {"type": "object"}, [machine]),
+            "/api/timelines": get(
+                "every machine's state timeline in a window, in one response (what the dashboard shows): "
+                "{window, machines: {id: {start, end, pieces}}}",
+                {"type": "object", "properties": {
+                    "window": {"type": "string"},
+                    "machines": {"type": "object", "additionalProperties": {
+                        "type": "object", "properties": {"start": {"type": "number"}, "end": {"type": "number"},
+                                                         "pieces": {"type": "array", "items": piece}}}}}},
+                [window]),
             "/api/events": get("Server-Sent Events: after every KPI computation an event 'machines' with the "
                                "body of /api/machines", {"type": "string"}, text="text/event-stream"),
             "/metrics": get("Prometheus metrics", {"type": "string"}, text="text/plain"),
@@ -220,6 +229,13 @@ class HttpEndpoint:
                 "application/json"
         if path == "/api/machines":
             return "200 OK", self._machines_json(), "application/json"
+        if path == "/api/timelines":
+            window = query.get("window", ["last_1h"])[0]
+            if window not in WINDOWS:
+                return "400 Bad Request", _json({"error": f"window must be one of {', '.join(WINDOWS)}"}), \
+                    "application/json"
+            return "200 OK", _json({"window": window, "machines": {
+                ref.path: tl for ref, tl in gw.timelines(window).items()}}), "application/json"
         if path.startswith("/api/machines/"):
             ref, what = self._machine(path[len("/api/machines/"):])
             row = next((r for r in machine_rows(gw) if ref and r["id"] == ref.path), None)

@@ -82,7 +82,14 @@ class Gateway:
         self.line_rows: list[dict] = []
         self.ticks = 0  # KPI computations so far: the HTTP service's live stream follows it
         self.tick_seconds = 0.0
+        # Two locks, so that paho's network thread never waits for a KPI computation:
+        # - _lock (ingest): the inbox of decoded messages, machine index, statuses, stats, journal. Held
+        #   for a few microseconds per message, and by the tick only to take the inbox (a list swap).
+        # - _state_lock: the engine (fold, snapshot, timelines, checkpoints). Held by the tick while it
+        #   folds and computes; ingest never takes it. Order when both are needed: _state_lock, then _lock.
         self._lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._inbox: list = []  # (machine index, kind, decoded item) in arrival order, not yet folded
         self._client = None
         self._task: asyncio.Task | None = None
         self._pending: list = []
@@ -98,33 +105,45 @@ class Gateway:
             self._dead_letter(msg.topic, msg.payload, f"internal error: {type(e).__name__}: {e}")
 
     def _ingest(self, topic: str, payload: bytes, journal: bool = True) -> None:
+        """Decode and queue one message (paho's thread). Only the queueing holds the ingest lock; folding
+        into the machines' state happens in the tick (``_take_inbox``), which never holds up this thread."""
         ref, kind = parse_topic(topic)
         if kind not in INGEST_KINDS:
             return
         item = decode(kind, payload)
+        if kind is Kind.TELEMETRY:
+            samples = item.ts.size * len(item.signals)
+        else:
+            samples = 0 if kind is Kind.STATUS else item.ts.size
+        new = False
         with self._lock:
-            self.stats["messages"] += 1
-            self.last_message_at = time.time()  # wall clock: /metrics shows how long ago data came
             m = self._index.get(ref)
-            if m is None:
-                m = self._index[ref] = self.engine.add_machine()
+            if m is None:  # the engine learns of it when the tick folds (_fold_inbox)
+                m = self._index[ref] = len(self.machines)
                 self.machines.append(ref)
-                log.info("new machine machine=%s", ref.path)
+                new = True
             if journal and self._journal_fd is not None:  # on disk before it counts (gateway/checkpoint.py)
                 os.write(self._journal_fd, checkpoint.record(topic, payload))
-            if self.sinks:
-                self._to_store.append((ref, kind, item))
             if kind is Kind.STATUS:
                 self.status[m] = item.status
-            elif kind is Kind.STATE:
-                self.engine.add_state(m, item)
-                self.stats["samples"] += item.ts.size
-            elif kind is Kind.COUNTS:
-                self.engine.add_counts(m, item)
-                self.stats["samples"] += item.ts.size
-            else:
-                self.engine.add_telemetry(m, item)
-                self.stats["samples"] += item.ts.size * len(item.signals)
+            self._inbox.append((m, kind, item))
+            self.stats["messages"] += 1
+            self.stats["samples"] += samples
+            self.last_message_at = time.time()  # wall clock: /metrics shows how long ago data came
+        if new:
+            log.info("new machine machine=%s", ref.path)
+
+    def _take_inbox(self) -> tuple[list, int, dict]:
+        """(messages not folded yet, machines known, statuses): a swap under the ingest lock."""
+        with self._lock:
+            items, self._inbox = self._inbox, []
+            return items, len(self.machines), dict(self.status)
+
+    def _fold_inbox(self) -> tuple[int, dict]:
+        """Hand what arrived to the engine and fold it (with _state_lock held); (machines, statuses) as of then."""
+        items, n, status = self._take_inbox()
+        self._inbox_taken(items, n)
+        return n, status
 
     def _dead_letter(self, topic: str, payload: bytes, reason: str) -> None:
         with self._lock:
@@ -152,7 +171,7 @@ class Gateway:
         if not self.checkpoint_path:
             return False
         restored = False
-        with self._lock:
+        with self._state_lock, self._lock:
             got = checkpoint.load(self.checkpoint_path, self.engine)
             if got is not None:
                 self.machines, self.status = got
@@ -182,16 +201,41 @@ class Gateway:
         self._journal_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
     def _capture(self) -> tuple[int, dict, dict]:
-        with self._lock:
-            self._checkpointed_at = time.monotonic()
-            self._checkpoint_seq += 1
-            arrays, doc = checkpoint.capture(self.engine, self.machines, self.status)
-            if self._journal_fd is not None:  # from here on, messages go to the next journal
-                doc["journal"] = self._journal_seq
-                os.close(self._journal_fd)
-                self._journal_seq += 1
-                self._open_journal()
-            return self._checkpoint_seq, arrays, doc
+        with self._state_lock:
+            with self._lock:  # the inbox and the journal change together: a message is in exactly one of
+                # (folded before this capture, journal after it)
+                self._checkpointed_at = time.monotonic()
+                self._checkpoint_seq += 1
+                seq = self._checkpoint_seq
+                rotated = self._journal_fd is not None
+                if rotated:  # from here on, messages go to the next journal
+                    os.close(self._journal_fd)
+                    self._journal_seq += 1
+                    self._open_journal()
+                journal = self._journal_seq - 1
+                items, self._inbox = self._inbox, []
+                n, status = len(self.machines), dict(self.status)
+            self._inbox_taken(items, n)
+            arrays, doc = checkpoint.capture(self.engine, self.machines[:n], status)
+            if rotated:
+                doc["journal"] = journal
+            return seq, arrays, doc
+
+    def _inbox_taken(self, items: list, n: int) -> None:
+        """Fold messages taken from the inbox into the engine (with _state_lock held)."""
+        engine = self.engine
+        while engine.n < n:
+            engine.add_machine()
+        for m, kind, item in items:
+            if kind is Kind.STATE:
+                engine.add_state(m, item)
+            elif kind is Kind.COUNTS:
+                engine.add_counts(m, item)
+            elif kind is Kind.TELEMETRY:
+                engine.add_telemetry(m, item)
+        engine.fold()
+        if self.sinks:
+            self._to_store += items
 
     def checkpoint(self, captured: tuple[int, dict, dict] | None = None) -> None:
         """Write the state (captured now, or by ``_capture``) to the checkpoint file; a newer one is never
@@ -226,11 +270,10 @@ class Gateway:
     def tick(self) -> list[dict]:
         """Fold what arrived, compute KPIs for all machines, publish them retained."""
         started = time.perf_counter()
-        with self._lock:
-            self.engine.fold()
+        with self._state_lock:
+            n, status = self._fold_inbox()
             snap = self.engine.snapshot()
-            machines = list(self.machines)
-            status = dict(self.status)
+            machines = self.machines[:n]
             to_store, self._to_store = self._to_store, []
             now = self.engine.now_ts[: len(machines)].copy()
             # lines: each line's windows end at its latest machine's time; its machines' totals in those
@@ -242,15 +285,13 @@ class Gateway:
             self._store(to_store, machines, snap, now, line_refs, line_snap)
         self._pending = [i for i in self._pending if not i.is_published()]
         rows = []
-        for i, ref in enumerate(machines):
-            row = kpi_row(snap, i)
+        for i, (ref, row) in enumerate(zip(machines, kpi_rows(snap))):
             row["status"] = status.get(i)
             self._publish_kpi(ref, row)
             rows.append({"machine": ref, **row})
         self.rows = rows
         line_rows = []
-        for j, line in enumerate(line_refs):  # after the machines' KPIs, one message per line
-            row = line_kpi_row(line_snap, j, line_names[j])
+        for line, row in zip(line_refs, line_kpi_rows(line_snap, line_names)):  # after the machines': one per line
             self._publish_kpi(line, row)
             line_rows.append({"line": line, **row})
         self.line_rows = line_rows
@@ -261,17 +302,26 @@ class Gateway:
     def timeline(self, machine: MachineRef, start: float | None = None, end: float | None = None,
                  window: str = "last_1h") -> dict | None:
         """A machine's state pieces in a window of its latest KPIs (or between start and end)."""
-        with self._lock:
+        with self._state_lock:
             i = self._index.get(machine)
-            if i is None:
+            if i is None or i >= self.engine.n:
                 return None
             row = next((r for r in self.rows if r["machine"] == machine), None)
-            w = (row or {}).get("windows", {}).get(window) if window != "since_start" else (row or {}).get("window")
-            a = start if start is not None else (w or {}).get("start")
-            b = end if end is not None else (w or {}).get("end")
-            if a is None or b is None:
-                return {"start": a, "end": b, "pieces": []}
-            s, e, c, r = self.engine.timeline.pieces(i, a, b)
+            return self._timeline(i, row, start, end, window)
+
+    def timelines(self, window: str = "last_1h") -> dict[MachineRef, dict]:
+        """Every machine's state pieces in a window of its latest KPIs, in one go (the dashboard's view)."""
+        with self._state_lock:
+            return {row["machine"]: self._timeline(self._index[row["machine"]], row, None, None, window)
+                    for row in self.rows}
+
+    def _timeline(self, i: int, row: dict | None, start, end, window: str) -> dict:
+        w = (row or {}).get("windows", {}).get(window) if window != "since_start" else (row or {}).get("window")
+        a = start if start is not None else (w or {}).get("start")
+        b = end if end is not None else (w or {}).get("end")
+        if a is None or b is None:
+            return {"start": a, "end": b, "pieces": []}
+        s, e, c, r = self.engine.timeline.pieces(i, a, b)
         return {"start": a, "end": b, "pieces": [
             {"start": float(x), "end": float(y), "category": oee.CATEGORIES[int(k)], "reason": int(z)}
             for x, y, k, z in zip(s, e, c, r)]}
@@ -279,9 +329,9 @@ class Gateway:
     def _store(self, items: list, machines: list[MachineRef] | None = None, snap: dict | None = None, now=None,
                line_refs: list[LineRef] | None = None, line_snap: dict | None = None) -> None:
         """Hand the new data (and, with a snapshot, every store_kpis_s the KPIs) to the sinks as line protocol."""
-        out = []
-        for ref, kind, item in items:
-            out += storage.batch_lines(ref, kind, item)
+        out, refs = [], self.machines  # items carry the machine's index (only ever appended to)
+        for m, kind, item in items:
+            out += storage.batch_lines(refs[m], kind, item)
         wall = time.monotonic()
         if snap is not None and (wall - self._kpis_stored_at >= self.store_kpis_s or self._task is None):
             self._kpis_stored_at = wall
@@ -318,7 +368,8 @@ class Gateway:
         self._client.loop_stop()
         self._client = None
         if self.sinks:  # what came in after the last tick still goes to storage
-            with self._lock:
+            with self._state_lock:
+                self._fold_inbox()
                 rest, self._to_store = self._to_store, []
             self._store(rest)
         if self.checkpoint_path:  # after the last message came in: it holds everything acknowledged
@@ -372,6 +423,64 @@ def line_kpi_row(line_snap: dict, j: int, machines: list[str]) -> dict:
            "machines": list(machines), "n_machines": len(machines)}
     row.update(_kpi_fields(line_snap, j))
     return row
+
+
+def _plain_list(a, whole: bool = False) -> list:
+    """``[plain(x, whole) for x in a]`` with one conversion for the whole array (the tick's per-value cost)."""
+    a = np.asarray(a)
+    if a.dtype.kind != "f":
+        return a.tolist()
+    finite = np.isfinite(a)
+    out = (np.where(finite, np.rint(a), 0).astype(np.int64) if whole else a).tolist()
+    if not finite.all():
+        for i in np.flatnonzero(~finite).tolist():
+            out[i] = None
+    return out
+
+
+def _fields_of_all(snap: dict, n: int) -> list[dict]:
+    """``_kpi_fields(snap, i)`` for i in range(n), each array converted once."""
+    main = snap["since_start"]
+    mains = [(k, _plain_list(main[k], k in oee.COUNT_FIELDS)) for k in MAIN_FIELDS]
+    losses = [(name, _plain_list(main[f"loss_{name}_s"]), _plain_list(main[f"loss_{name}_pp"])) for name in LOSSES]
+    windows = [(name, _plain_list(w["start"]), _plain_list(w["end"]),
+                [(k, _plain_list(w[k], k in oee.COUNT_FIELDS)) for k in WINDOW_FIELDS])
+               for name, w in snap.items() if name != "since_start"]
+    return [{**{k: v[i] for k, v in mains},
+             "losses": {name: {"s": ls[i], "pp": lp[i]} for name, ls, lp in losses},
+             "windows": {name: {"start": ws[i], "end": we[i], **{k: v[i] for k, v in cols}}
+                         for name, ws, we, cols in windows}}
+            for i in range(n)]
+
+
+def kpi_rows(snap: dict) -> list[dict]:
+    """``[kpi_row(snap, i) for every machine]``, converting each KPI array once instead of value by value."""
+    main = snap["since_start"]
+    n = len(main["end"])
+    start, end = _plain_list(main["start"]), _plain_list(main["end"])
+    codes, models = main["state"].tolist(), main["model"].tolist()
+    rows = []
+    for i, fields in enumerate(_fields_of_all(snap, n)):
+        code = codes[i]
+        row = {"ts": end[i], "window": {"name": "since_start", "start": start[i], "end": end[i]},
+               "state": code if code >= 0 else None, "state_name": state_name(models[i], code)}
+        row.update(fields)
+        row["windows"]["shift"]["stop_reasons"] = snap["shift"]["stop_reasons"][i][:10]
+        rows.append(row)
+    return rows
+
+
+def line_kpi_rows(line_snap: dict, names: list[list[str]]) -> list[dict]:
+    """``[line_kpi_row(line_snap, j, names[j]) for every line]``, each KPI array converted once."""
+    main = line_snap["since_start"]
+    start, end = _plain_list(main["start"]), _plain_list(main["end"])
+    rows = []
+    for j, fields in enumerate(_fields_of_all(line_snap, len(names))):
+        row = {"ts": end[j], "window": {"name": "since_start", "start": start[j], "end": end[j]},
+               "machines": list(names[j]), "n_machines": len(names[j])}
+        row.update(fields)
+        rows.append(row)
+    return rows
 
 
 class LineIndex:

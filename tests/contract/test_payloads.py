@@ -74,3 +74,49 @@ def test_status():
     assert (s.ts, s.status, s.info) == (12.5, "offline", {"reason": "connection lost"})
     with pytest.raises(ContractError, match="status.status"):
         decode("status", json.dumps({"v": 1, "ts": 1, "status": "sleeping"}))
+
+
+def _per_signal(payload: str):
+    """The per-signal decoding (one conversion per signal) that the whole-message fast path must equal."""
+    from contract import payloads
+    from contract.errors import ContractError
+
+    obj = json.loads(payload)
+    n = len(obj["ts"])
+    try:
+        return {k: payloads._numbers(obj["signals"], k, "telemetry.signals", n, allow_null=True).astype(float)
+                for k in obj["signals"]}
+    except ContractError as e:
+        return str(e)
+
+
+@pytest.mark.parametrize("signals", [
+    {"a": [1.5, 2.5, 3.5], "b": [4, 5, 6]},  # floats and ints: the fast path
+    {"a": [1.5, None, 3.5], "b": [None, None, 6]},  # sparse rows: nulls become NaN
+    {"a": [0.0, 1.0, 2.0], "b": [1, 0, 7]},  # zeros and ones: the per-signal path, the same result
+    {"a": [True, 2.5, 3.5], "b": [4.0, 5.0, 6.0]},  # a boolean among numbers: accepted as before (1.0)
+    {"a": [True, False, True], "b": [4.0, 5.0, 6.0]},  # a signal of booleans: refused as before
+    {"a": [True, None, 3.5], "b": [4.0, 5.0, 6.0]},  # a boolean next to a null: refused as before
+    {"a": [1.5, "2.5", 3.5], "b": [4.0, 5.0, 6.0]},  # text
+    {"a": [1.5, "x", None], "b": [4.0, 5.0, 6.0]},  # text next to a null
+    {"a": [[1.5, 2.5], [1.0, 2.0], [3.0, 4.0]], "b": [[4.0, 5.0], [6.0, 7.0], [8.0, 9.0]]},  # nested arrays
+    {"a": [[1.5], 2.5, 3.5], "b": [4.0, 5.0, 6.0]},
+    {"a": [1.5, 2.5], "b": [4.0, 5.0, 6.0]},  # a length that differs from ts
+    {"a": [1.5, {"x": 1}, 3.5], "b": [4.0, 5.0, 6.0]},
+    {"a": [2**64 - 1, 1.5, 3.5], "b": [4.0, 5.0, 6.0]},  # the largest integer orjson reads
+])
+def test_whole_message_decoding_equals_per_signal_decoding(signals):
+    from contract.errors import ContractError
+
+    payload = json.dumps({"v": 1, "ts": [1.0, 2.0, 3.0], "signals": signals})
+    expected = _per_signal(payload)
+    try:
+        got = decode_telemetry(payload.encode()).signals
+    except ContractError as e:
+        assert str(e) == expected
+        return
+    assert not isinstance(expected, str), f"accepted what the per-signal rules refuse: {expected}"
+    assert list(got) == list(expected)
+    for k in expected:
+        assert got[k].dtype == np.float64
+        np.testing.assert_array_equal(got[k], expected[k])

@@ -135,6 +135,7 @@ class Cards(HTMLParser):
             self.cards[self._id][self._kpi] = ""
             if tag == "div" and a.get("data-kpi") == "timeline":
                 self._kpi = None
+                self.cards[self._id]["pieces"] = a.get("data-pieces")
 
     def handle_data(self, data):
         if self._id and self._kpi:
@@ -187,6 +188,12 @@ async def test_dashboard_in_headless_chromium(served, tmp_path):
         for name, loss in row["losses"].items():
             assert shown[f"loss:{name}"] == f"{loss['pp'] or 0:.1f} pp"
     assert cards.cards[press.path]["target"] == "200"  # 600 s planned at 3 s per part
+    # the state timelines (one request for all machines): as many pieces drawn as the API has
+    _, _, body = await get(http, "/api/timelines?window=last_1h")
+    timelines = json.loads(body)["machines"]
+    assert {m: cards.cards[m]["pieces"] for m in cards.cards} == {
+        m: str(len(t["pieces"])) for m, t in timelines.items()}
+    assert cards.cards[press.path]["pieces"] == "3"
     # the picture, for people (kept as a test artifact)
     shot = ARTIFACTS / "dashboard.png"
     proc = await asyncio.create_subprocess_exec(*args, f"--screenshot={shot}", page,

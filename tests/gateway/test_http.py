@@ -72,3 +72,42 @@ async def test_taken_port_is_a_clear_error():
             await HttpEndpoint(None, port=first.port).start()
     finally:
         await first.stop()
+
+
+async def test_all_timelines_in_one_request_equal_each_machines_own(mosquitto, site, publisher):
+    """/api/timelines: what the dashboard draws, for every machine at once, the same as one by one."""
+    import json
+
+    from contract import encode_status
+
+    t0 = 1_800_000_000.0
+    gw = Gateway(mosquitto.url, site=site, publish_s=3600, client_id=f"gw-{site}")  # ticks when told
+    http = HttpEndpoint(gw, port=0)
+    await http.start()
+    await gw.start()
+    try:
+        press, lathe = MachineRef(site, "h", "l1", "press"), MachineRef(site, "h", "l2", "lathe")
+        publisher(press.topic(Kind.STATE), encode_state([t0, t0 + 300, t0 + 500], [4, 15, 4], [0, 101, 0]))
+        publisher(press.topic(Kind.COUNTS), encode_counts([t0, t0 + 600], [0, 90], [0, 10], "p", 3.0))
+        publisher(lathe.topic(Kind.STATE), encode_state([t0, t0 + 400], [4, 12], [0, 201]))
+        publisher(lathe.topic(Kind.STATUS), encode_status(t0, "online"))
+        for _ in range(100):
+            if gw.stats["messages"] == 4:
+                break
+            await asyncio.sleep(0.05)
+        gw.tick()
+        for window in ("shift", "last_1h", "since_start"):  # since_start last: its pieces are checked below
+            status, ctype, body = await asyncio.to_thread(get, f"{http.url}/api/timelines?window={window}")
+            assert status == 200 and ctype.startswith("application/json")
+            bulk = json.loads(body)
+            assert bulk["window"] == window and set(bulk["machines"]) == {press.path, lathe.path}
+            for ref in (press, lathe):
+                _, _, one = await asyncio.to_thread(get, f"{http.url}/api/machines/{ref.path}/timeline?window={window}")
+                assert bulk["machines"][ref.path] == json.loads(one)
+        pieces = [(p["start"] - t0, p["end"] - t0, p["category"], p["reason"])
+                  for p in bulk["machines"][press.path]["pieces"]]
+        assert pieces == [(0, 300, "run", 0), (300, 500, "breakdown", 101), (500, 600, "run", 0)]
+        assert (await asyncio.to_thread(get, f"{http.url}/api/timelines?window=week"))[0] == 400
+    finally:
+        await http.stop()
+        await gw.stop()

@@ -144,3 +144,53 @@ def test_both_ways_of_building_sparse_lines_agree():
         grouped += lines("m", ts[i:i + 1], {k: v[i:i + 1] for k, v in cols.items()}, frozenset({"n"}))
     assert np.unique(np.stack([np.isfinite(cols[k]) for k in names if k != "n"]).T, axis=0).shape[0] > 16
     assert row_by_row == grouped
+
+
+async def test_writes_share_one_kept_alive_connection(influxdb):
+    """One TCP connection for all batches (a new one per POST cost the sink time a bare writer does not spend)."""
+    db = db_name()
+    sink = InfluxV1Sink(influxdb.url, db, batch_lines=100)
+    socks, request = [], sink._request
+
+    def watched(body):  # the socket each write went out on
+        out = request(body)
+        socks.append(sink._conn.sock if sink._conn else None)
+        return out
+
+    sink._request = watched
+    await sink.start()
+    for k in range(3):
+        sink.accept([f"m v={i} {1_800_000_000_000 + i}" for i in range(k * 100, (k + 1) * 100)])
+        assert await wait_until(lambda: sink.stats["written"] == (k + 1) * 100), sink.stats
+    await sink.stop()
+    assert len(socks) == 3 and socks[0] is not None and all(s is socks[0] for s in socks)
+    assert [v for _, v in influxdb.query('SELECT "v" FROM "m"', db)[0]["values"]] == list(range(300))
+
+
+async def test_the_body_made_ahead_is_sent_only_if_its_lines_are_still_next(influxdb):
+    """While a batch is posted, the sink builds the next body; if the buffer overflowed meanwhile (the oldest
+    lines dropped), that body is stale and is made anew: what is written is exactly what was not dropped."""
+    import threading
+
+    db = db_name()
+    sink = InfluxV1Sink(influxdb.url, db, batch_lines=100, max_lines=250)
+    gate, post = threading.Event(), sink._post
+
+    def held(batch, body=None):  # the database answers only when the test says so
+        assert gate.wait(10)
+        return post(batch, body)
+
+    sink._post = held
+    line = "m v={0} {1}".format
+    await sink.start()
+    try:
+        sink.accept([line(i, 1_800_000_000_000 + i) for i in range(200)])  # 0..99 posted, 100..199 made ahead
+        assert await wait_until(lambda: sink._inflight is not None)
+        sink.accept([line(i, 1_800_000_000_000 + i) for i in range(200, 500)])  # 250 dropped: 0..249
+    finally:
+        gate.set()
+    assert await wait_until(lambda: sink.backlog == 0), sink.stats
+    await sink.stop()
+    values = [v for _, v in influxdb.query('SELECT "v" FROM "m"', db)[0]["values"]]
+    assert values == list(range(100)) + list(range(250, 500))  # 0..99 were on their way already
+    assert (sink.stats["written"], sink.stats["dropped"]) == (350, 150)

@@ -13,7 +13,7 @@ from contract import (
 )
 from gateway import oee, storage
 from gateway.engine import KpiEngine, group_snapshot
-from gateway.service import Gateway, LineIndex, kpi_row, line_kpi_row
+from gateway.service import Gateway, LineIndex, kpi_row, kpi_rows, line_kpi_row, line_kpi_rows
 from tests.helpers import wait_until
 
 # Hand-worked example, default conventions (stops of 2 min or more are not small stops).
@@ -235,3 +235,19 @@ def test_line_windows_end_at_the_lines_latest_time_not_each_machines():
     assert line["last_1h"]["good"].tolist() == [10]
     assert line["last_1h"]["end"].tolist() == [later + 3600]
     assert line["since_start"]["good"].tolist() == [510]
+
+
+def test_kpi_rows_of_a_tick_equal_the_rows_made_one_by_one():
+    """The tick converts each KPI array once (kpi_rows, line_kpi_rows); the messages are the ones that
+    kpi_row / line_kpi_row build value by value: same keys in the same order, same values, None for NaN."""
+    e = engine_with_data()
+    e.add_machine()  # a machine without data yet: undefined ratios, no state
+    snap = e.snapshot()
+    index = LineIndex()
+    group = index.update(refs() + [MachineRef("s", "hall", "line-3", "D")])
+    lsnap = group_snapshot(snap, group, len(index.refs), e.conv)
+    one_by_one = [kpi_row(snap, i) for i in range(e.n)]
+    assert json.dumps(kpi_rows(snap)) == json.dumps(one_by_one)
+    assert one_by_one[3]["oee"] is None and one_by_one[3]["state"] is None
+    assert json.dumps(line_kpi_rows(lsnap, index.names)) == json.dumps(
+        [line_kpi_row(lsnap, j, index.names[j]) for j in range(len(index.refs))])

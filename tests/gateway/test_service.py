@@ -1,4 +1,5 @@
 """The gateway against a real Mosquitto: KPIs out, bad input parked and counted."""
+import asyncio
 import json
 import logging
 
@@ -96,3 +97,85 @@ async def test_messages_sent_while_the_gateway_restarts_are_not_lost(mosquitto, 
     rec = recorder(mosquitto.url, ref.topic(Kind.KPI))
     assert rec.wait_for(lambda r: r.json("/kpi"))
     assert (rec.json("/kpi")[-1]["good"], rec.json("/kpi")[-1]["reject"]) == (40, 2)
+
+
+def _message(topic: str, payload: bytes):
+    """What paho's network thread hands to on_message."""
+    from paho.mqtt.client import MQTTMessage
+
+    msg = MQTTMessage(topic=topic.encode())
+    msg.payload = payload
+    return msg
+
+
+async def test_ingest_never_waits_for_a_tick_and_what_arrives_during_it_counts_once(mosquitto, site):
+    """The tick folds and computes outside the ingest lock: paho's thread goes on taking messages while a
+    tick is in the middle of folding; those messages are folded by the next tick, exactly once."""
+    import threading
+
+    ref = MachineRef(site, "a", "l", "m1")
+    gw = Gateway(mosquitto.url, site=site, publish_s=3600, client_id=f"gw-{site}")  # ticks only when told
+    await gw.start()
+    fold, in_fold, release = gw.engine.fold, threading.Event(), threading.Event()
+
+    def held_fold():  # a tick that takes as long as the test wants, while holding the engine
+        in_fold.set()
+        assert release.wait(10)
+        fold()
+
+    try:
+        gw._on_message(None, None, _message(ref.topic(Kind.COUNTS), encode_counts([0.0, 10.0], [0, 5], [0, 0], "p", 1.0)))
+        gw.engine.fold = held_fold
+        first: list = []
+        ticking = threading.Thread(target=lambda: first.append(gw.tick()))
+        ticking.start()
+        assert in_fold.wait(5)
+        ingested = threading.Event()
+
+        def network_thread():  # as paho's thread would: ten more messages while the tick folds
+            for k in range(1, 11):
+                t = 10.0 + 10 * k
+                gw._on_message(None, None, _message(ref.topic(Kind.COUNTS),
+                                                    encode_counts([t], [5 + 5 * k], [k], "p", 1.0)))
+            ingested.set()
+
+        threading.Thread(target=network_thread, daemon=True).start()
+        waited = not ingested.wait(5)
+        release.set()
+        ticking.join(10)
+        gw.engine.fold = fold
+        assert not waited, "ingest waited for the tick to finish"
+        assert gw.stats["messages"] == 11
+        assert (first[0][0]["good"], first[0][0]["reject"]) == (5, 0)  # the tick folds what came before it
+        rows = gw.tick()  # and the next one what came during it
+        assert (rows[0]["good"], rows[0]["reject"]) == (55, 10)
+        rows = gw.tick()  # nothing new: nothing counted twice
+        assert (rows[0]["good"], rows[0]["reject"]) == (55, 10)
+    finally:
+        release.set()
+        gw.engine.fold = fold
+        await gw.stop()
+
+
+async def test_messages_through_the_broker_during_fast_ticks_are_counted_once(mosquitto, site, publisher):
+    """Many messages through Mosquitto while the gateway ticks every 5 ms: the totals are exact."""
+    ref = MachineRef(site, "a", "l", "m1")
+    gw = Gateway(mosquitto.url, site=site, publish_s=0.005, client_id=f"gw-{site}")
+    await gw.start()
+    try:
+        def publish_all():  # in a thread: the event loop ticks meanwhile
+            publisher(ref.topic(Kind.STATE), encode_state([0.0], [4]))
+            publisher(ref.topic(Kind.COUNTS), encode_counts([0.0], [0], [0], "p", 0.25))  # the counters' start
+            for k in range(300):
+                publisher(ref.topic(Kind.COUNTS), encode_counts([k + 0.5, k + 1.0], [2 * k + 1, 2 * k + 2],
+                                                                [k, k + 1], "p", 0.25))
+
+        await asyncio.to_thread(publish_all)
+        assert await wait_until(lambda: gw.stats["messages"] == 302), gw.stats
+        ticks = gw.ticks
+        assert await wait_until(lambda: gw.ticks > ticks)  # a tick that began after the last message
+        rows = gw.tick()
+    finally:
+        await gw.stop()
+    assert ticks >= 3  # the messages really met several ticks
+    assert (rows[0]["good"], rows[0]["reject"], rows[0]["total"]) == (600, 300, 900)
