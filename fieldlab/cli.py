@@ -84,6 +84,12 @@ def _add_levels(parser, help_: str) -> None:
         parser.add_argument(f"--{level}", default=default, help=help_.format(level=level) + f" (default {default})")
 
 
+LINE_HELP = ("couple the machines into a line, in order, with buffers of CAP parts between them (one number "
+             "for every buffer, or one per buffer): a stop upstream starves the next machine, a full buffer blocks "
+             "the one before it (docs/simulators.md, \"A line with buffers\"); not with --scenario (a scenario "
+             "file has its own line: key)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fieldlab", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -128,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 8080)")
     d.add_argument("--scenario", metavar="NAME-or-FILE", help="run a course scenario: its machines, seed and "
                    "scripted faults; stops at its end unless --duration (fieldlab sim --list-scenarios)")
+    d.add_argument("--buffers", metavar="CAP[,CAP...]", help=LINE_HELP)
     d.add_argument("--ledger", metavar="FILE", help="at the end, write what the simulated machines really "
                    "did (time per state, good and reject parts) to this JSON file, to check the OEE by hand")
 
@@ -156,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scenario", metavar="NAME-or-FILE", help="run a course scenario (YAML): its machines, seed and "
                    "scripted faults instead of --machines and --seed; stops at its end unless --duration")
     s.add_argument("--list-scenarios", action="store_true", help="list the shipped scenarios and stop")
+    s.add_argument("--buffers", metavar="CAP[,CAP...]", help=LINE_HELP)
     s.add_argument("--broker", metavar="URL", help="take fault commands from this MQTT broker, e.g. "
                    "mqtt://localhost:1883, on fieldlab/v1/SITE/AREA/LINE/<machine>/cmd")
     _add_levels(s, "with --broker: {level} name in the command topics")
@@ -378,16 +386,17 @@ async def _inject_opcua(url: str, machine: str, fault: str, params: dict) -> str
         await client.disconnect()
 
 
-async def _wait_for_stop(duration: float | None, every: float | None = None, on_tick=None) -> None:
-    """Wait for Ctrl-C / SIGTERM or ``duration`` seconds, calling ``on_tick`` every ``every`` seconds."""
+async def _wait_for_stop(duration: float | None, every: float | None = None, on_tick=None,
+                         done: asyncio.Event | None = None) -> None:
+    """Wait for Ctrl-C / SIGTERM, ``duration`` seconds or ``done``, calling ``on_tick`` every ``every`` seconds."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     deadline = None if duration is None else time.monotonic() + duration
     try:
-        while not stop.is_set():
-            step = every or 3600.0
+        while not stop.is_set() and not (done and done.is_set()):
+            step = every or (0.1 if done else 3600.0)
             if deadline is not None:
                 step = min(step, deadline - time.monotonic())
                 if step <= 0:
@@ -423,6 +432,8 @@ async def _sim(a) -> int:
             print(f"{name:32} {scenarios.format_time(s.duration_s):>7}  {s.description.splitlines()[0]}")
         return 0
     scen = scenarios.load(a.scenario) if a.scenario else None
+    if scen and a.buffers:
+        raise ServiceError("--buffers does not go with --scenario: a scenario file says whether its machines are a line")
     url = None
     if a.broker:
         from contract import MachineRef
@@ -431,21 +442,23 @@ async def _sim(a) -> int:
         url = BrokerUrl.parse(a.broker)
         MachineRef(a.site, a.area, a.line, "m")  # check the names before anything starts
     clock = SimClock(time.time(), a.speed)
-    machines = scen.machines(clock.t0) if scen else demo_machines(a.machines, clock.t0, a.seed)
-    duration = a.duration if a.duration is not None or not scen else scen.duration_s / a.speed
+    machines = scen.machines(clock.t0) if scen else demo_machines(a.machines, clock.t0, a.seed, a.buffers)
+    # a scenario stops at exactly its end (unless --duration says otherwise)
+    end = clock.t0 + scen.duration_s if scen and a.duration is None else None
     if scen:
         print(scenarios.describe(scen), flush=True)
-    sim = Simulation(machines, clock, host=a.host, base_port=a.opcua_port, modbus_base_port=a.modbus_port)
+    sim = Simulation(machines, clock, host=a.host, base_port=a.opcua_port, modbus_base_port=a.modbus_port,
+                     end=end)
     await sim.start()
     try:
         for name, ep in sim.endpoints.items():
             modbus = f"  modbus://{sim.modbus_endpoints[name]}" if a.modbus_port else ""
             print(f"{name}: {ep}{modbus}", flush=True)
         if url:
-            await sim.listen(url, a.site, a.area, a.line)
+            await sim.listen(url, a.site, a.area, a.buffers)
             print(f"fault commands: fieldlab/v1/{a.site}/{a.area}/{a.line}/<machine>/cmd on {url}", flush=True)
         sim.run()
-        await _wait_for_stop(duration)
+        await _wait_for_stop(a.duration, done=sim.finished if end else None)
         await sim.freeze()
         ledgers = sim.ledgers()
         for name, led in ledgers.items():
@@ -659,7 +672,7 @@ async def _demo(a) -> int:
     return await Demo(machines=a.machines, speed=a.speed, duration=a.duration, broker=a.broker,
                       broker_impl=a.broker_impl, mqtt_port=a.mqtt_port, opcua_port=a.opcua_port,
                       seed=a.seed, ledger=a.ledger, config=site_config(a.config), http_port=a.http_port,
-                      scenario=a.scenario).run()
+                      scenario=a.scenario, line=a.buffers).run()
 
 
 EXIT_CONFIG = 78  # EX_CONFIG of sysexits.h: configuration error

@@ -193,8 +193,13 @@ class Simulation:
     """
 
     def __init__(self, machines: list[Machine], clock: SimClock, host: str = "127.0.0.1",
-                 base_port: int = 4840, tick_s: float = 0.1, *, modbus_base_port: int | None = None):
+                 base_port: int = 4840, tick_s: float = 0.1, *, modbus_base_port: int | None = None,
+                 end: float | None = None):
         self.clock, self.tick_s = clock, tick_s
+        #: simulated time at which the machines stop (a scenario's end): the last tick advances them to exactly
+        #: ``end``, ``finished`` is set, and ``freeze`` never goes past it. None: run until frozen.
+        self.end = end
+        self.finished = asyncio.Event()
         self.servers = [MachineServer(m, host, base_port + i, now=clock.now) for i, m in enumerate(machines)]
         self.modbus_servers = ([] if modbus_base_port is None else
                                [ModbusMachineServer(m, host, modbus_base_port + i) for i, m in enumerate(machines)])
@@ -239,10 +244,17 @@ class Simulation:
         self.clock.start()
         self._task = asyncio.create_task(self._loop())
 
+    def _now(self) -> float:
+        t = self.clock.now()
+        return t if self.end is None else min(t, self.end)
+
     async def _loop(self) -> None:
         while True:
-            t = self.clock.now()
+            t = self._now()
             await self._advance(t)
+            if self.end is not None and t >= self.end:
+                self.finished.set()
+                return
             await asyncio.sleep(self.tick_s)
 
     async def _advance(self, t: float) -> None:
@@ -252,11 +264,12 @@ class Simulation:
                 self.modbus_servers[i].refresh(s.last_pv)
 
     async def freeze(self) -> float:
-        """Stop the clock: advance every machine to one final time and stop ticking. Returns that time."""
+        """Stop the clock: advance every machine to one final time (at most ``end``) and stop ticking.
+        Returns that time."""
         if self._task:
             await cancel_and_wait(self._task)
             self._task = None
-        t = self.clock.now()
+        t = self._now()
         await self._advance(t)
         return t
 
