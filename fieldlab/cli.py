@@ -448,7 +448,7 @@ async def _sim(a) -> int:
     if scen:
         print(scenarios.describe(scen), flush=True)
     sim = Simulation(machines, clock, host=a.host, base_port=a.opcua_port, modbus_base_port=a.modbus_port,
-                     end=end)
+                     end=end, typed=True)
     await sim.start()
     try:
         for name, ep in sim.endpoints.items():

@@ -92,7 +92,7 @@ class Demo:
         try:
             machines = (self.scenario.machines(clock.t0) if self.scenario
                         else demo_machines(self.n, clock.t0, self.seed, self.line))
-            sim = Simulation(machines, clock, base_port=self.opcua_port,
+            sim = Simulation(machines, clock, base_port=self.opcua_port, typed=True,
                              end=clock.t0 + self.scenario.duration_s if self.to_end else None)
             self._sim_done = sim.finished
             await sim.start()

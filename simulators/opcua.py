@@ -29,7 +29,7 @@ from contract import PACKML, MachineRef
 from contract.errors import ServiceError
 from contract.tasks import cancel_and_wait
 
-from . import faults
+from . import faults, uamodel
 from .machine import EXECUTE, UNITS, Machine
 from .modbus import ModbusMachineServer
 
@@ -66,8 +66,8 @@ class MachineServer:
     """One machine behind one OPC UA server. ``now`` gives the simulated time at which an injected fault
     is received (default: the machine's own clock)."""
 
-    def __init__(self, machine: Machine, host: str, port: int, now=None):
-        self.machine, self.host, self.port = machine, host, port
+    def __init__(self, machine: Machine, host: str, port: int, now=None, *, typed: bool = False):
+        self.machine, self.host, self.port, self.typed = machine, host, port, typed
         self.now = now or (lambda: machine.clock)
         self.endpoint = f"opc.tcp://{host}:{port}/fieldlab/"
         self.server = Server()
@@ -82,25 +82,37 @@ class MachineServer:
         self.server.set_server_name(f"fieldlab simulated {m.spec.kind} {m.spec.name}")
         self.server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
         idx = await self.server.register_namespace(NAMESPACE)
-        obj = await self.server.nodes.objects.add_object(idx, m.spec.name)
+        name = m.spec.name
+        if self.typed:
+            types = await uamodel.build_types(self.server, idx, faults.METHODS, self._add_type_method)
+            obj = await self.server.nodes.objects.add_object(ua.NodeId(name, idx), ua.QualifiedName(name, idx),
+                                                             types[uamodel.type_name(m.spec.kind)])
+        else:
+            obj = await uamodel.build_flat(self.server, idx, name, faults.METHODS, self._add_type_method)
         V = ua.VariantType
         initial = {
             "State": (m.state, V.Int32), "StateReason": (m.reason, V.Int32),
             "GoodCount": (m.good, V.UInt64), "RejectCount": (m.reject, V.UInt64),
             "Product": (m.spec.product, V.String), "IdealCycleTime": (m.spec.ideal_cycle_s, V.Double),
         }
-        nodes = {}
-        for name, (value, vtype) in initial.items():
-            nodes[name] = await obj.add_variable(idx, name, ua.Variant(value, vtype))
-        folder = await obj.add_folder(idx, "Process")
+        nodes = {k: await obj.get_child(f"{idx}:{k}") for k in initial}
         self.last_pv = m.process_values(0.0)
-        for name, value in self.last_pv.items():
-            nodes[name] = await folder.add_variable(idx, name.capitalize(), ua.Variant(value, V.Double))
-        for name, fault, help, args in faults.METHODS:
-            await self._add_method(idx, obj, name, fault, help, args)
+        folder = await obj.get_child(f"{idx}:Process")
+        ranges = uamodel.process_range(m)
+        for key in self.last_pv:
+            node = nodes[key] = await folder.get_child(f"{idx}:{key.capitalize()}")
+            if self.typed:
+                low, high = ranges[key.capitalize()]
+                await (await node.get_child("0:EURange")).write_value(ua.Range(Low=low, High=high))
+        self._extra = uamodel.ExtraValues(m, enabled=self.typed)
+        for e in self._extra.extras:
+            nodes[e.name] = await obj.get_child(f"{idx}:{e.name}")
+        for mname, fault, help, args in faults.METHODS:
+            self.server.link_method(await obj.get_child(f"{idx}:{mname}"), self._callback(mname, fault, args))
         self._vars = nodes  # complete: from now on the simulation loop writes to them
         # Stamp the initial values with the machine's time.
         await self._write_many([(n, v, vt) for n, (v, vt) in initial.items()], m.clock)
+        await self._write_many([(k, v, V.Double) for k, v in {**self.last_pv, **self._extra.sample()}.items()], m.clock)
         try:
             await self.server.start()
         except OSError as e:
@@ -108,7 +120,7 @@ class MachineServer:
                                f"{e.strerror or e} (is the port taken? choose another with --opcua-port)") from None
         log.info("opcua server up machine=%s endpoint=%s", m.spec.name, self.endpoint)
 
-    async def _add_method(self, idx, obj, name: str, fault: str, help: str, args) -> None:
+    def _callback(self, name: str, fault: str, args):
         names = [a for a, _ in args]
 
         async def call(parent, *values):
@@ -122,6 +134,15 @@ class MachineServer:
                 return ua.StatusCode(ua.StatusCodes.BadInvalidArgument)
             return [ua.Variant(text, ua.VariantType.String)]
 
+        return call
+
+    @staticmethod
+    async def _add_type_method(parent, nodeid, name: str, fault: str, help: str, args):
+        """The method as the machine type declares it (arguments, description); called on the type itself it
+        refuses: each machine's own copy is linked to that machine (``start``)."""
+        async def on_type(parent, *values):
+            return ua.StatusCode(ua.StatusCodes.BadMethodInvalid)
+
         inputs = []
         for a, vtype in args:
             arg = ua.Argument()
@@ -131,8 +152,9 @@ class MachineServer:
         result = ua.Argument()
         result.Name, result.DataType, result.ValueRank = "Result", ua.NodeId(ua.ObjectIds.String), -1
         result.Description = ua.LocalizedText("what the simulator did")
-        node = await obj.add_method(idx, name, call, inputs, [result])
+        node = await parent.add_method(nodeid, ua.QualifiedName(name, nodeid.NamespaceIndex), on_type, inputs, [result])
         await node.write_attribute(ua.AttributeIds.Description, ua.DataValue(ua.Variant(ua.LocalizedText(help))))
+        return node
 
     def inject(self, fault: str, **params) -> str:
         """Inject a fault at the simulated time now; a one-line status. ValueError if the fault is wrong."""
@@ -171,7 +193,7 @@ class MachineServer:
         pv = self.machine.process_values(t - self._last_pv_t)
         self._last_pv_t = t
         self.last_pv = pv
-        await self._write_many([(k, v, V.Double) for k, v in pv.items()], t)
+        await self._write_many([(k, v, V.Double) for k, v in {**pv, **self._extra.sample()}.items()], t)
 
     async def stop(self) -> None:
         await self.server.stop()
@@ -194,13 +216,14 @@ class Simulation:
 
     def __init__(self, machines: list[Machine], clock: SimClock, host: str = "127.0.0.1",
                  base_port: int = 4840, tick_s: float = 0.1, *, modbus_base_port: int | None = None,
-                 end: float | None = None):
+                 end: float | None = None, typed: bool = False):
         self.clock, self.tick_s = clock, tick_s
         #: simulated time at which the machines stop (a scenario's end): the last tick advances them to exactly
         #: ``end``, ``finished`` is set, and ``freeze`` never goes past it. None: run until frozen.
         self.end = end
         self.finished = asyncio.Event()
-        self.servers = [MachineServer(m, host, base_port + i, now=clock.now) for i, m in enumerate(machines)]
+        self.servers = [MachineServer(m, host, base_port + i, now=clock.now, typed=typed)
+                        for i, m in enumerate(machines)]
         self.modbus_servers = ([] if modbus_base_port is None else
                                [ModbusMachineServer(m, host, modbus_base_port + i) for i, m in enumerate(machines)])
         self._task: asyncio.Task | None = None
