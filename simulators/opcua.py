@@ -1,6 +1,10 @@
 """Serve simulated machines over OPC UA (asyncua), one server per machine.
 
-Address space (namespace ``urn:fieldlab:sim``), browse names a person reads::
+Address space (namespace ``urn:fieldlab:sim``; docs/simulators.md, "OPC UA address space"): with
+``typed=True`` (what ``fieldlab sim`` and ``fieldlab demo`` serve) each machine is an instance of its
+kind's object type (``CncMachineType`` ... derived from ``FieldlabMachineType``, simulators/uamodel.py),
+with AnalogItems carrying EngineeringUnits (UNECE codes) and EURange; untyped, the same browse paths
+without types. Browse names a person reads, NodeIds made from them (``ns=2;s=cnc-01.Process.Temperature``)::
 
     Objects/<machine>/State          Int32   PackML state (OPC 30060 numbers)
                      /StateReason    Int32   reason code of the current state (0 = none)
@@ -9,6 +13,7 @@ Address space (namespace ``urn:fieldlab:sim``), browse names a person reads::
                      /Product        String
                      /IdealCycleTime Double  seconds per part
                      /Process/Temperature, /Process/Power, /Process/Vibration  Double
+                     /SpindleSpeed ... (typed: the kind's own values)
                      /InjectBreakdown(minutes), /InjectMicroStops(count), /SlowDown(factor, minutes),
                      /QualityProblem(reject_rate, minutes), /TemperatureExcursion(temp_c, minutes),
                      /MaterialShortage(minutes), /Reset()   methods: faults on cue (simulators.faults)
