@@ -164,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "scripted faults instead of --machines and --seed; stops at its end unless --duration")
     s.add_argument("--list-scenarios", action="store_true", help="list the shipped scenarios and stop")
     s.add_argument("--buffers", metavar="CAP[,CAP...]", help=LINE_HELP)
+    s.add_argument("--one-server", action="store_true", help="serve every machine from one OPC UA server on "
+                   "--opcua-port (each an object below Objects) instead of one server per port: about 40 MiB "
+                   "and 1.7 s of start-up less per machine")
     s.add_argument("--broker", metavar="URL", help="take fault commands from this MQTT broker, e.g. "
                    "mqtt://localhost:1883, on fieldlab/v1/SITE/AREA/LINE/<machine>/cmd")
     _add_levels(s, "with --broker: {level} name in the command topics")
@@ -448,7 +451,7 @@ async def _sim(a) -> int:
     if scen:
         print(scenarios.describe(scen), flush=True)
     sim = Simulation(machines, clock, host=a.host, base_port=a.opcua_port, modbus_base_port=a.modbus_port,
-                     end=end, typed=True)
+                     end=end, typed=True, shared=a.one_server)
     await sim.start()
     try:
         for name, ep in sim.endpoints.items():

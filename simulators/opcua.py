@@ -67,31 +67,68 @@ class SimClock:
         return self.t0 + (time.monotonic() - self._wall0) * self.speed
 
 
-class MachineServer:
-    """One machine behind one OPC UA server. ``now`` gives the simulated time at which an injected fault
-    is received (default: the machine's own clock)."""
+class SharedServer:
+    """One OPC UA server for several machines (``Simulation(..., shared=True)``): every machine is an object
+    below Objects on the same endpoint. Saves asyncua's standard address space (about 40 MiB and 1.7 s of
+    start-up) per machine after the first (docs/PERFORMANCE.md, "Simulator footprint")."""
 
-    def __init__(self, machine: Machine, host: str, port: int, now=None, *, typed: bool = False):
-        self.machine, self.host, self.port, self.typed = machine, host, port, typed
-        self.now = now or (lambda: machine.clock)
+    def __init__(self, host: str, port: int, typed: bool):
+        self.host, self.port, self.typed = host, port, typed
         self.endpoint = f"opc.tcp://{host}:{port}/fieldlab/"
         self.server = Server()
+        self.idx: int | None = None
+        self.types: dict[str, ua.NodeId] = {}
+
+    async def init(self, name: str) -> None:
+        """Build the server once (namespace, types); the first machine's call does it."""
+        if self.idx is not None:
+            return
+        await self.server.init()
+        self.server.set_endpoint(self.endpoint)
+        self.server.set_server_name(name)
+        self.server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        self.idx = await self.server.register_namespace(NAMESPACE)
+        if self.typed:
+            self.types = await uamodel.build_types(self.server, self.idx, faults.METHODS,
+                                                   MachineServer._add_type_method)
+
+    async def start(self) -> None:
+        try:
+            await self.server.start()
+        except OSError as e:
+            raise ServiceError(f"cannot serve OPC UA on {self.host}:{self.port}: "
+                               f"{e.strerror or e} (is the port taken? choose another with --opcua-port)") from None
+        log.info("opcua server up endpoint=%s", self.endpoint)
+
+    async def stop(self) -> None:
+        await self.server.stop()
+
+
+class MachineServer:
+    """One machine behind one OPC UA server (its own, or ``shared`` with other machines). ``now`` gives the
+    simulated time at which an injected fault is received (default: the machine's own clock)."""
+
+    def __init__(self, machine: Machine, host: str, port: int, now=None, *, typed: bool = False,
+                 shared: SharedServer | None = None):
+        self.machine, self.host, self.port, self.typed = machine, host, port, typed
+        self.now = now or (lambda: machine.clock)
+        self.shared = shared
+        self._own = shared is None
+        self._box = shared or SharedServer(host, port, typed)
+        self.endpoint = self._box.endpoint
+        self.server = self._box.server
         self._vars: dict[str, object] = {}
         self._last_pv_t = machine.clock
         self.last_pv: dict[str, float] = {}  # the latest process values (for the Modbus view)
 
     async def start(self) -> None:
         m = self.machine
-        await self.server.init()
-        self.server.set_endpoint(self.endpoint)
-        self.server.set_server_name(f"fieldlab simulated {m.spec.kind} {m.spec.name}")
-        self.server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
-        idx = await self.server.register_namespace(NAMESPACE)
-        name = m.spec.name
+        box = self._box
+        await box.init(f"fieldlab simulated {m.spec.kind} {m.spec.name}" if self._own else "fieldlab simulated machines")
+        idx, name = box.idx, m.spec.name
         if self.typed:
-            types = await uamodel.build_types(self.server, idx, faults.METHODS, self._add_type_method)
             obj = await self.server.nodes.objects.add_object(ua.NodeId(name, idx), ua.QualifiedName(name, idx),
-                                                             types[uamodel.type_name(m.spec.kind)])
+                                                             box.types[uamodel.type_name(m.spec.kind)])
         else:
             obj = await uamodel.build_flat(self.server, idx, name, faults.METHODS, self._add_type_method)
         V = ua.VariantType
@@ -118,12 +155,9 @@ class MachineServer:
         # Stamp the initial values with the machine's time.
         await self._write_many([(n, v, vt) for n, (v, vt) in initial.items()], m.clock)
         await self._write_many([(k, v, V.Double) for k, v in {**self.last_pv, **self._extra.sample()}.items()], m.clock)
-        try:
-            await self.server.start()
-        except OSError as e:
-            raise ServiceError(f"cannot serve OPC UA on {self.host}:{self.port}: "
-                               f"{e.strerror or e} (is the port taken? choose another with --opcua-port)") from None
-        log.info("opcua server up machine=%s endpoint=%s", m.spec.name, self.endpoint)
+        if self._own:
+            await box.start()
+        log.info("opcua machine up machine=%s endpoint=%s", m.spec.name, self.endpoint)
 
     def _callback(self, name: str, fault: str, args):
         names = [a for a, _ in args]
@@ -201,19 +235,24 @@ class MachineServer:
         await self._write_many([(k, v, V.Double) for k, v in {**pv, **self._extra.sample()}.items()], t)
 
     async def stop(self) -> None:
-        await self.server.stop()
+        if self._own:  # a shared server is stopped by its Simulation, once
+            await self._box.stop()
 
     async def restart(self, down_s: float = 0.0) -> None:
         """Stop the OPC UA server and start a fresh one (as a PLC reboot does); the machine runs on."""
+        if not self._own:
+            raise RuntimeError("restart needs the machine's own server (Simulation without shared=True)")
         self._vars = {}
-        await self.server.stop()
+        await self._box.stop()
         await asyncio.sleep(down_s)
-        self.server = Server()
+        self._box = SharedServer(self.host, self.port, self.typed)
+        self.server = self._box.server
         await self.start()
 
 
 class Simulation:
-    """Several machines, each behind its own OPC UA server, driven by one simulated clock.
+    """Several machines, each behind its own OPC UA server (machine i on base_port + i), or with
+    ``shared=True`` all behind one server on base_port, driven by one simulated clock.
 
     With ``modbus_base_port`` each machine is also served over Modbus TCP (machine i on
     modbus_base_port + i), showing the values of its latest tick.
@@ -221,14 +260,15 @@ class Simulation:
 
     def __init__(self, machines: list[Machine], clock: SimClock, host: str = "127.0.0.1",
                  base_port: int = 4840, tick_s: float = 0.1, *, modbus_base_port: int | None = None,
-                 end: float | None = None, typed: bool = False):
+                 end: float | None = None, typed: bool = False, shared: bool = False):
         self.clock, self.tick_s = clock, tick_s
         #: simulated time at which the machines stop (a scenario's end): the last tick advances them to exactly
         #: ``end``, ``finished`` is set, and ``freeze`` never goes past it. None: run until frozen.
         self.end = end
         self.finished = asyncio.Event()
-        self.servers = [MachineServer(m, host, base_port + i, now=clock.now, typed=typed)
-                        for i, m in enumerate(machines)]
+        self.shared = SharedServer(host, base_port, typed) if shared else None
+        self.servers = [MachineServer(m, host, base_port + (0 if shared else i), now=clock.now, typed=typed,
+                                      shared=self.shared) for i, m in enumerate(machines)]
         self.modbus_servers = ([] if modbus_base_port is None else
                                [ModbusMachineServer(m, host, modbus_base_port + i) for i, m in enumerate(machines)])
         self._task: asyncio.Task | None = None
@@ -260,6 +300,9 @@ class Simulation:
             for s in self.servers:
                 await s.start()
                 started.append(s)
+            if self.shared:
+                await self.shared.start()
+                started.append(self.shared)
             for s, mb in zip(self.servers, self.modbus_servers):
                 mb.refresh(s.last_pv)  # the same initial process values as over OPC UA
         except BaseException:
@@ -308,6 +351,8 @@ class Simulation:
         if self.commands:
             await self.commands.stop()
         await asyncio.gather(*(s.stop() for s in [*self.servers, *self.modbus_servers]))
+        if self.shared:
+            await self.shared.stop()
 
     @property
     def endpoints(self) -> dict[str, str]:
@@ -319,4 +364,4 @@ class Simulation:
         return {s.machine.spec.name: s.endpoint for s in self.modbus_servers}
 
 
-__all__ = ["NAMESPACE", "UNITS", "MachineServer", "SimClock", "Simulation"]
+__all__ = ["NAMESPACE", "UNITS", "MachineServer", "SharedServer", "SimClock", "Simulation"]

@@ -139,3 +139,53 @@ async def test_subscribe_and_call_a_fault_method(sim):
     assert HELD in seen["State"] and EXECUTE in seen["State"]
     assert len(seen["Process/Temperature"]) > 3
     assert max(seen["SpindleSpeed"]) > 7000 and 0.0 in seen["SpindleSpeed"]  # turning, then stopped (Held)
+
+
+async def test_one_shared_server_serves_every_machine_with_its_own_methods():
+    """Simulation(shared=True), as `fieldlab sim --one-server`: one endpoint, every machine an instance below
+    Objects, the types once; a method acts on its own machine only; the edge agent's default browse paths
+    (Objects/<machine>/...) read each machine's values."""
+    from edge.opcua import OpcUaSource
+
+    clock = SimClock(T0, speed=600.0)
+    machines = [Machine(spec, T0, seed=3 + i) for i, spec in enumerate(DEMO_MACHINES[:3])]
+    sim = Simulation(machines, clock, base_port=free_port(), tick_s=0.05, typed=True, shared=True)
+    await sim.start()
+    try:
+        assert len(set(sim.endpoints.values())) == 1
+        endpoint = next(iter(sim.endpoints.values()))
+        async with Client(endpoint) as c:
+            idx = await c.get_namespace_index(NAMESPACE)
+            for m in machines:
+                obj = await c.nodes.objects.get_child(f"{idx}:{m.spec.name}")
+                tdef = c.get_node(await obj.read_type_definition())
+                assert (await tdef.read_browse_name()).Name == TYPES[m.spec.name]
+            base = c.get_node(ua.NodeId("FieldlabMachineType", idx))
+            assert len(await base.get_children(refs=ua.ObjectIds.HasSubtype)) == 4
+            sim.run()
+            moulder = await c.nodes.objects.get_child(f"{idx}:moulder-01")
+            await moulder.call_method(f"{idx}:InjectBreakdown", ua.Variant(10.0, ua.VariantType.Double))
+        # the edge agent's source, as fieldlab demo configures it, on the shared endpoint
+        seen: dict[str, list] = {}
+
+        class Batcher:
+            units: dict = {}
+
+            def record(self, role, t, value):
+                seen.setdefault(role, []).append(value)
+
+            def value(self, t, name, value):
+                seen.setdefault(name, []).append(value)
+
+        source = OpcUaSource(endpoint, "filler-01")
+        await source.start(Batcher())
+        while not seen.get("good") or seen["good"][-1] < 20:
+            await asyncio.sleep(0.05)
+        await source.stop()
+        await sim.freeze()
+    finally:
+        await sim.stop()
+    led = sim.ledgers()
+    assert [f["fault"] for f in led["moulder-01"]["faults"]] == ["breakdown"]
+    assert led["cnc-01"]["faults"] == [] and led["filler-01"]["faults"] == []
+    assert seen["product"][0] == "bottle-1l" and max(seen["good"]) <= led["filler-01"]["good"]
