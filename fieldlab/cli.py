@@ -458,7 +458,7 @@ async def _sim(a) -> int:
             modbus = f"  modbus://{sim.modbus_endpoints[name]}" if a.modbus_port else ""
             print(f"{name}: {ep}{modbus}", flush=True)
         if url:
-            await sim.listen(url, a.site, a.area, a.buffers)
+            await sim.listen(url, a.site, a.area, a.line)
             print(f"fault commands: fieldlab/v1/{a.site}/{a.area}/{a.line}/<machine>/cmd on {url}", flush=True)
         sim.run()
         await _wait_for_stop(a.duration, done=sim.finished if end else None)

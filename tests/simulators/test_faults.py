@@ -271,3 +271,25 @@ def test_a_second_slow_down_ends_the_first_in_the_ledger():
     m.advance(T0 + 3600)
     assert first["until"] == pytest.approx(T0 + 600, abs=1e-6)  # replaced, not running on for 30 minutes
     assert second["until"] == pytest.approx(T0 + 1200, abs=1e-6)
+
+
+async def test_fieldlab_sim_listens_for_commands_on_its_line_topic(mosquitto, site, tmp_path):
+    """`fieldlab sim --broker URL --site --area --line` as a process: a cmd on .../<line>/<machine>/cmd reaches
+    the machine (a regression test: --line here is the MQTT level, --buffers the coupled line)."""
+    ledger = tmp_path / "ledger.json"
+    p = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "fieldlab", "sim", "--machines", "1", "--speed", "60", "--duration", "20",
+        "--opcua-port", str(free_port()), "--broker", str(mosquitto.url), "--site", site, "--area", "hall",
+        "--line", "line-7", "--ledger", str(ledger), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    want = f"fault commands: fieldlab/v1/{site}/hall/line-7/<machine>/cmd"
+    seen = b""
+    while want.encode() not in seen:
+        line = await asyncio.wait_for(p.stdout.readline(), 30)
+        assert line, (seen + await p.stderr.read()).decode()
+        seen += line
+    topic = MachineRef(site, "hall", "line-7", "cnc-01").topic("cmd")
+    await asyncio.to_thread(publish, mosquitto.url, topic, encode_command("breakdown", minutes=3))
+    out, err = await asyncio.wait_for(p.communicate(), 60)
+    assert p.returncode == 0, err.decode()
+    faults = json.loads(ledger.read_text())["cnc-01"]["faults"]
+    assert [(f["fault"], f["params"]) for f in faults] == [("breakdown", {"minutes": 3.0})]
