@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -169,7 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "and 1.7 s of start-up less per machine")
     s.add_argument("--broker", metavar="URL", help="take fault commands from this MQTT broker, e.g. "
                    "mqtt://localhost:1883, on fieldlab/v1/SITE/AREA/LINE/<machine>/cmd")
-    _add_levels(s, "with --broker: {level} name in the command topics")
+    s.add_argument("--publish", metavar="URL", help="also publish every machine's data straight to this MQTT "
+                   "broker in the fieldlab format (docs/contract.md), as an edge agent would, without one: "
+                   "fieldlab/v1/SITE/AREA/LINE/<machine>/...")
+    _add_levels(s, "with --broker or --publish: {level} name in the topics")
     ssub = s.add_subparsers(dest="sim_command", metavar="inject")
     _add_inject(ssub)
 
@@ -437,12 +441,13 @@ async def _sim(a) -> int:
     scen = scenarios.load(a.scenario) if a.scenario else None
     if scen and a.buffers:
         raise ServiceError("--buffers does not go with --scenario: a scenario file says whether its machines are a line")
-    url = None
-    if a.broker:
+    url = publish = None
+    if a.broker or a.publish:
         from contract import MachineRef
         from contract.mqtt import BrokerUrl
 
-        url = BrokerUrl.parse(a.broker)
+        url = BrokerUrl.parse(a.broker) if a.broker else None
+        publish = BrokerUrl.parse(a.publish) if a.publish else None
         MachineRef(a.site, a.area, a.line, "m")  # check the names before anything starts
     clock = SimClock(time.time(), a.speed)
     machines = scen.machines(clock.t0) if scen else demo_machines(a.machines, clock.t0, a.seed, a.buffers)
@@ -453,6 +458,8 @@ async def _sim(a) -> int:
     sim = Simulation(machines, clock, host=a.host, base_port=a.opcua_port, modbus_base_port=a.modbus_port,
                      end=end, typed=True, shared=a.one_server)
     await sim.start()
+    agents: list = []
+    outbox = tempfile.TemporaryDirectory(prefix="fieldlab-sim-")  # the publishers' outboxes
     try:
         for name, ep in sim.endpoints.items():
             modbus = f"  modbus://{sim.modbus_endpoints[name]}" if a.modbus_port else ""
@@ -460,9 +467,15 @@ async def _sim(a) -> int:
         if url:
             await sim.listen(url, a.site, a.area, a.line)
             print(f"fault commands: fieldlab/v1/{a.site}/{a.area}/{a.line}/<machine>/cmd on {url}", flush=True)
+        if publish:
+            agents = await _publishers(sim, publish, a, outbox.name)
+            print(f"publishing: fieldlab/v1/{a.site}/{a.area}/{a.line}/<machine>/... to {publish}", flush=True)
         sim.run()
         await _wait_for_stop(a.duration, done=sim.finished if end else None)
         await sim.freeze()
+        for i, agent in enumerate(agents):  # hand over the last values, then let the outbox drain
+            await agent.stop(settle_s=0.3 if i == 0 else 0.0)
+        agents = []
         ledgers = sim.ledgers()
         for name, led in ledgers.items():
             print(f"{name}: good {led['good']}, reject {led['reject']}, run {led['run_s'] / 60:.1f} of "
@@ -473,8 +486,27 @@ async def _sim(a) -> int:
             with open(a.ledger, "w") as f:
                 json.dump(ledgers, f, indent=2)
     finally:
+        for agent in agents:
+            await agent.stop()
         await sim.stop()
+        outbox.cleanup()
     return 0
+
+
+async def _publishers(sim, url, a, outbox: str) -> list:
+    """One edge agent per machine, fed straight from the simulation (simulators.feed.SimulationTap)."""
+    from contract import MachineRef
+    from edge.agent import EdgeAgent
+    from simulators.feed import SimulationTap
+
+    agents = []
+    for s in sim.servers:
+        name = s.machine.spec.name
+        agent = EdgeAgent(MachineRef(a.site, a.area, a.line, name), url, SimulationTap(s),
+                          buffer=Path(outbox) / f"edge-{name}.db")
+        await agent.start()
+        agents.append(agent)
+    return agents
 
 
 async def _edge(a) -> int:

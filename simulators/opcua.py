@@ -120,6 +120,8 @@ class MachineServer:
         self._vars: dict[str, object] = {}
         self._last_pv_t = machine.clock
         self.last_pv: dict[str, float] = {}  # the latest process values (for the Modbus view)
+        #: called after every advance with (events, t, process values): simulators.feed.SimulationTap
+        self.listeners: list = []
 
     async def start(self) -> None:
         m = self.machine
@@ -220,7 +222,9 @@ class MachineServer:
         """Run the machine to simulated time ``t`` and publish what happened in its address space."""
         V = ua.VariantType
         events = self.machine.advance(t)
-        if not self._vars:  # the server is down (restarting): the machine runs on, unseen
+        if not self._vars:  # the server is down (restarting): the machine runs on, unseen over OPC UA
+            for listener in self.listeners:
+                listener(events, t, {})
             return
         for ev in events:
             if ev[0] == "state":
@@ -232,6 +236,8 @@ class MachineServer:
         pv = self.machine.process_values(t - self._last_pv_t)
         self._last_pv_t = t
         self.last_pv = pv
+        for listener in self.listeners:
+            listener(events, t, pv)
         await self._write_many([(k, v, V.Double) for k, v in {**pv, **self._extra.sample()}.items()], t)
 
     async def stop(self) -> None:
