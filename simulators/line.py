@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 
 from contract import PACKML
 
-from .machine import (EXECUTE, INF, REASON_BLOCKED, REASON_STARVED, REASONS, SUSPENDED, Ledger, Machine,
-                      MachineSpec)
+from .machine import (EXECUTE, INF, REASON_BLOCKED, REASON_CHANGEOVER, REASON_STARVED, REASONS, SUSPENDED, Ledger,
+                      Machine, MachineSpec)
 
 
 @dataclass
@@ -146,7 +146,7 @@ class LineMachine(Machine):
     def _resumed(self, reason: int, events: list) -> None:
         if reason == REASON_BLOCKED:
             self._after_part(events)  # the part is placed: change over or begin the next cycle
-        elif reason == 301:  # a changeover: the new order's first part needs material
+        elif reason == REASON_CHANGEOVER:  # the new order's first part needs material
             self._feed(events)
 
     def _wake(self, t: float) -> None:
