@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -84,6 +85,12 @@ def _add_levels(parser, help_: str) -> None:
         parser.add_argument(f"--{level}", default=default, help=help_.format(level=level) + f" (default {default})")
 
 
+LINE_HELP = ("couple the machines into a line, in order, with buffers of CAP parts between them (one number "
+             "for every buffer, or one per buffer): a stop upstream starves the next machine, a full buffer blocks "
+             "the one before it (docs/simulators.md, \"A line with buffers\"); not with --scenario (a scenario "
+             "file has its own line: key)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fieldlab", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -128,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 8080)")
     d.add_argument("--scenario", metavar="NAME-or-FILE", help="run a course scenario: its machines, seed and "
                    "scripted faults; stops at its end unless --duration (fieldlab sim --list-scenarios)")
+    d.add_argument("--buffers", metavar="CAP[,CAP...]", help=LINE_HELP)
     d.add_argument("--ledger", metavar="FILE", help="at the end, write what the simulated machines really "
                    "did (time per state, good and reject parts) to this JSON file, to check the OEE by hand")
     d.add_argument("--influx", metavar="URL", help="also store everything in this InfluxDB 1.x (database fieldlab), "
@@ -158,10 +166,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scenario", metavar="NAME-or-FILE", help="run a course scenario (YAML): its machines, seed and "
                    "scripted faults instead of --machines and --seed; stops at its end unless --duration")
     s.add_argument("--list-scenarios", action="store_true", help="list the shipped scenarios and stop")
+    s.add_argument("--buffers", metavar="CAP[,CAP...]", help=LINE_HELP)
+    s.add_argument("--one-server", action="store_true", help="serve every machine from one OPC UA server on "
+                   "--opcua-port (each an object below Objects) instead of one server per port: about 40 MiB "
+                   "and 1.7 s of start-up less per machine")
     s.add_argument("--broker", metavar="URL", help="take fault commands from this MQTT broker, e.g. "
                    "mqtt://localhost:1883, on fieldlab/v1/SITE/AREA/LINE/<machine>/cmd")
     _add_mqtt_login(s)
-    _add_levels(s, "with --broker: {level} name in the command topics")
+    s.add_argument("--publish", metavar="URL", help="also publish every machine's data straight to this MQTT "
+                   "broker in the fieldlab format (docs/contract.md), as an edge agent would, without one: "
+                   "fieldlab/v1/SITE/AREA/LINE/<machine>/... (the login options apply to it too)")
+    _add_levels(s, "with --broker or --publish: {level} name in the topics")
     ssub = s.add_subparsers(dest="sim_command", metavar="inject")
     _add_inject(ssub)
 
@@ -448,16 +463,17 @@ async def _inject_opcua(url: str, machine: str, fault: str, params: dict) -> str
         await client.disconnect()
 
 
-async def _wait_for_stop(duration: float | None, every: float | None = None, on_tick=None) -> None:
-    """Wait for Ctrl-C / SIGTERM or ``duration`` seconds, calling ``on_tick`` every ``every`` seconds."""
+async def _wait_for_stop(duration: float | None, every: float | None = None, on_tick=None,
+                         done: asyncio.Event | None = None) -> None:
+    """Wait for Ctrl-C / SIGTERM, ``duration`` seconds or ``done``, calling ``on_tick`` every ``every`` seconds."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     deadline = None if duration is None else time.monotonic() + duration
     try:
-        while not stop.is_set():
-            step = every or 3600.0
+        while not stop.is_set() and not (done and done.is_set()):
+            step = every or (0.1 if done else 3600.0)
             if deadline is not None:
                 step = min(step, deadline - time.monotonic())
                 if step <= 0:
@@ -493,19 +509,26 @@ async def _sim(a) -> int:
             print(f"{name:32} {scenarios.format_time(s.duration_s):>7}  {s.description.splitlines()[0]}")
         return 0
     scen = scenarios.load(a.scenario) if a.scenario else None
-    url = None
-    if a.broker:
+    if scen and a.buffers:
+        raise ServiceError("--buffers does not go with --scenario: a scenario file says whether its machines are a line")
+    url = publish = None
+    if a.broker or a.publish:
         from contract import MachineRef
 
-        url = _broker(a)
+        url = _broker(a) if a.broker else None
+        publish = _broker(a, a.publish) if a.publish else None
         MachineRef(a.site, a.area, a.line, "m")  # check the names before anything starts
     clock = SimClock(time.time(), a.speed)
-    machines = scen.machines(clock.t0) if scen else demo_machines(a.machines, clock.t0, a.seed)
-    duration = a.duration if a.duration is not None or not scen else scen.duration_s / a.speed
+    machines = scen.machines(clock.t0) if scen else demo_machines(a.machines, clock.t0, a.seed, a.buffers)
+    # a scenario stops at exactly its end (unless --duration says otherwise)
+    end = clock.t0 + scen.duration_s if scen and a.duration is None else None
     if scen:
         print(scenarios.describe(scen), flush=True)
-    sim = Simulation(machines, clock, host=a.host, base_port=a.opcua_port, modbus_base_port=a.modbus_port)
+    sim = Simulation(machines, clock, host=a.host, base_port=a.opcua_port, modbus_base_port=a.modbus_port,
+                     end=end, typed=True, shared=a.one_server)
     await sim.start()
+    agents: list = []
+    outbox = tempfile.TemporaryDirectory(prefix="fieldlab-sim-")  # the publishers' outboxes
     try:
         for name, ep in sim.endpoints.items():
             modbus = f"  modbus://{sim.modbus_endpoints[name]}" if a.modbus_port else ""
@@ -513,9 +536,15 @@ async def _sim(a) -> int:
         if url:
             await sim.listen(url, a.site, a.area, a.line)
             print(f"fault commands: fieldlab/v1/{a.site}/{a.area}/{a.line}/<machine>/cmd on {url}", flush=True)
+        if publish:
+            agents = await _publishers(sim, publish, a, outbox.name)
+            print(f"publishing: fieldlab/v1/{a.site}/{a.area}/{a.line}/<machine>/... to {publish}", flush=True)
         sim.run()
-        await _wait_for_stop(duration)
+        await _wait_for_stop(a.duration, done=sim.finished if end else None)
         await sim.freeze()
+        for i, agent in enumerate(agents):  # hand over the last values, then let the outbox drain
+            await agent.stop(settle_s=0.3 if i == 0 else 0.0)
+        agents = []
         ledgers = sim.ledgers()
         for name, led in ledgers.items():
             print(f"{name}: good {led['good']}, reject {led['reject']}, run {led['run_s'] / 60:.1f} of "
@@ -526,8 +555,27 @@ async def _sim(a) -> int:
             with open(a.ledger, "w") as f:
                 json.dump(ledgers, f, indent=2)
     finally:
+        for agent in agents:
+            await agent.stop()
         await sim.stop()
+        outbox.cleanup()
     return 0
+
+
+async def _publishers(sim, url, a, outbox: str) -> list:
+    """One edge agent per machine, fed straight from the simulation (simulators.feed.SimulationTap)."""
+    from contract import MachineRef
+    from edge.agent import EdgeAgent
+    from simulators.feed import SimulationTap
+
+    agents = []
+    for s in sim.servers:
+        name = s.machine.spec.name
+        agent = EdgeAgent(MachineRef(a.site, a.area, a.line, name), url, SimulationTap(s),
+                          buffer=Path(outbox) / f"edge-{name}.db")
+        await agent.start()
+        agents.append(agent)
+    return agents
 
 
 async def _edge(a) -> int:
@@ -660,12 +708,13 @@ def _add_mqtt_login(p) -> None:
     p.add_argument("--key-file", metavar="FILE", help="with --cert-file: its private key (PEM, not encrypted)")
 
 
-def _broker(a):
-    """--broker with the login of _add_mqtt_login: password from a file or $FIELDLAB_MQTT_PASSWORD."""
+def _broker(a, address: str | None = None):
+    """--broker (or another ``address``) with the login of _add_mqtt_login: password from a file or
+    $FIELDLAB_MQTT_PASSWORD."""
     from contract.mqtt import BrokerUrl
 
-    url = BrokerUrl.parse(a.broker, ca_file=getattr(a, "ca_file", None), cert_file=getattr(a, "cert_file", None),
-                          key_file=getattr(a, "key_file", None))
+    url = BrokerUrl.parse(address or a.broker, ca_file=getattr(a, "ca_file", None),
+                          cert_file=getattr(a, "cert_file", None), key_file=getattr(a, "key_file", None))
     if url.password:
         raise ServiceError("--broker: do not put the password in the address (it shows in the process list); "
                            "use --password-file FILE or $FIELDLAB_MQTT_PASSWORD")
@@ -756,7 +805,7 @@ async def _demo(a) -> int:
     return await Demo(machines=a.machines, speed=a.speed, duration=a.duration, broker=a.broker,
                       broker_impl=a.broker_impl, mqtt_port=a.mqtt_port, opcua_port=a.opcua_port,
                       seed=a.seed, ledger=a.ledger, config=site_config(a.config), http_port=a.http_port,
-                      scenario=a.scenario, sinks=_demo_sinks(a.influx)).run()
+                      scenario=a.scenario, sinks=_demo_sinks(a.influx), line=a.buffers).run()
 
 
 def _demo_sinks(url: str | None) -> list:

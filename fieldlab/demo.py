@@ -33,30 +33,40 @@ from .broker import check_port_free, start_private_broker, stop_private_broker
 SITE, AREA, LINE = "demo", "hall-1", "line-1"
 
 
-def demo_machines(n: int, t0: float, seed: int) -> list[Machine]:
-    out = []
+def demo_machines(n: int, t0: float, seed: int, line: str | None = None) -> list[Machine]:
+    """The first ``n`` demo machines; with ``line`` (buffer capacities, "20" or "20,10") coupled into a line
+    in this order (simulators.line)."""
+    specs = []
     for i in range(n):
         spec = DEMO_MACHINES[i % len(DEMO_MACHINES)]
         name = f"{spec.name.rsplit('-', 1)[0]}-{i // len(DEMO_MACHINES) + 1:02d}"
-        out.append(Machine(dataclasses.replace(spec, name=name), t0, seed + i))
-    return out
+        specs.append(dataclasses.replace(spec, name=name))
+    if line:
+        from simulators.line import Line, parse_capacities
+
+        return Line(specs, t0, [seed + i for i in range(n)], parse_capacities(line, n), name=LINE).machines
+    return [Machine(spec, t0, seed + i) for i, spec in enumerate(specs)]
 
 
 class Demo:
     def __init__(self, machines: int = 3, speed: float = 60.0, duration: float | None = None,
                  broker: str | None = None, broker_impl: str = "auto", mqtt_port: int = 1883,
                  opcua_port: int = 4840, seed: int = 1, ledger: str | None = None, out=sys.stdout,
-                 config=None, http_port: int = 8080, scenario: str | None = None, sinks: list | None = None):
+                 config=None, http_port: int = 8080, scenario: str | None = None, sinks: list | None = None,
+                 line: str | None = None):
         self.sinks = list(sinks or [])  # e.g. an InfluxV1Sink (--influx): the gateway stores everything there
         self.n, self.speed, self.duration, self.seed = machines, speed, duration, seed
+        self.line = line
         self.scenario = None
         if scenario:  # a course scenario: its machines, seed and scripted faults; by default stop at its end
             from simulators import scenario as scenarios
 
             self.scenario = scenarios.load(scenario)
             self.n = len(self.scenario.specs)
-            if duration is None:
-                self.duration = self.scenario.duration_s / speed
+            if line:
+                raise ValueError("--buffers does not go with --scenario: a scenario file says whether its machines "
+                                 "are a line")
+        self.to_end = self.scenario is not None and duration is None  # stop at exactly the scenario's end
         self.broker_arg, self.broker_impl, self.mqtt_port, self.opcua_port = broker, broker_impl, mqtt_port, opcua_port
         self.ledger_path = ledger
         self.config = config
@@ -83,8 +93,10 @@ class Demo:
         agents: list[EdgeAgent] = []
         try:
             machines = (self.scenario.machines(clock.t0) if self.scenario
-                        else demo_machines(self.n, clock.t0, self.seed))
-            sim = Simulation(machines, clock, base_port=self.opcua_port)
+                        else demo_machines(self.n, clock.t0, self.seed, self.line))
+            sim = Simulation(machines, clock, base_port=self.opcua_port, typed=True,
+                             end=clock.t0 + self.scenario.duration_s if self.to_end else None)
+            self._sim_done = sim.finished
             await sim.start()
             gateway = Gateway(url, site=SITE, client_id=f"fieldlab-gateway-{self.opcua_port}", config=self.config,
                               sinks=self.sinks)
@@ -145,7 +157,10 @@ class Demo:
                          "the data runs ahead of the clock, choose a time range up to now+24h)")
         lines.append(f"  Faults on cue: fieldlab sim inject {next(iter(sim.endpoints))} breakdown --minutes 5 "
                      f"--broker {url}   (fieldlab sim inject --help)")
-        lines.append("  Stop with Ctrl-C." if self.duration is None else f"  Running for {self.duration:g} s.")
+        if self.to_end:
+            lines.append(f"  Running to the scenario's end: {self.scenario.duration_s / self.speed:g} s.")
+        else:
+            lines.append("  Stop with Ctrl-C." if self.duration is None else f"  Running for {self.duration:g} s.")
         self.intro = "\n".join(lines)
         print(self.intro + "\n", file=self.out, flush=True)
 
@@ -156,16 +171,17 @@ class Demo:
         try:
             started = time.monotonic()
             last_plain = 0.0
-            while not self._stop.is_set():
+            while not self._stop.is_set() and not self._sim_done.is_set():
                 left = None if self.duration is None else self.duration - (time.monotonic() - started)
                 if left is not None and left <= 0:
                     break
                 try:
-                    await asyncio.wait_for(self._stop.wait(), timeout=min(1.0, left) if left else 1.0)
+                    wait = min(1.0, left) if left else 1.0
+                    await asyncio.wait_for(self._stop.wait(), timeout=min(wait, 0.1) if self.to_end else wait)
                 except asyncio.TimeoutError:
                     pass
                 now = time.monotonic()
-                if self.tty or now - last_plain >= 5.0:  # a log file gets a table every 5 s, a terminal every 1 s
+                if now - last_plain >= (1.0 if self.tty else 5.0):  # a terminal: every 1 s, a log file: every 5 s
                     self._print_table(gateway, clock)
                     last_plain = now
         finally:

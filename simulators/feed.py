@@ -20,6 +20,53 @@ from .opcua import SimClock
 MACHINES = {m.name: m for m in DEMO_MACHINES}
 
 
+def hand_over(batcher, events: list, t: float, values: dict, stats: dict) -> None:
+    """A machine's events (state changes, counts) and its process values at ``t`` to an edge batcher."""
+    for kind, ts, a, b in events:
+        stats["events"] += 1
+        if kind == "state":
+            batcher.record("reason", ts, b)
+            batcher.record("state", ts, a)
+        else:
+            batcher.record("reject", ts, b)
+            batcher.record("good", ts, a)
+    for name, value in values.items():
+        batcher.value(t, name, value)
+
+
+def initial(batcher, machine: Machine, t: float) -> None:
+    """What a source tells its batcher first: units, product, ideal cycle, state and counters at ``t``."""
+    batcher.units.update(UNITS)
+    for role, value in (("product", machine.spec.product), ("ideal_cycle_s", machine.spec.ideal_cycle_s),
+                        ("reason", machine.reason), ("state", machine.state), ("reject", machine.reject),
+                        ("good", machine.good)):
+        batcher.record(role, t, value)
+
+
+class SimulationTap:
+    """One machine of a running ``simulators.opcua.Simulation`` as an edge source (``fieldlab sim --publish``):
+    every tick's events and process values go straight to the batcher, stamped with simulated time; no OPC UA
+    in between. Start it before the simulation runs, so not one part is made unseen."""
+
+    def __init__(self, server):
+        self.server = server  # a simulators.opcua.MachineServer
+        self.stats = {"events": 0}
+        self._batcher = None
+
+    async def start(self, batcher) -> None:
+        m = self.server.machine
+        initial(batcher, m, m.clock)
+        self._batcher = batcher
+        self.server.listeners.append(self._on_tick)
+
+    def _on_tick(self, events: list, t: float, values: dict) -> None:
+        hand_over(self._batcher, events, t, values, self.stats)
+
+    async def stop(self) -> None:
+        if self._on_tick in self.server.listeners:
+            self.server.listeners.remove(self._on_tick)
+
+
 class MachineFeed:
     def __init__(self, machine: str, seed: int = 1, speed: float = 1.0, tick_s: float = 0.1):
         if machine not in MACHINES:
@@ -32,27 +79,15 @@ class MachineFeed:
         self._last_pv_t = self.clock.t0
 
     async def start(self, batcher) -> None:
-        m, t0 = self.machine, self.clock.t0
-        batcher.units.update(UNITS)
-        for role, value in (("product", self.spec.product), ("ideal_cycle_s", self.spec.ideal_cycle_s),
-                            ("reason", m.reason), ("state", m.state), ("reject", m.reject), ("good", m.good)):
-            batcher.record(role, t0, value)
+        initial(batcher, self.machine, self.clock.t0)
         self._batcher = batcher
         self.clock.start()
         self._task = asyncio.create_task(self._run(batcher))
 
     def step(self, batcher, t: float) -> None:
         """Advance the machine to simulated time ``t`` and hand what happened to the batcher."""
-        for kind, ts, a, b in self.machine.advance(t):
-            self.stats["events"] += 1
-            if kind == "state":
-                batcher.record("reason", ts, b)
-                batcher.record("state", ts, a)
-            else:
-                batcher.record("reject", ts, b)
-                batcher.record("good", ts, a)
-        for name, value in self.machine.process_values(t - self._last_pv_t).items():
-            batcher.value(t, name, value)
+        events = self.machine.advance(t)
+        hand_over(batcher, events, t, self.machine.process_values(t - self._last_pv_t), self.stats)
         self._last_pv_t = t
 
     async def _run(self, batcher) -> None:

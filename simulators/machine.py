@@ -40,8 +40,10 @@ from .packml import (COMPLETING, EXECUTE, HELD, HOLD, IDLE, RESET, SC, START, SU
                      UNSUSPEND)
 
 REASON_NONE, REASON_BREAKDOWN, REASON_JAM, REASON_MATERIAL, REASON_CHANGEOVER = 0, 101, 102, 201, 301
+REASON_STARVED, REASON_BLOCKED = 202, 203  # in a line (simulators.line): input buffer empty / output buffer full
 REASONS = {REASON_NONE: "none", REASON_BREAKDOWN: "breakdown", REASON_JAM: "jam",
-           REASON_MATERIAL: "material shortage", REASON_CHANGEOVER: "changeover"}
+           REASON_MATERIAL: "material shortage", REASON_STARVED: "starved", REASON_BLOCKED: "blocked",
+           REASON_CHANGEOVER: "changeover"}
 INF = math.inf
 
 
@@ -144,15 +146,26 @@ class Ledger:
     setup_s: float = 0.0  # time in changeovers (Execute to Execute)
     startup_rejects: int = 0  # rejects within startup_s after a changeover ended (both ends included)
     transitions: int = 0  # state changes emitted
-    stops: list = field(default_factory=list)  # [start, end, main state, reason, fault entry or None]; end None while it lasts
+    starved: int = 0  # in a line: stops because the input buffer was empty (reason 202)
+    blocked: int = 0  # in a line: stops because the output buffer was full (reason 203)
+    consumed: int = 0  # in a line: parts taken from the input buffer
+    #: [start, end, main state, reason, fault entry or None, cause or None]; end None while it lasts.
+    #: cause (starved / blocked only): the neighbour that caused it and the root of the chain
+    stops: list = field(default_factory=list)
+    line: dict | None = None  # in a line: position and the buffers before and after the machine
     faults: list = field(default_factory=list)  # injected faults: fault, params, received, applied, until
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["state_s"] = {PACKML[k]: v for k, v in sorted(self.state_s.items())}
         d["stops"] = [{"start": s, "duration_s": (self.end if e is None else e) - s, "state": PACKML[st],
-                       "reason": REASONS.get(r, r), "reason_code": r, "injected": f is not None}
-                      for s, e, st, r, f in self.stops]
+                       "reason": REASONS.get(r, r), "reason_code": r, "injected": f is not None,
+                       **({"cause": c} if c is not None else {})}
+                      for s, e, st, r, f, c in self.stops]
+        for r, name in ((REASON_STARVED, "starved_s"), (REASON_BLOCKED, "blocked_s")):
+            d[name] = sum((self.end if e is None else e) - s for s, e, _, rr, _, _ in self.stops if rr == r)
+        if d["line"] is None:
+            del d["line"]
         d["run_s"] = self.state_s.get(EXECUTE, 0.0)
         d["elapsed_s"] = self.end - self.start
         return d
@@ -225,18 +238,20 @@ class Machine:
         events.append(("state", self.clock, new, reason))
 
     def _hold_or_suspend(self, state: int, seconds: float, reason: int, events: list,
-                         fault: dict | None = None) -> None:
-        """Execute -> Holding -> Held (or Suspending -> Suspended) for ``seconds`` -> back to Execute."""
+                         fault: dict | None = None, cause: dict | None = None) -> None:
+        """Execute -> Holding -> Held (or Suspending -> Suspended) for ``seconds`` -> back to Execute.
+        ``seconds`` may be INF: the wait state then lasts until ``_leave_wait``."""
         a = self.spec.acting_s
         go, back = (HOLD, UNHOLD) if state == HELD else (SUSPEND, UNSUSPEND)
-        self._begin_stop([(go, a), (SC, seconds), (back, a), (SC, None)], state, reason, events, fault)
+        self._begin_stop([(go, a), (SC, seconds), (back, a), (SC, None)], state, reason, events, fault, cause)
 
-    def _begin_stop(self, steps: list, main: int, reason: int, events: list, fault: dict | None = None) -> None:
+    def _begin_stop(self, steps: list, main: int, reason: int, events: list, fault: dict | None = None,
+                    cause: dict | None = None) -> None:
         """Leave Execute along ``steps`` [(command, dwell in the state it leads to)], ending in Execute."""
         now = self.clock
         self._left = {k: due - now for k, due in self._due.items()}
         self._run_since_changeover += now - self.state_since
-        self.ledger.stops.append([now, None, main, reason, fault])
+        self.ledger.stops.append([now, None, main, reason, fault, cause])
         self._plan = deque(steps)
         self._step(events)
 
@@ -261,6 +276,27 @@ class Machine:
             self._run_since_changeover = 0.0
             self._due["part"] = now + self._cycle()  # the new order's first part
             self._due["changeover"] = now + self.spec.changeover_every_s
+        self._resumed(stop[3], events)
+
+    def _leave_wait(self, now: float) -> None:
+        """End the wait state (Held / Suspended) of the current stop at ``now`` (>= the machine's clock): the way
+        back to Execute follows. In the acting state before it, the wait state that follows lasts 0 s."""
+        if self.state in (HELD, SUSPENDED):
+            self._state_due = now
+        elif self._plan and packml.TRANSITIONS.get((self.state, SC)) in (HELD, SUSPENDED):
+            command, _ = self._plan[0]
+            self._plan[0] = (command, 0.0)
+
+    # hooks for a machine in a line (simulators.line); a machine on its own has endless material and room
+    def _deliver(self, events: list) -> bool:
+        """A good part is finished: put it somewhere. False: no room, the machine waits (blocked)."""
+        return True
+
+    def _feed(self, events: list) -> None:
+        """A new cycle begins: take its material."""
+
+    def _resumed(self, reason: int, events: list) -> None:
+        """Back in Execute after a stop with ``reason``."""
 
     # ------------------------------------------------------------------ events
     def _part(self, events: list) -> None:
@@ -281,6 +317,12 @@ class Machine:
         if self.parts is not None:
             self.parts.append((now, temp, startup, rejected))
         events.append(("count", now, self.good, self.reject))
+        if not rejected and not self._deliver(events):
+            return  # blocked: the rest (_after_part) follows when the part has found a place
+        self._after_part(events)
+
+    def _after_part(self, events: list) -> None:
+        s, now, led = self.spec, self.clock, self.ledger
         if now >= self._due["changeover"]:  # the order is complete: change over before the next part
             led.changeovers += 1
             total = self._rng.uniform(*s.setup_s)
@@ -290,6 +332,7 @@ class Machine:
                              IDLE, REASON_CHANGEOVER, events)
         else:
             self._due["part"] = now + self._cycle()
+            self._feed(events)
 
     def _breakdown(self, events: list) -> None:
         s = self.spec
@@ -481,11 +524,7 @@ class Machine:
             self._left["burst"] = INF
         stop = self.ledger.stops[-1] if self.ledger.stops else None
         if self.state != EXECUTE and stop and stop[1] is None and stop[4] is not None:
-            if self.state in (HELD, SUSPENDED):
-                self._state_due = now  # leave the wait state now
-            elif self._plan and packml.TRANSITIONS.get((self.state, SC)) in (HELD, SUSPENDED):
-                command, _ = self._plan[0]
-                self._plan[0] = (command, 0.0)  # Holding / Suspending: the wait state that follows lasts 0 s
+            self._leave_wait(now)
 
     def ledger_now(self) -> Ledger:
         """The ledger including the state the machine is in right now."""

@@ -1,6 +1,10 @@
 """Serve simulated machines over OPC UA (asyncua), one server per machine.
 
-Address space (namespace ``urn:fieldlab:sim``), browse names a person reads::
+Address space (namespace ``urn:fieldlab:sim``; docs/simulators.md, "OPC UA address space"): with
+``typed=True`` (what ``fieldlab sim`` and ``fieldlab demo`` serve) each machine is an instance of its
+kind's object type (``CncMachineType`` ... derived from ``FieldlabMachineType``, simulators/uamodel.py),
+with AnalogItems carrying EngineeringUnits (UNECE codes) and EURange; untyped, the same browse paths
+without types. Browse names a person reads, NodeIds made from them (``ns=2;s=cnc-01.Process.Temperature``)::
 
     Objects/<machine>/State          Int32   PackML state (OPC 30060 numbers)
                      /StateReason    Int32   reason code of the current state (0 = none)
@@ -9,6 +13,7 @@ Address space (namespace ``urn:fieldlab:sim``), browse names a person reads::
                      /Product        String
                      /IdealCycleTime Double  seconds per part
                      /Process/Temperature, /Process/Power, /Process/Vibration  Double
+                     /SpindleSpeed ... (typed: the kind's own values)
                      /InjectBreakdown(minutes), /InjectMicroStops(count), /SlowDown(factor, minutes),
                      /QualityProblem(reject_rate, minutes), /TemperatureExcursion(temp_c, minutes),
                      /MaterialShortage(minutes), /Reset()   methods: faults on cue (simulators.faults)
@@ -29,7 +34,7 @@ from contract import PACKML, MachineRef
 from contract.errors import ServiceError
 from contract.tasks import cancel_and_wait
 
-from . import faults
+from . import faults, uamodel
 from .machine import EXECUTE, UNITS, Machine
 from .modbus import ModbusMachineServer
 
@@ -62,53 +67,101 @@ class SimClock:
         return self.t0 + (time.monotonic() - self._wall0) * self.speed
 
 
-class MachineServer:
-    """One machine behind one OPC UA server. ``now`` gives the simulated time at which an injected fault
-    is received (default: the machine's own clock)."""
+class SharedServer:
+    """One OPC UA server for several machines (``Simulation(..., shared=True)``): every machine is an object
+    below Objects on the same endpoint. Saves asyncua's standard address space (about 40 MiB and 1.7 s of
+    start-up) per machine after the first (docs/PERFORMANCE.md, "Simulator footprint")."""
 
-    def __init__(self, machine: Machine, host: str, port: int, now=None):
-        self.machine, self.host, self.port = machine, host, port
-        self.now = now or (lambda: machine.clock)
+    def __init__(self, host: str, port: int, typed: bool):
+        self.host, self.port, self.typed = host, port, typed
         self.endpoint = f"opc.tcp://{host}:{port}/fieldlab/"
         self.server = Server()
+        self.idx: int | None = None
+        self.types: dict[str, ua.NodeId] = {}
+
+    async def init(self, name: str) -> None:
+        """Build the server once (namespace, types); the first machine's call does it."""
+        if self.idx is not None:
+            return
+        await self.server.init()
+        self.server.set_endpoint(self.endpoint)
+        self.server.set_server_name(name)
+        self.server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        self.idx = await self.server.register_namespace(NAMESPACE)
+        if self.typed:
+            self.types = await uamodel.build_types(self.server, self.idx, faults.METHODS,
+                                                   MachineServer._add_type_method)
+
+    async def start(self) -> None:
+        try:
+            await self.server.start()
+        except OSError as e:
+            raise ServiceError(f"cannot serve OPC UA on {self.host}:{self.port}: "
+                               f"{e.strerror or e} (is the port taken? choose another with --opcua-port)") from None
+        log.info("opcua server up endpoint=%s", self.endpoint)
+
+    async def stop(self) -> None:
+        await self.server.stop()
+
+
+class MachineServer:
+    """One machine behind one OPC UA server (its own, or ``shared`` with other machines). ``now`` gives the
+    simulated time at which an injected fault is received (default: the machine's own clock)."""
+
+    def __init__(self, machine: Machine, host: str, port: int, now=None, *, typed: bool = False,
+                 shared: SharedServer | None = None):
+        self.machine, self.host, self.port, self.typed = machine, host, port, typed
+        self.now = now or (lambda: machine.clock)
+        self.shared = shared
+        self._own = shared is None
+        self._box = shared or SharedServer(host, port, typed)
+        self.endpoint = self._box.endpoint
+        self.server = self._box.server
         self._vars: dict[str, object] = {}
         self._last_pv_t = machine.clock
         self.last_pv: dict[str, float] = {}  # the latest process values (for the Modbus view)
+        #: called after every advance with (events, t, process values): simulators.feed.SimulationTap
+        self.listeners: list = []
 
     async def start(self) -> None:
         m = self.machine
-        await self.server.init()
-        self.server.set_endpoint(self.endpoint)
-        self.server.set_server_name(f"fieldlab simulated {m.spec.kind} {m.spec.name}")
-        self.server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
-        idx = await self.server.register_namespace(NAMESPACE)
-        obj = await self.server.nodes.objects.add_object(idx, m.spec.name)
+        box = self._box
+        await box.init(f"fieldlab simulated {m.spec.kind} {m.spec.name}" if self._own else "fieldlab simulated machines")
+        idx, name = box.idx, m.spec.name
+        if self.typed:
+            obj = await self.server.nodes.objects.add_object(ua.NodeId(name, idx), ua.QualifiedName(name, idx),
+                                                             box.types[uamodel.type_name(m.spec.kind)])
+        else:
+            obj = await uamodel.build_flat(self.server, idx, name, faults.METHODS, self._add_type_method)
         V = ua.VariantType
         initial = {
             "State": (m.state, V.Int32), "StateReason": (m.reason, V.Int32),
             "GoodCount": (m.good, V.UInt64), "RejectCount": (m.reject, V.UInt64),
             "Product": (m.spec.product, V.String), "IdealCycleTime": (m.spec.ideal_cycle_s, V.Double),
         }
-        nodes = {}
-        for name, (value, vtype) in initial.items():
-            nodes[name] = await obj.add_variable(idx, name, ua.Variant(value, vtype))
-        folder = await obj.add_folder(idx, "Process")
+        nodes = {k: await obj.get_child(f"{idx}:{k}") for k in initial}
         self.last_pv = m.process_values(0.0)
-        for name, value in self.last_pv.items():
-            nodes[name] = await folder.add_variable(idx, name.capitalize(), ua.Variant(value, V.Double))
-        for name, fault, help, args in faults.METHODS:
-            await self._add_method(idx, obj, name, fault, help, args)
+        folder = await obj.get_child(f"{idx}:Process")
+        ranges = uamodel.process_range(m)
+        for key in self.last_pv:
+            node = nodes[key] = await folder.get_child(f"{idx}:{key.capitalize()}")
+            if self.typed:
+                low, high = ranges[key.capitalize()]
+                await (await node.get_child("0:EURange")).write_value(ua.Range(Low=low, High=high))
+        self._extra = uamodel.ExtraValues(m, enabled=self.typed)
+        for e in self._extra.extras:
+            nodes[e.name] = await obj.get_child(f"{idx}:{e.name}")
+        for mname, fault, help, args in faults.METHODS:
+            self.server.link_method(await obj.get_child(f"{idx}:{mname}"), self._callback(mname, fault, args))
         self._vars = nodes  # complete: from now on the simulation loop writes to them
         # Stamp the initial values with the machine's time.
         await self._write_many([(n, v, vt) for n, (v, vt) in initial.items()], m.clock)
-        try:
-            await self.server.start()
-        except OSError as e:
-            raise ServiceError(f"cannot serve OPC UA on {self.host}:{self.port}: "
-                               f"{e.strerror or e} (is the port taken? choose another with --opcua-port)") from None
-        log.info("opcua server up machine=%s endpoint=%s", m.spec.name, self.endpoint)
+        await self._write_many([(k, v, V.Double) for k, v in {**self.last_pv, **self._extra.sample()}.items()], m.clock)
+        if self._own:
+            await box.start()
+        log.info("opcua machine up machine=%s endpoint=%s", m.spec.name, self.endpoint)
 
-    async def _add_method(self, idx, obj, name: str, fault: str, help: str, args) -> None:
+    def _callback(self, name: str, fault: str, args):
         names = [a for a, _ in args]
 
         async def call(parent, *values):
@@ -122,6 +175,15 @@ class MachineServer:
                 return ua.StatusCode(ua.StatusCodes.BadInvalidArgument)
             return [ua.Variant(text, ua.VariantType.String)]
 
+        return call
+
+    @staticmethod
+    async def _add_type_method(parent, nodeid, name: str, fault: str, help: str, args):
+        """The method as the machine type declares it (arguments, description); called on the type itself it
+        refuses: each machine's own copy is linked to that machine (``start``)."""
+        async def on_type(parent, *values):
+            return ua.StatusCode(ua.StatusCodes.BadMethodInvalid)
+
         inputs = []
         for a, vtype in args:
             arg = ua.Argument()
@@ -131,8 +193,9 @@ class MachineServer:
         result = ua.Argument()
         result.Name, result.DataType, result.ValueRank = "Result", ua.NodeId(ua.ObjectIds.String), -1
         result.Description = ua.LocalizedText("what the simulator did")
-        node = await obj.add_method(idx, name, call, inputs, [result])
+        node = await parent.add_method(nodeid, ua.QualifiedName(name, nodeid.NamespaceIndex), on_type, inputs, [result])
         await node.write_attribute(ua.AttributeIds.Description, ua.DataValue(ua.Variant(ua.LocalizedText(help))))
+        return node
 
     def inject(self, fault: str, **params) -> str:
         """Inject a fault at the simulated time now; a one-line status. ValueError if the fault is wrong."""
@@ -159,7 +222,9 @@ class MachineServer:
         """Run the machine to simulated time ``t`` and publish what happened in its address space."""
         V = ua.VariantType
         events = self.machine.advance(t)
-        if not self._vars:  # the server is down (restarting): the machine runs on, unseen
+        if not self._vars:  # the server is down (restarting): the machine runs on, unseen over OPC UA
+            for listener in self.listeners:
+                listener(events, t, {})
             return
         for ev in events:
             if ev[0] == "state":
@@ -171,31 +236,45 @@ class MachineServer:
         pv = self.machine.process_values(t - self._last_pv_t)
         self._last_pv_t = t
         self.last_pv = pv
-        await self._write_many([(k, v, V.Double) for k, v in pv.items()], t)
+        for listener in self.listeners:
+            listener(events, t, pv)
+        await self._write_many([(k, v, V.Double) for k, v in {**pv, **self._extra.sample()}.items()], t)
 
     async def stop(self) -> None:
-        await self.server.stop()
+        if self._own:  # a shared server is stopped by its Simulation, once
+            await self._box.stop()
 
     async def restart(self, down_s: float = 0.0) -> None:
         """Stop the OPC UA server and start a fresh one (as a PLC reboot does); the machine runs on."""
+        if not self._own:
+            raise RuntimeError("restart needs the machine's own server (Simulation without shared=True)")
         self._vars = {}
-        await self.server.stop()
+        await self._box.stop()
         await asyncio.sleep(down_s)
-        self.server = Server()
+        self._box = SharedServer(self.host, self.port, self.typed)
+        self.server = self._box.server
         await self.start()
 
 
 class Simulation:
-    """Several machines, each behind its own OPC UA server, driven by one simulated clock.
+    """Several machines, each behind its own OPC UA server (machine i on base_port + i), or with
+    ``shared=True`` all behind one server on base_port, driven by one simulated clock.
 
     With ``modbus_base_port`` each machine is also served over Modbus TCP (machine i on
     modbus_base_port + i), showing the values of its latest tick.
     """
 
     def __init__(self, machines: list[Machine], clock: SimClock, host: str = "127.0.0.1",
-                 base_port: int = 4840, tick_s: float = 0.1, *, modbus_base_port: int | None = None):
+                 base_port: int = 4840, tick_s: float = 0.1, *, modbus_base_port: int | None = None,
+                 end: float | None = None, typed: bool = False, shared: bool = False):
         self.clock, self.tick_s = clock, tick_s
-        self.servers = [MachineServer(m, host, base_port + i, now=clock.now) for i, m in enumerate(machines)]
+        #: simulated time at which the machines stop (a scenario's end): the last tick advances them to exactly
+        #: ``end``, ``finished`` is set, and ``freeze`` never goes past it. None: run until frozen.
+        self.end = end
+        self.finished = asyncio.Event()
+        self.shared = SharedServer(host, base_port, typed) if shared else None
+        self.servers = [MachineServer(m, host, base_port + (0 if shared else i), now=clock.now, typed=typed,
+                                      shared=self.shared) for i, m in enumerate(machines)]
         self.modbus_servers = ([] if modbus_base_port is None else
                                [ModbusMachineServer(m, host, modbus_base_port + i) for i, m in enumerate(machines)])
         self._task: asyncio.Task | None = None
@@ -227,6 +306,9 @@ class Simulation:
             for s in self.servers:
                 await s.start()
                 started.append(s)
+            if self.shared:
+                await self.shared.start()
+                started.append(self.shared)
             for s, mb in zip(self.servers, self.modbus_servers):
                 mb.refresh(s.last_pv)  # the same initial process values as over OPC UA
         except BaseException:
@@ -239,10 +321,17 @@ class Simulation:
         self.clock.start()
         self._task = asyncio.create_task(self._loop())
 
+    def _now(self) -> float:
+        t = self.clock.now()
+        return t if self.end is None else min(t, self.end)
+
     async def _loop(self) -> None:
         while True:
-            t = self.clock.now()
+            t = self._now()
             await self._advance(t)
+            if self.end is not None and t >= self.end:
+                self.finished.set()
+                return
             await asyncio.sleep(self.tick_s)
 
     async def _advance(self, t: float) -> None:
@@ -252,11 +341,12 @@ class Simulation:
                 self.modbus_servers[i].refresh(s.last_pv)
 
     async def freeze(self) -> float:
-        """Stop the clock: advance every machine to one final time and stop ticking. Returns that time."""
+        """Stop the clock: advance every machine to one final time (at most ``end``) and stop ticking.
+        Returns that time."""
         if self._task:
             await cancel_and_wait(self._task)
             self._task = None
-        t = self.clock.now()
+        t = self._now()
         await self._advance(t)
         return t
 
@@ -267,6 +357,8 @@ class Simulation:
         if self.commands:
             await self.commands.stop()
         await asyncio.gather(*(s.stop() for s in [*self.servers, *self.modbus_servers]))
+        if self.shared:
+            await self.shared.stop()
 
     @property
     def endpoints(self) -> dict[str, str]:
@@ -278,4 +370,4 @@ class Simulation:
         return {s.machine.spec.name: s.endpoint for s in self.modbus_servers}
 
 
-__all__ = ["NAMESPACE", "UNITS", "MachineServer", "SimClock", "Simulation"]
+__all__ = ["NAMESPACE", "UNITS", "MachineServer", "SharedServer", "SimClock", "Simulation"]

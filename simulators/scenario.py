@@ -28,7 +28,8 @@ SCENARIO_DIR = Path(__file__).with_name("scenarios")
 SPECS = {s.name: s for s in DEMO_MACHINES}
 RATIOS = ("oee", "availability", "performance", "quality")
 COUNTS = ("good", "reject")
-TOP_KEYS = ("name", "description", "seed", "duration", "machines", "events", "expected")
+TOP_KEYS = ("name", "description", "seed", "duration", "machines", "events", "expected", "line")
+OPTIONAL_KEYS = ("events", "line")
 _PART = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)")
 _OVERRIDABLE = {f.name: f for f in dataclasses.fields(MachineSpec) if f.name not in ("name", "kind", "product")}
 
@@ -77,9 +78,18 @@ class Scenario:
     expected: dict  # {machine or "line": {kpi: value}}
     tolerance: float  # absolute, for the ratios
     count_tolerance: int  # +- parts
+    line: dict | None = None  # {"buffers": [...], "fill": [...]}: the machines are a line in this order
 
-    def machines(self, t0: float) -> list["ScriptedMachine"]:
-        """The scenario's machines starting at ``t0``, machine i with seed ``seed + i``, events scripted."""
+    def machines(self, t0: float) -> list[Machine]:
+        """The scenario's machines starting at ``t0``, machine i with seed ``seed + i``, events scripted.
+        With ``line`` they are the ``LineMachine``s of one ``simulators.line.Line``, which injects the events."""
+        if self.line:
+            from .line import Line
+
+            scripts = {spec.name: [(t0 + e.at_s, e.fault, e.params) for e in self.events if e.machine == spec.name]
+                       for spec in self.specs}
+            return Line(list(self.specs), t0, [self.seed + i for i in range(len(self.specs))], self.line["buffers"],
+                        self.line.get("fill"), name=self.name, scripts=scripts).machines
         return [ScriptedMachine(spec, t0, self.seed + i,
                                 [(t0 + e.at_s, e.fault, e.params) for e in self.events if e.machine == spec.name])
                 for i, spec in enumerate(self.specs)]
@@ -100,8 +110,9 @@ class ScriptedMachine(Machine):
     """A machine that injects its scenario's events itself, each at its exact simulated time.
 
     ``advance(t)`` runs to each due event's time, injects it (``Machine.inject``) and runs on, so the
-    result does not depend on how often the driver ticks. A ``reset`` in the script therefore only
-    clears faults injected before it, not the ones scripted later.
+    result does not depend on how often the driver ticks. A scripted ``reset`` acts like a trainer's reset
+    at that moment: it ends every fault in effect or waiting then (everything scripted before it, and at
+    the same time earlier in the file); faults scripted after it have not happened yet and run in full.
     """
 
     def __init__(self, spec: MachineSpec, t0: float, seed: int, script: list[tuple[float, str, dict]], **kw):
@@ -162,7 +173,7 @@ def parse(doc: YamlFile) -> Scenario:
         if k not in TOP_KEYS:
             raise doc.error(str(k), f"unknown key; a scenario has {', '.join(TOP_KEYS)}")
     for k in TOP_KEYS:
-        if k not in d and k != "events":
+        if k not in d and k not in OPTIONAL_KEYS:
             raise doc.error(k, "missing; add it (docs/simulators.md, \"Scenarios for courses\")")
     name, description = d["name"], d["description"]
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
@@ -179,7 +190,35 @@ def parse(doc: YamlFile) -> Scenario:
     names = [s.name for s in specs]
     events = _events(doc, d.get("events") or [], names, duration, specs)
     expected, tol, ctol = _expected(doc, d["expected"], names)
-    return Scenario(name, description.strip(), doc.path, seed, duration, specs, events, expected, tol, ctol)
+    line = _line(doc, d["line"], len(specs)) if "line" in d else None
+    return Scenario(name, description.strip(), doc.path, seed, duration, specs, events, expected, tol, ctol, line)
+
+
+def _line(doc: YamlFile, line, n: int) -> dict:
+    hint = "line: {buffers: [20, 10], fill: [10, 5]}: parts between machine 1 and 2, 2 and 3, ...; fill optional"
+    if n < 2:
+        raise doc.error("line", "a line needs at least two machines")
+    if not isinstance(line, dict) or "buffers" not in line:
+        raise doc.error("line", hint)
+    for k in line:
+        if k not in ("buffers", "fill"):
+            raise doc.error(f"line.{k}", f"unknown key; {hint}")
+    out = {}
+    for k in ("buffers", "fill"):
+        v = line.get(k)
+        if v is None:
+            continue
+        if isinstance(v, int) and not isinstance(v, bool):
+            v = [v] * (n - 1)
+        ok = (isinstance(v, list) and len(v) == n - 1
+              and all(isinstance(x, int) and not isinstance(x, bool) and x >= (1 if k == "buffers" else 0) for x in v))
+        if not ok:
+            raise doc.error(f"line.{k}", f"write {n - 1} whole numbers of parts (one per buffer; or one for all), "
+                                         f"{'at least 1' if k == 'buffers' else '0 or more'}: {hint}")
+        out[k] = v
+    if "fill" in out and any(f > c for f, c in zip(out["fill"], out["buffers"])):
+        raise doc.error("line.fill", "a buffer cannot start fuller than its capacity")
+    return out
 
 
 def _machines(doc: YamlFile, machines) -> tuple[MachineSpec, ...]:

@@ -271,3 +271,54 @@ def test_a_second_slow_down_ends_the_first_in_the_ledger():
     m.advance(T0 + 3600)
     assert first["until"] == pytest.approx(T0 + 600, abs=1e-6)  # replaced, not running on for 30 minutes
     assert second["until"] == pytest.approx(T0 + 1200, abs=1e-6)
+
+
+async def test_fieldlab_sim_listens_for_commands_on_its_line_topic(mosquitto, site, tmp_path):
+    """`fieldlab sim --broker URL --site --area --line` as a process: a cmd on .../<line>/<machine>/cmd reaches
+    the machine (a regression test: --line here is the MQTT level, --buffers the coupled line)."""
+    ledger = tmp_path / "ledger.json"
+    p = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "fieldlab", "sim", "--machines", "1", "--speed", "60", "--duration", "8",
+        "--opcua-port", str(free_port()), "--broker", str(mosquitto.url), "--site", site, "--area", "hall",
+        "--line", "line-7", "--ledger", str(ledger), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    want = f"fault commands: fieldlab/v1/{site}/hall/line-7/<machine>/cmd"
+    seen = b""
+    while want.encode() not in seen:
+        line = await asyncio.wait_for(p.stdout.readline(), 30)
+        assert line, (seen + await p.stderr.read()).decode()
+        seen += line
+    topic = MachineRef(site, "hall", "line-7", "cnc-01").topic("cmd")
+    await asyncio.to_thread(publish, mosquitto.url, topic, encode_command("breakdown", minutes=3))
+    out, err = await asyncio.wait_for(p.communicate(), 60)
+    assert p.returncode == 0, err.decode()
+    faults = json.loads(ledger.read_text())["cnc-01"]["faults"]
+    assert [(f["fault"], f["params"]) for f in faults] == [("breakdown", {"minutes": 3.0})]
+
+
+def test_fieldlab_sim_publish_sends_every_part_straight_to_mqtt(mosquitto, site, recorder, tmp_path):
+    """`fieldlab sim --publish URL`: the machines' data in the contract's format on the broker, no OPC UA client
+    in between; the last counts on MQTT are the ledger's (QoS 1 outbox, drained at the end)."""
+    import subprocess
+
+    from contract import Kind, decode
+
+    ledger = tmp_path / "ledger.json"
+    rec = recorder(mosquitto.url, f"fieldlab/v1/{site}/+/+/+/counts", f"fieldlab/v1/{site}/+/+/+/state")
+    r = subprocess.run([sys.executable, "-m", "fieldlab", "sim", "--machines", "2", "--speed", "600", "--duration", "4",
+                        "--opcua-port", str(free_port(count=2)), "--publish", str(mosquitto.url), "--site", site,
+                        "--ledger", str(ledger)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert f"publishing: fieldlab/v1/{site}/hall-1/line-1/<machine>/..." in r.stdout
+    led = json.loads(ledger.read_text())
+
+    def last(machine, kind):
+        msgs = [decode(kind, p) for t, p, _ in rec.messages if f"/{machine}/{kind.value}" in t]
+        return msgs[-1] if msgs else None
+
+    for name, truth in led.items():
+        assert truth["good"] > 10 and truth["transitions"] > 0  # seed 1: 40 simulated minutes with stops
+        assert rec.wait_for(lambda r: (c := last(name, Kind.COUNTS)) is not None
+                            and (int(c.good[-1]), int(c.reject[-1])) == (truth["good"], truth["reject"]), 15), name
+        # every state change, each once (plus the state at the start)
+        states = [decode(Kind.STATE, p) for t, p, _ in rec.messages if f"/{name}/state" in t]
+        assert sum(len(s.state) for s in states) == truth["transitions"] + 1, name

@@ -150,3 +150,33 @@ async def test_live_simulation_applies_the_events_at_their_simulated_times():
             assert f["applied"] is not None and f["applied"] >= f["received"]
             if f["fault"] not in ("breakdown", "material", "microstops"):
                 assert f["applied"] == f["received"]
+
+
+def test_a_scripted_reset_clears_what_is_active_at_its_time_and_nothing_scripted_after_it(tmp_path):
+    """The intended semantics (docs/simulators.md, "Faults on cue"): reset ends every injected fault that is in
+    effect or waiting at its time, like a trainer's reset at that moment. Faults scripted later (also at the same
+    time but after it in the file) have not happened yet: they run in full."""
+    p = tmp_path / "reset.yaml"
+    p.write_text(
+        "name: reset\ndescription: d\nseed: 1\nduration: 3h\n"
+        "machines: {cnc-01: {mtbf_s: 0, mtbs_s: 0, mtbms_s: 0, changeover_every_s: 0}}\nevents:\n"
+        "  - {at: 1h, machine: cnc-01, fault: breakdown, minutes: 60}\n"
+        "  - {at: 1h10m, machine: cnc-01, fault: slow, factor: 0.5, minutes: 60}\n"
+        "  - {at: 1h15m, machine: cnc-01, fault: material, minutes: 5}\n"  # waits for Execute: dropped by reset
+        "  - {at: 1h20m, machine: cnc-01, fault: reset}\n"
+        "  - {at: 1h20m, machine: cnc-01, fault: quality, reject_rate: 0.5, minutes: 30}\n"
+        "  - {at: 1h30m, machine: cnc-01, fault: breakdown, minutes: 10}\n"
+        "expected: {tolerance: 0.02, machines: {cnc-01: {good: 1}}}\n")
+    s = sc.load(p)
+    (m,) = s.machines(T0)
+    m.advance(T0 + s.duration_s)
+    f = {(e["fault"], e["received"] - T0): e for e in m.ledger.faults}
+    assert f[("breakdown", 3600)]["until"] == T0 + 4800 + 2.0  # left Held at the reset, then Unholding
+    assert f[("slow", 4200)]["until"] == T0 + 4800
+    assert f[("material", 4500)]["applied"] is None and f[("material", 4500)]["until"] == T0 + 4800
+    assert f[("reset", 4800)]["applied"] == T0 + 4800
+    assert f[("quality", 4800)]["applied"] == T0 + 4800 and f[("quality", 4800)]["until"] == T0 + 4800 + 1800
+    second = f[("breakdown", 5400)]
+    assert second["applied"] == T0 + 5400 and second["until"] == T0 + 5400 + 600 + 2 * 2.0
+    stops = m.ledger_now().to_dict()["stops"]
+    assert [round(st["duration_s"], 6) for st in stops] == [1200 + 2.0, 600 + 4.0]  # Holding, Held to the reset, Unholding
