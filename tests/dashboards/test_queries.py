@@ -102,7 +102,7 @@ def test_downtime_pareto_equals_the_simulators_ledger(filled, influxdb):
         got = series[0]["values"][0][1] if series else 0.0
         stops = []
         for machine, led in filled.ledgers.items():
-            for start, end, _main, reason, _fault in led.stops:
+            for start, end, _main, reason, *_ in led.stops:  # (…, fault, cause)
                 if reason == code:
                     ongoing = end is None or end > end_s
                     stops.append((start, last_change[machine] if ongoing else end))
