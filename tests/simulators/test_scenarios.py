@@ -6,12 +6,12 @@ apart. Also: determinism, clear errors for broken files, and a live run applying
 simulated times.
 """
 import asyncio
-import socket
 
 import numpy as np
 import pytest
 
 from contract.yamlfile import ConfigError
+from fieldlab.broker import free_port
 from tests.helpers import advance_machines, start_machines
 from gateway.config import SiteConfig
 from gateway.engine import KpiEngine
@@ -119,12 +119,6 @@ def test_times():
     assert sc.format_time(5400) == "1h30m"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def test_live_simulation_applies_the_events_at_their_simulated_times():
     from simulators.opcua import SimClock, Simulation
 
@@ -132,7 +126,9 @@ async def test_live_simulation_applies_the_events_at_their_simulated_times():
     assert s.events
     last = max(e.at_s for e in s.events)
     clock = SimClock(T0, speed=(last + 600) / 1.5)  # past the last event in about 1.5 s of wall time
-    sim = Simulation(s.machines(clock.t0), clock, base_port=_free_port(), tick_s=0.05)
+    machines = s.machines(clock.t0)
+    # one port per machine, below the ephemeral range (a port from bind(0) may be a client's a moment later)
+    sim = Simulation(machines, clock, base_port=free_port(count=len(machines)), tick_s=0.05)
     await sim.start()
     try:
         sim.run()
