@@ -310,10 +310,13 @@ def run(seconds: float, warmup: float, tmp: Path, procs: Processes) -> dict[str,
     return rows
 
 
-def table(rows: dict[str, dict]) -> str:
-    order = ["OPC UA agent", "bare asyncua subscriber", "Modbus agent", "OPC UA server (asyncua)",
-             "Modbus server (pymodbus)", "broker (Mosquitto)"]
-    lines = ["| process | CPU % of one core | RSS MiB (mean) | peak RSS MiB (VmHWM) | values/s delivered |",
+ORDER = ["OPC UA agent", "bare asyncua subscriber", "Modbus agent", "OPC UA server (asyncua)",
+         "Modbus server (pymodbus)", "broker (Mosquitto)"]
+
+
+def table(rows: dict[str, dict], order: list[str] = ORDER, rate: str = "values/s delivered") -> str:
+    """A Markdown table of measured processes (bench_sim.py uses it too, with its own rows and rate)."""
+    lines = [f"| process | CPU % of one core | RSS MiB (mean) | peak RSS MiB (VmHWM) | {rate} |",
              "|---|---:|---:|---:|---:|"]
     for name in order:
         r = rows.get(name)
@@ -322,8 +325,8 @@ def table(rows: dict[str, dict]) -> str:
         if "error" in r:
             lines.append(f"| {name} | failed: {r['error']} | | | |")
             continue
-        rate = f"{r['rate']:,.0f}" if "rate" in r else "–"
-        lines.append(f"| {name} | {r['cpu']:.1f} | {r['rss']:.1f} | {r['peak']:.1f} | {rate} |")
+        value = f"{r['rate']:,.0f}" if "rate" in r else "–"
+        lines.append(f"| {name} | {r['cpu']:.1f} | {r['rss']:.1f} | {r['peak']:.1f} | {value} |")
     return "\n".join(lines)
 
 

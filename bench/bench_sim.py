@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from bench_edge import Processes, machine_facts, measure
+from bench_edge import table as edge_table
 
 from fieldlab.broker import free_port
 
@@ -106,12 +107,7 @@ def run(seconds: float, warmup: float, line: bool, one: bool, tmp: Path, procs: 
 
 
 def table(rows: dict[str, dict]) -> str:
-    lines = ["| process | CPU % of one core | RSS MiB (mean) | peak RSS MiB (VmHWM) | notifications/s |",
-             "|---|---:|---:|---:|---:|"]
-    for name, r in rows.items():
-        rate = f"{r['rate']:,.0f}" if "rate" in r else "–"
-        lines.append(f"| {name} | {r['cpu']:.1f} | {r['rss']:.1f} | {r['peak']:.1f} | {rate} |")
-    return "\n".join(lines)
+    return edge_table(rows, list(rows), rate="notifications/s")
 
 
 def main() -> int:

@@ -1,7 +1,7 @@
 """Losses: the six big losses, downtime reasons as a Pareto, MTBF and MTTR."""
 from __future__ import annotations
 
-from .model import (bargauge, barchart, dashboard, override, site_line_machine, table, target, targets,
+from .model import (barchart, bargauge, dashboard, HIDE_TIME, override, site_line_machine, table, target, targets,
                     timeseries, unit, where, window_variable)
 
 UID = "fieldlab-losses"
@@ -55,7 +55,7 @@ def build() -> dict:
                  "largest first. Production and start-up rejects are shown together (the split is in the "
                  "gateway's MQTT message, not in InfluxDB).",
                  targets(six_losses_total("$window"), table=True), unit("s"),
-                 transformations=[{"id": "organize", "options": {"excludeByName": {"Time": True}}},
+                 transformations=[HIDE_TIME,
                                   {"id": "reduce", "options": {"mode": "seriesToRows", "reducers": ["lastNotNull"]}},
                                   {"id": "sortBy", "options": {"sort": [{"field": "Last *", "desc": True}]}}],
                  w=12, h=9),
@@ -69,7 +69,7 @@ def build() -> dict:
                  w=12, h=9),
         barchart("Losses per machine", "The six big losses of each machine in the chosen window (seconds).",
                  targets(six_losses_per_machine("$window"), table=True), unit("s"), x_field="machine",
-                 stacking="normal", transformations=[{"id": "organize", "options": {"excludeByName": {"Time": True}}}],
+                 stacking="normal", transformations=[HIDE_TIME],
                  w=24, h=9),
         table("MTBF and MTTR", "Per machine in the chosen window: breakdowns (small stops are not failures), "
               "mean time between failures (operating time / failures), mean time to repair (breakdown time / "
@@ -78,7 +78,7 @@ def build() -> dict:
                       f'last("breakdown_s") AS "breakdowns" FROM "kpi" {where(*M, window="$window")} '
                       'GROUP BY "machine"', table=True),
               unit("s"), overrides=[override("failures", unit="none", decimals=0)],
-              transformations=[{"id": "organize", "options": {"excludeByName": {"Time": True}}}], w=12, h=8),
+              transformations=[HIDE_TIME], w=12, h=8),
         bargauge("Time to repair per machine", "Mean time to repair in the chosen window.",
                  targets(f'SELECT last("mttr_s") FROM "kpi" {where(*M, window="$window")} GROUP BY "machine"',
                          aliases=["$tag_machine"]), unit("s", min=0), w=12, h=8),

@@ -1,8 +1,8 @@
 """Machine detail: one machine's A/P/Q over time, its states, process values, parts against the target."""
 from __future__ import annotations
 
-from .model import (dashboard, override, ratio, site_line_machine, stat, state_timeline, targets, timeseries,
-                    unit, where, window_variable)
+from .model import (dashboard, override, ratio, site_line_machine, stat, state_timeline, targets, timeseries, unit,
+                    where, window_variable)
 
 UID = "fieldlab-machine"
 

@@ -141,6 +141,15 @@ def override(field: str, **props) -> dict:
             "properties": [{"id": k.replace("__", "."), "value": v} for k, v in props.items()]}
 
 
+def plain(field: str, **props) -> dict:
+    """A table column shown as plain text (no colour scale), e.g. plain("good", unit="none", decimals=0)."""
+    return override(field, **props, color={"mode": "fixed", "fixedColor": "text"})
+
+
+#: Tables of last() values: drop the time column InfluxQL adds
+HIDE_TIME = {"id": "organize", "options": {"excludeByName": {"Time": True}}}
+
+
 # ----------------------------------------------------------------------------------- variables
 
 def query_variable(name: str, label: str, query: str, *, multi: bool = False) -> dict:

@@ -1,8 +1,8 @@
 """Shop-floor overview: OEE per line and per machine, A/P/Q, who is running now, edge agents."""
 from __future__ import annotations
 
-from .model import (bargauge, dashboard, override, ratio, site_line_machine, state_mappings, stat, table,
-                    targets, timeseries, unit, where, window_variable)
+from .model import (bargauge, dashboard, HIDE_TIME, override, plain, ratio, site_line_machine, stat, state_mappings,
+                    table, targets, timeseries, unit, where, window_variable)
 
 UID = "fieldlab-overview"
 
@@ -33,7 +33,7 @@ def build() -> dict:
               {"thresholds": {"mode": "absolute", "steps": [{"color": "text", "value": None}]}},
               w=14, h=9, overrides=[override("state", mappings=state_mappings(),
                                              custom__cellOptions={"type": "color-background"})],
-              transformations=[{"id": "organize", "options": {"excludeByName": {"Time": True}}}]),
+              transformations=[HIDE_TIME]),
         table("A, P, Q per machine", "The chosen KPI window per machine: the gateway's numbers, as in its "
               "MQTT KPI messages and its live page.",
               targets(f'SELECT last("oee") AS "OEE", last("availability") AS "availability", '
@@ -41,11 +41,11 @@ def build() -> dict:
                       f'last("good") AS "good", last("reject") AS "reject", last("run_s") AS "run time" '
                       f'FROM "kpi" {MACHINE} GROUP BY "line", "machine"', table=True),
               ratio(),
-              overrides=[override("good", unit="none", decimals=0, color={"mode": "fixed", "fixedColor": "text"}),
-                         override("reject", unit="none", decimals=0, color={"mode": "fixed", "fixedColor": "text"}),
-                         override("run time", unit="s", color={"mode": "fixed", "fixedColor": "text"}),
+              overrides=[plain("good", unit="none", decimals=0),
+                         plain("reject", unit="none", decimals=0),
+                         plain("run time", unit="s"),
                          override("OEE", custom__cellOptions={"type": "color-background"})],
-              transformations=[{"id": "organize", "options": {"excludeByName": {"Time": True}}}], w=24, h=8),
+              transformations=[HIDE_TIME], w=24, h=8),
         timeseries("OEE per machine, rolling hour", "OEE of each machine over its last hour (window last_1h), "
                    "as the gateway computed it every 10 s.",
                    targets(f'SELECT last("oee") FROM "kpi" {where("site", "line", "machine", window="last_1h")} '
@@ -65,7 +65,7 @@ def build() -> dict:
                   "1": {"text": "online", "color": "green", "index": 0},
                   "0": {"text": "offline", "color": "red", "index": 1}}}],
                   custom__cellOptions={"type": "color-text"})],
-              transformations=[{"id": "organize", "options": {"excludeByName": {"Time": True}}}], w=24, h=6),
+              transformations=[HIDE_TIME], w=24, h=6),
     ]
     return dashboard(UID, "fieldlab: shop-floor overview",
                      "OEE per line and machine, availability, performance and quality, machine states and edge "

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from .losses import six_losses_total
-from .model import (bargauge, barchart, dashboard, override, ratio, site_line_machine, stat, table, targets,
-                    timeseries, unit, where, window_variable)
+from .model import (barchart, bargauge, dashboard, HIDE_TIME, override, plain, ratio, site_line_machine, stat, table,
+                    targets, timeseries, unit, where, window_variable)
 
 UID = "fieldlab-shift"
 
@@ -32,12 +32,12 @@ def build() -> dict:
                       f'last("breakdown_s") AS "breakdowns", last("setup_s") AS "setup", last("failures") AS '
                       f'"failures" FROM "kpi" {kpi} GROUP BY "line", "machine"', table=True),
               ratio(),
-              overrides=[*(override(f, unit="none", decimals=0, color={"mode": "fixed", "fixedColor": "text"})
+              overrides=[*(plain(f, unit="none", decimals=0)
                            for f in ("good", "reject", "failures")),
-                         *(override(f, unit="s", color={"mode": "fixed", "fixedColor": "text"})
+                         *(plain(f, unit="s")
                            for f in ("planned", "run", "breakdowns", "setup")),
                          override("OEE", custom__cellOptions={"type": "color-background"})],
-              transformations=[{"id": "organize", "options": {"excludeByName": {"Time": True}}}], w=24, h=8),
+              transformations=[HIDE_TIME], w=24, h=8),
         bargauge("Good parts against the target", "Good parts of each machine and its target at ideal speed "
                  "without losses in the planned time (good / OEE).",
                  targets(f'SELECT last("good") AS "good", last("good") / last("oee") AS "target" FROM "kpi" {kpi} '
@@ -45,7 +45,7 @@ def build() -> dict:
                  unit("none", 0, min=0), w=12, h=9),
         barchart("Six big losses", "Seconds lost in the shift (or today), summed over the selected machines.",
                  targets(six_losses_total("$window"), table=True), unit("s"),
-                 transformations=[{"id": "organize", "options": {"excludeByName": {"Time": True}}},
+                 transformations=[HIDE_TIME,
                                   {"id": "reduce", "options": {"mode": "seriesToRows", "reducers": ["lastNotNull"]}},
                                   {"id": "sortBy", "options": {"sort": [{"field": "Last *", "desc": True}]}}],
                  w=12, h=9),
