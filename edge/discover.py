@@ -58,7 +58,9 @@ async def browse(endpoint: str, max_depth: int = 8, max_variables: int = 2000, t
             node, path = todo.pop(0)
             for ref in await node.get_children_descriptions(refs=ua.ObjectIds.HierarchicalReferences):
                 nid = ref.NodeId
-                if nid.NamespaceIndex == 0 or nid.to_string() in seen:
+                # namespace 0 is the standard's own: its nodes, and the standard properties a server adds to
+                # its variables (EngineeringUnits, EURange of an AnalogItem), which are not machine data
+                if nid.NamespaceIndex == 0 or ref.BrowseName.NamespaceIndex == 0 or nid.to_string() in seen:
                     continue
                 seen.add(nid.to_string())
                 child = client.get_node(nid)

@@ -1,7 +1,7 @@
 """Serve simulated machines over OPC UA (asyncua), one server per machine.
 
 Address space (namespace ``urn:fieldlab:sim``; docs/simulators.md, "OPC UA address space"): with
-``typed=True`` (what ``fieldlab sim`` and ``fieldlab demo`` serve) each machine is an instance of its
+``typed=True`` (the default; what ``fieldlab sim`` and ``fieldlab demo`` serve) each machine is an instance of its
 kind's object type (``CncMachineType`` ... derived from ``FieldlabMachineType``, simulators/uamodel.py),
 with AnalogItems carrying EngineeringUnits (UNECE codes) and EURange; untyped, the same browse paths
 without types. Browse names a person reads, NodeIds made from them (``ns=2;s=cnc-01.Process.Temperature``)::
@@ -108,7 +108,7 @@ class MachineServer:
     """One machine behind one OPC UA server (its own, or ``shared`` with other machines). ``now`` gives the
     simulated time at which an injected fault is received (default: the machine's own clock)."""
 
-    def __init__(self, machine: Machine, host: str, port: int, now=None, *, typed: bool = False,
+    def __init__(self, machine: Machine, host: str, port: int, now=None, *, typed: bool = True,
                  shared: SharedServer | None = None):
         self.machine, self.host, self.port, self.typed = machine, host, port, typed
         self.now = now or (lambda: machine.clock)
@@ -266,7 +266,7 @@ class Simulation:
 
     def __init__(self, machines: list[Machine], clock: SimClock, host: str = "127.0.0.1",
                  base_port: int = 4840, tick_s: float = 0.1, *, modbus_base_port: int | None = None,
-                 end: float | None = None, typed: bool = False, shared: bool = False):
+                 end: float | None = None, typed: bool = True, shared: bool = False):
         self.clock, self.tick_s = clock, tick_s
         #: simulated time at which the machines stop (a scenario's end): the last tick advances them to exactly
         #: ``end``, ``finished`` is set, and ``freeze`` never goes past it. None: run until frozen.

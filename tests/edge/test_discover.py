@@ -45,7 +45,10 @@ async def test_discovered_file_maps_the_simulated_machine_and_runs(sim, mosquitt
     assert {t.name: t.options["node"] for t in cfg.tags} == {
         "state": "State", "reason": "StateReason", "good": "GoodCount", "reject": "RejectCount",
         "product": "Product", "ideal_cycle_s": "IdealCycleTime", "temperature": "Process/Temperature",
-        "power": "Process/Power", "vibration": "Process/Vibration"}
+        "power": "Process/Power", "vibration": "Process/Vibration", "fill_volume": "FillVolume"}
+    # units from the AnalogItems' EngineeringUnits (whose own nodes are not taken for machine data)
+    units = {t.name: t.unit for t in cfg.tags}
+    assert (units["temperature"], units["power"], units["fill_volume"]) == ("°C", "kW", "ml")
 
     ref = MachineRef(site, "a", "l", "filler-01")
     rec = recorder(mosquitto.url, ref.topic(Kind.COUNTS))
@@ -73,7 +76,7 @@ async def test_cli_writes_the_file_and_refuses_to_overwrite(sim, tmp_path):
 
     rc, output = await run()
     assert rc == 0, output
-    assert f"wrote {out}: 9 variables, 9 tags guessed" in output
+    assert f"wrote {out}: 10 variables, 10 tags guessed" in output
     assert "tag: good" in out.read_text()
     rc, output = await run()
     assert rc == 2 and "exists" in output and "--force" in output
