@@ -10,6 +10,7 @@ COPY edge edge
 COPY gateway gateway
 COPY simulators simulators
 COPY fieldlab fieldlab
+COPY dashboards dashboards
 RUN pip install ".[edge,gateway,sim]" && rm -rf /src
 
 # never root: uid 10001 reads the agents' credentials (fieldlab deploy --layout compose hands them over)

@@ -177,3 +177,12 @@ def test_env_example_documents_every_variable_and_holds_no_secret():
     for name in deploy.COMPOSE_SECRETS:
         assert re.search(rf"^{name}=\s*(#|$)", text, re.M), f"{name} must be empty in .env.example"
     assert ".env" in (ROOT / ".gitignore").read_text().split() and "secrets/" in (ROOT / ".gitignore").read_text()
+
+
+def test_the_image_copies_every_package_pyproject_installs():
+    import tomllib
+
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    copied = set(re.findall(r"^COPY (\S+) \1$", (ROOT / "Dockerfile").read_text(), re.M))
+    assert {p.rstrip("*") for p in include} <= copied, "the Dockerfile misses a package: pip would install less"
+    assert re.search(r'pip install "\.\[[^]]*\bedge\b[^]]*\bgateway\b[^]]*\bsim\b', (ROOT / "Dockerfile").read_text())
