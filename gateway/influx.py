@@ -114,22 +114,25 @@ class BufferedSink:
             if not self._buffer:
                 self._wake.clear()
                 await self._wake.wait()
+            # the batch, the lines after it and the drop count are taken together, before any await: accept()
+            # may drop the oldest lines meanwhile, and the drop count is what ties the buffer's positions to
+            # these lists (a slice taken after an await could start past lines never written)
             n = min(self.batch_lines, len(self._buffer))
             dropped = self.stats["dropped"]
+            ahead = list(itertools.islice(self._buffer, n, n + self.batch_lines))
             if prepared is not None and len(prepared[0]) == n and prepared[1] == dropped:
                 # made while the previous batch was in flight: the buffer's first n lines are these (lines only
                 # join at the end, and none were dropped since)
-                batch, body = prepared[0], await prepared[2]
+                batch, body = prepared[0], prepared[2]
             else:
+                batch, body = list(itertools.islice(self._buffer, n)), None
                 if prepared is not None:
                     await prepared[2]  # stale (lines dropped, or more arrived): let its thread finish, make anew
-                batch = list(itertools.islice(self._buffer, n))
-                body = await asyncio.to_thread(self._encode, batch)
+            body = await body if body is not None else await asyncio.to_thread(self._encode, batch)
             prepared = None
             self._inflight_n, self._inflight_dropped = n, dropped
             # shielded: a stop() waits for the write in flight instead of abandoning it in its thread
             self._inflight = asyncio.ensure_future(asyncio.to_thread(self._post, batch, body))
-            ahead = list(itertools.islice(self._buffer, n, n + self.batch_lines))
             if ahead:  # the next body is built while this one is posted (the POST waits on the network)
                 prepared = (ahead, dropped, asyncio.ensure_future(asyncio.to_thread(self._encode, ahead)))
             outcome = await asyncio.shield(self._inflight)

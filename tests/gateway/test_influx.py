@@ -194,3 +194,32 @@ async def test_the_body_made_ahead_is_sent_only_if_its_lines_are_still_next(infl
     values = [v for _, v in influxdb.query('SELECT "v" FROM "m"', db)[0]["values"]]
     assert values == list(range(100)) + list(range(250, 500))  # 0..99 were on their way already
     assert (sink.stats["written"], sink.stats["dropped"]) == (350, 150)
+
+
+async def test_an_overflow_while_a_batch_is_encoded_skips_no_line_and_writes_none_twice(influxdb):
+    """The lines after a batch are taken at the same moment as the batch: an overflow while the batch's
+    body is still being built (the first write after start or after a retry) must not shift them."""
+    import threading
+
+    db = db_name()
+    sink = InfluxV1Sink(influxdb.url, db, batch_lines=3, max_lines=10)
+    gate, encoding, encode = threading.Event(), threading.Event(), sink._encode
+
+    def slow(batch):  # the first body is still being built when the tick comes
+        encoding.set()
+        assert gate.wait(10)
+        return encode(batch)
+
+    sink._encode = slow
+    line = "m v={0} {1}".format
+    sink.accept([line(i, 1_800_000_000_000 + i) for i in range(10)])  # full
+    await sink.start()
+    try:
+        assert await wait_until(encoding.is_set)
+        sink.accept([line(i, 1_800_000_000_000 + i) for i in (10, 11)])  # 0 and 1 dropped (already in the batch)
+    finally:
+        gate.set()
+    assert await wait_until(lambda: sink.backlog == 0), sink.stats
+    await sink.stop()
+    values = [v for _, v in influxdb.query('SELECT "v" FROM "m"', db)[0]["values"]]
+    assert values == list(range(12))  # 0..2 were the batch on its way; nothing skipped, nothing twice
