@@ -849,9 +849,9 @@ async def _deploy(a) -> int:
                         rotate=tuple(a.rotate), broker_user=user)
     what = f"site {plant.site}" if plant.site else f"the central broker of {', '.join(plant.sites)}"
     print(f"secure MQTT set-up for {what} in {r.out} (keep it out of git)")
-    for user in r.users:
-        print(f"  {user:<24} {'new password' if user in r.new_passwords else 'password kept'}"
-              f"   {r.out / 'credentials' / user}")
+    for mqtt_user in r.users:
+        print(f"  {mqtt_user:<24} {'new password' if mqtt_user in r.new_passwords else 'password kept'}"
+              f"   {r.out / 'credentials' / mqtt_user}")
     print("broker files: " + ", ".join(str(f.relative_to(r.out)) for f in r.files))
     if a.tls:
         print(f"clients trust the broker with {r.out / 'ca.crt'} (copy it to each edge agent: ca_file)")
@@ -865,10 +865,13 @@ async def _deploy(a) -> int:
         print(f"use it:  sudo ln -sf {conf} /etc/mosquitto/conf.d/fieldlab.conf && sudo systemctl restart mosquitto")
     else:
         print(f"start the stack:  docker compose --env-file {r.out / 'compose.env'} up -d --build")
-    if user is None:
+    if user is None and a.layout == "compose":
+        print("the containers must be able to read them: run this as root, or give them to their users:  "
+              f"sudo chown -R 1883:1883 {r.out / 'mosquitto'} && sudo chown -R {deploy.IMAGE_UID}:{deploy.IMAGE_UID} "
+              f"{r.out / 'credentials'}")
+    elif user is None:
         print("the broker must be able to read them: run this as root, or as the user the broker runs as, or "
-              f"give them to that user:  sudo chown -R USER {r.out / 'mosquitto'}" +
-              (" (the container's mosquitto is 1883)" if a.layout == "compose" else ""))
+              f"give them to that user:  sudo chown -R USER {r.out / 'mosquitto'}")
     return 0
 
 

@@ -482,11 +482,12 @@ def compose_env(path: Path) -> Path:
     """The compose stack's passwords (InfluxDB's users, Grafana's admin), random, made once and then kept:
     ``docker compose --env-file secrets/compose.env up -d``."""
     have = {}
-    if path.exists():
+    if path.exists():  # also a copy of .env.example: "KEY=   # comment" is an empty value, not a password
         for line in path.read_text().splitlines():
             key, eq, value = line.partition("=")
-            if eq and not key.startswith("#"):
-                have[key.strip()] = value.strip()
+            value = value.split(" #", 1)[0].strip()
+            if eq and not key.strip().startswith("#") and value and not value.startswith("#"):
+                have[key.strip()] = value
     lines = ["# made by fieldlab deploy --layout compose; docker compose --env-file secrets/compose.env up -d",
              *(f"{k}={v}" for k, v in have.items() if k not in COMPOSE_SECRETS)]
     lines += [f"{k}={have.get(k) or secrets.token_urlsafe(24)}" for k in COMPOSE_SECRETS]

@@ -8,6 +8,7 @@ fieldlab's own CLI, and the broker's healthcheck command gives the right answer.
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -186,3 +187,29 @@ def test_the_image_copies_every_package_pyproject_installs():
     copied = set(re.findall(r"^COPY (\S+) \1$", (ROOT / "Dockerfile").read_text(), re.M))
     assert {p.rstrip("*") for p in include} <= copied, "the Dockerfile misses a package: pip would install less"
     assert re.search(r'pip install "\.\[[^]]*\bedge\b[^]]*\bgateway\b[^]]*\bsim\b', (ROOT / "Dockerfile").read_text())
+
+
+def test_compose_env_from_a_copy_of_env_example_gets_real_passwords(tmp_path):
+    """The example's inline comments are not values: empty secrets get random passwords, a filled one is
+    kept, and the options stay as they were."""
+    env = tmp_path / "compose.env"
+    env.write_text(re.sub(r"^GRAFANA_ADMIN_PASSWORD=\s*#", "GRAFANA_ADMIN_PASSWORD=chosen-by-me  #",
+                          (ROOT / ".env.example").read_text(), flags=re.M))
+    deploy.compose_env(env)
+    values = dict(ln.split("=", 1) for ln in env.read_text().splitlines() if ln and not ln.startswith("#"))
+    assert values["GRAFANA_ADMIN_PASSWORD"] == "chosen-by-me"
+    for name in deploy.COMPOSE_SECRETS[:3]:
+        assert re.fullmatch(r"[\w-]{32}", values[name]), (name, values[name])
+    assert set(values) == set(deploy.COMPOSE_SECRETS)
+    again = env.read_text()
+    deploy.compose_env(env)
+    assert env.read_text() == again  # made once, then kept
+
+
+def test_deploy_for_compose_without_root_says_which_owners_the_containers_need(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert cli.main(["deploy", str(ROOT / "deploy/compose/plant.yaml"), "--layout", "compose",
+                     "--out", str(tmp_path / "s")]) == 0
+    said = capsys.readouterr().out
+    assert "chown -R 1883:1883" in said and f"chown -R {deploy.IMAGE_UID}:{deploy.IMAGE_UID}" in said
+    assert "edge-cnc-01" in said and "docker compose --env-file" in said
