@@ -361,8 +361,13 @@ def _cert_names(cert: Path) -> set[str]:
     for part in r.stdout.replace("\n", ",").split(","):
         part = part.strip()
         if part.startswith(("DNS:", "IP Address:")):
-            names.add(part.split(":", 1)[1].strip())
+            names.add(_canonical(part.split(":", 1)[1].strip()))
     return names
+
+
+def _canonical(name: str) -> str:
+    """An IP address in one spelling (openssl writes ::1 as 0:0:0:0:0:0:0:1), a host name as it is."""
+    return str(ip_address(name)) if _is_ip(name) else name
 
 
 # --- writing it all ---
@@ -436,7 +441,7 @@ def generate(plant: Plant, out: Path, *, tls: bool = False, layout: str = "stand
         shutil.copyfile(ca, broker_dir / "ca.crt")
         shutil.copyfile(ca, out / "ca.crt")  # for the clients (gateway, agents): public, unlike ca/
         server = broker_dir / "server.crt"
-        if not server.exists() or _cert_names(server) != set(plant.hostnames):
+        if not server.exists() or _cert_names(server) != {_canonical(h) for h in plant.hostnames}:
             make_cert(broker_dir, "server", ca, hostnames=plant.hostnames)
         for f in (ca, out / "ca.crt", broker_dir / "ca.crt", server):
             os.chmod(f, 0o644)  # certificates are public; the keys stay 0600

@@ -408,3 +408,16 @@ def test_the_debian_layout_is_a_drop_in_next_to_debians_own_configuration(plant_
             broker.cleanup()
     finally:
         shutil.rmtree(base)
+
+
+def test_the_certificate_is_kept_until_the_hostnames_change(tmp_path):
+    p = tmp_path / "plant.yaml"
+    p.write_text("site: a\nmachines:\n  x/y: [m]\nbroker:\n  hostnames: [localhost, '::1', 127.0.0.1]\n")
+    deploy.generate(deploy.load_plant(p), tmp_path / "s", tls=True)
+    cert = (tmp_path / "s" / "mosquitto" / "server.crt").read_bytes()
+    deploy.generate(deploy.load_plant(p), tmp_path / "s", tls=True)  # openssl spells ::1 its own way
+    assert (tmp_path / "s" / "mosquitto" / "server.crt").read_bytes() == cert
+    p.write_text(p.read_text().replace("'::1', ", "broker.local, "))
+    deploy.generate(deploy.load_plant(p), tmp_path / "s", tls=True)
+    assert deploy._cert_names(tmp_path / "s" / "mosquitto" / "server.crt") == {"localhost", "broker.local",
+                                                                               "127.0.0.1"}
