@@ -17,6 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 from contract.errors import ServiceError
@@ -59,17 +60,22 @@ def check_port_free(port: int, what: str, option: str, host: str = "127.0.0.1") 
             raise ServiceError(f"cannot use port {port} on {host} for the {what}: {e.strerror}") from None
 
 
-def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen | None = None) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            return False
-        try:
-            with socket.create_connection((host, port), timeout=0.2):
-                return True
-        except OSError:
-            time.sleep(0.01)
-    return False
+def listening(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts connections on host:port now."""
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def http_ok(url: str, status: int = 200) -> bool:
+    """Whether ``url`` answers with ``status`` now (a readiness check)."""
+    try:
+        with urllib.request.urlopen(url, timeout=0.5) as r:
+            return r.status == status
+    except OSError:
+        return False
 
 
 def mosquitto_binary() -> str | None:
@@ -86,6 +92,21 @@ class ChildServer:
     _log = None
     _tmp = None
     stop_timeout = 10.0
+
+    def _launch(self, cmd: list[str], log_file: Path, ready, what: str, timeout: float) -> None:
+        """Start ``cmd`` as ``self.proc``, its output appended to ``log_file``, and wait until ``ready()``;
+        if it exits or ``timeout`` passes first: stop it, ServiceError "``what``: <the log's tail>"."""
+        self._log = open(log_file, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if ready():
+                return
+            time.sleep(0.02)
+        self.stop()
+        tail = Path(log_file).read_text(errors="replace")[-500:].strip()
+        raise ServiceError(f"{what}: {tail or 'no output'}")
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -199,16 +220,9 @@ class PrivateMosquitto(ChildServer):
 
 def _launch_mosquitto(server: ChildServer, binary: str, conf: Path, ports: list[int], log_file: Path,
                       timeout: float) -> None:
-    """Start ``mosquitto -c conf`` as ``server.proc`` and wait until it listens on every port of ``ports``."""
-    server._log = open(log_file, "ab")
-    server.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=server._log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + timeout
-    if not all(wait_for_port("127.0.0.1", p, max(0.0, deadline - time.monotonic()), server.proc) for p in ports):
-        server.stop()
-        tail = log_file.read_text(errors="replace")[-500:].strip()
-        raise ServiceError(f"mosquitto -c {conf} did not start on port(s) {', '.join(map(str, ports))}: "
-                           f"{tail or 'no output'}")
+    """``mosquitto -c conf`` as ``server.proc``, ready when it listens on every port of ``ports``."""
+    server._launch([binary, "-c", str(conf)], log_file, lambda: all(listening(p) for p in ports),
+                   f"mosquitto -c {conf} did not start on port(s) {', '.join(map(str, ports))}", timeout)
     log.info("mosquitto up ports=%s pid=%d", ports, server.proc.pid)
 
 

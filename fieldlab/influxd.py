@@ -11,7 +11,6 @@ import json
 import shutil
 import subprocess
 import tempfile
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -19,7 +18,7 @@ from pathlib import Path
 
 from contract.errors import ServiceError
 
-from .broker import ChildServer, check_port_free, free_port
+from .broker import ChildServer, check_port_free, free_port, http_ok
 
 INSTALL_HINT = "install it with: sudo apt-get install -y influxdb"
 
@@ -68,22 +67,9 @@ bind-address = "127.0.0.1:{self.rpc_port}"
 [continuous_queries]
   enabled = false
 """)
-        self._log = open(d / "influxd.log", "ab")
-        self.proc = subprocess.Popen([self.binary, "-config", str(conf)], stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            try:
-                with urllib.request.urlopen(f"{self.url}/ping", timeout=0.5) as r:
-                    if r.status == 204:
-                        return self
-            except OSError:
-                time.sleep(0.02)
-        self.stop()
-        tail = (d / "influxd.log").read_text(errors="replace")[-500:].strip()
-        raise ServiceError(f"influxd did not start on port {self.port}: {tail or 'no output'}")
+        self._launch([self.binary, "-config", str(conf)], d / "influxd.log", lambda: http_ok(f"{self.url}/ping", 204),
+                     f"influxd did not start on port {self.port}", timeout)
+        return self
 
     def query(self, q: str, db: str | None = None) -> list[dict]:
         """Run InfluxQL; the series of the first statement as [{name, tags, columns, values}]."""

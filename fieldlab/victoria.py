@@ -19,7 +19,7 @@ from pathlib import Path
 
 from contract.errors import ServiceError
 
-from .broker import ChildServer, check_port_free, free_port
+from .broker import ChildServer, check_port_free, free_port, http_ok
 
 INSTALL_HINT = "install it with: sudo apt-get install -y victoria-metrics"
 
@@ -46,25 +46,11 @@ class PrivateVictoriaMetrics(ChildServer):
         if not self.binary:
             raise ServiceError(f"no victoria-metrics binary found; {INSTALL_HINT}")
         check_port_free(self.port, "VictoriaMetrics", "PrivateVictoriaMetrics(port=...)")
-        log_path = self.dir / "victoria-metrics.log"
-        self._log = open(log_path, "ab")
         cmd = [self.binary, f"-storageDataPath={self.dir / 'data'}", f"-httpListenAddr=127.0.0.1:{self.port}",
                "-retentionPeriod=100y", "-loggerLevel=WARN"]
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=0.5) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.02)
-        self.stop()
-        tail = log_path.read_text(errors="replace")[-500:].strip()
-        raise ServiceError(f"victoria-metrics did not start on port {self.port}: {tail or 'no output'}")
+        self._launch(cmd, self.dir / "victoria-metrics.log", lambda: http_ok(f"{self.url}/health"),
+                     f"victoria-metrics did not start on port {self.port}", timeout)
+        return self
 
     def flush(self) -> None:
         """Make what was written so far searchable (VictoriaMetrics buffers new rows for about a second)."""

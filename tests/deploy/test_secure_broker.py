@@ -421,3 +421,12 @@ def test_the_certificate_is_kept_until_the_hostnames_change(tmp_path):
     deploy.generate(deploy.load_plant(p), tmp_path / "s", tls=True)
     assert deploy._cert_names(tmp_path / "s" / "mosquitto" / "server.crt") == {"localhost", "broker.local",
                                                                                "127.0.0.1"}
+
+
+def test_a_broker_that_cannot_start_says_why_from_its_own_log(tmp_path):
+    _need_binaries()
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\npassword_file {tmp_path}/missing\n")
+    with pytest.raises(ServiceError, match=rf"did not start on port\(s\) {port}: .*(?s:.*)missing"):
+        ConfiguredMosquitto(conf, [port], tmp_path / "log").start(timeout=5)
