@@ -35,9 +35,11 @@ def _compose(*args: str, env_file: Path | None = None) -> subprocess.CompletedPr
     if not exe:
         pytest.fail("docker-compose is missing; install it with: sudo apt-get install -y docker-compose",
                     pytrace=False)
-    env = ["--env-file", str(env_file)] if env_file else []
-    return subprocess.run([exe, *env, "-f", str(ROOT / "docker-compose.yml"), *args], capture_output=True, text=True,
-                          cwd=ROOT)
+    # only the given file: not a developer's own .env in the checkout, nor passwords in this environment
+    clean = {k: v for k, v in os.environ.items() if k not in deploy.COMPOSE_SECRETS}
+    with tempfile.NamedTemporaryFile("w", suffix=".env") as empty:  # docker-compose 1.29 refuses /dev/null
+        return subprocess.run([exe, "--env-file", str(env_file or empty.name), "-f", str(ROOT / "docker-compose.yml"),
+                               *args], capture_output=True, text=True, cwd=ROOT, env=clean)
 
 
 @pytest.fixture(scope="module")
