@@ -36,9 +36,11 @@ def test_demo_runs_a_line_scenario_to_its_expected_kpis(own_mosquitto, recorder,
         want = s.expected[name]
         assert abs(truth["good"] - want["good"]) <= s.count_tolerance, name
         assert abs(truth["reject"] - want["reject"]) <= s.count_tolerance, name
-        # the scripted faults were applied at their simulated times
+        # the scripted faults arrived at their simulated times and were really applied (a stop waits for
+        # Execute, so it may start later than it arrived, never earlier)
         starts = [f["received"] - truth["start"] for f in truth["faults"]]
         assert starts == pytest.approx([e.at_s for e in s.events if e.machine == name])
+        assert all(f["applied"] is not None and f["applied"] >= f["received"] for f in truth["faults"]), name
         assert truth["line"]["line"] == NAME
     assert ledger["assembly-01"]["starved_s"] > 600 and ledger["assembly-01"]["blocked_s"] > 60
     rec = recorder(own_mosquitto.url, "fieldlab/v1/demo/+/+/+/kpi")

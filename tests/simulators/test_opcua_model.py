@@ -4,7 +4,6 @@ Object types per machine kind derived from one base type, instances of them, eng
 (EUInformation with UNECE codes) and ranges on AnalogItems, readable string NodeIds, subscriptions
 and the fault methods.
 """
-import asyncio
 
 import pytest
 from asyncua import Client, ua
@@ -12,6 +11,7 @@ from asyncua import Client, ua
 from fieldlab.broker import free_port
 from simulators.machine import DEMO_MACHINES, EXECUTE, HELD, Machine
 from simulators.opcua import NAMESPACE, SimClock, Simulation
+from tests.helpers import wait_until
 
 T0 = 1_800_000_000.0
 CEFACT = "http://www.opcfoundation.org/UA/units/un/cefact"
@@ -117,22 +117,19 @@ async def test_subscribe_and_call_a_fault_method(sim):
         sub = await c.create_subscription(50, Handler())
         await sub.subscribe_data_change(nodes, queuesize=10_000)
         sim.run()
-        while m.good < 3:
-            await asyncio.sleep(0.05)
+        assert await wait_until(lambda: m.good >= 3)
         # a fault from the client, by the instance's method
         result = await obj.call_method(f"{idx}:InjectBreakdown", ua.Variant(10.0, ua.VariantType.Double))
         assert "cnc-01: breakdown (minutes 10)" in result
-        while not any(s[3] == 101 and s[4] is not None for s in m.ledger.stops):
-            await asyncio.sleep(0.05)
+        assert await wait_until(lambda: any(s[3] == 101 and s[4] is not None for s in m.ledger.stops))
         with pytest.raises(ua.UaStatusCodeError):  # a bad argument is refused, not applied
             await obj.call_method(f"{idx}:InjectBreakdown", ua.Variant(-1.0, ua.VariantType.Double))
         # the method declared on the type is not a machine: it refuses
         mtype = c.get_node(ua.NodeId("FieldlabMachineType", idx))
         with pytest.raises(ua.UaStatusCodeError):
             await mtype.call_method(f"{idx}:Reset")
-        await asyncio.sleep(0.3)
         await sim.freeze()
-        await asyncio.sleep(0.3)  # the last publish
+        assert await wait_until(lambda: seen["GoodCount"] and seen["GoodCount"][-1] == m.good)  # the last publish
         await sub.delete()
     assert len(m.ledger.faults) == 1 and m.ledger.faults[0]["applied"] is not None
     assert seen["GoodCount"][-1] == m.good and m.good >= 3
@@ -179,8 +176,7 @@ async def test_one_shared_server_serves_every_machine_with_its_own_methods():
 
         source = OpcUaSource(endpoint, "filler-01")
         await source.start(Batcher())
-        while not seen.get("good") or seen["good"][-1] < 20:
-            await asyncio.sleep(0.05)
+        assert await wait_until(lambda: seen.get("good") and seen["good"][-1] >= 20, timeout=30)
         await source.stop()
         await sim.freeze()
     finally:
