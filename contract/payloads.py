@@ -250,8 +250,9 @@ def _signal_matrix(signals: dict, n: int) -> np.ndarray | None:
     conversion for the whole message instead of one per signal: at 10 rows per message the per-call
     overhead was most of decoding. None sends the batch to the per-signal path, which applies the same
     rules and names the first bad element: anything but arrays of length n holding numbers and nulls,
-    and any batch holding a 0 or 1, which might have been a JSON true or false (the per-signal rules for
-    booleans are kept exactly as they were; plain numbers only reach NumPy as 0/1 if they were)."""
+    and any batch holding a JSON true or false (the per-signal rules for booleans are kept exactly as
+    they were). Zeros are common (an idle machine's power), so a 0 or 1 alone costs one type scan, not
+    the slow path."""
     values = list(signals.values())
     for v in values:
         if type(v) is not list or len(v) != n:
@@ -264,7 +265,8 @@ def _signal_matrix(signals: dict, n: int) -> np.ndarray | None:
     if arr.ndim != 1:
         return None
     if arr.dtype.kind in "iuf":
-        if ((arr == 0) | (arr == 1)).any():
+        # a JSON true/false mixed with numbers becomes 1/0 here: only then look at the element types
+        if ((arr == 0) | (arr == 1)).any() and bool in set(map(type, flat)):
             return None
         arr = arr.astype(np.float64, copy=False)
     elif arr.dtype == object:  # nulls (sparse rows, as OPC UA sends them): check the element types, then

@@ -93,7 +93,7 @@ def _per_signal(payload: str):
 @pytest.mark.parametrize("signals", [
     {"a": [1.5, 2.5, 3.5], "b": [4, 5, 6]},  # floats and ints: the fast path
     {"a": [1.5, None, 3.5], "b": [None, None, 6]},  # sparse rows: nulls become NaN
-    {"a": [0.0, 1.0, 2.0], "b": [1, 0, 7]},  # zeros and ones: the per-signal path, the same result
+    {"a": [0.0, 1.0, 2.0], "b": [1, 0, 7]},  # zeros and ones: the fast path too, the same result
     {"a": [True, 2.5, 3.5], "b": [4.0, 5.0, 6.0]},  # a boolean among numbers: accepted as before (1.0)
     {"a": [True, False, True], "b": [4.0, 5.0, 6.0]},  # a signal of booleans: refused as before
     {"a": [True, None, 3.5], "b": [4.0, 5.0, 6.0]},  # a boolean next to a null: refused as before
@@ -120,3 +120,12 @@ def test_whole_message_decoding_equals_per_signal_decoding(signals):
     for k in expected:
         assert got[k].dtype == np.float64
         np.testing.assert_array_equal(got[k], expected[k])
+
+
+def test_zeros_and_ones_take_the_fast_path_and_booleans_the_per_signal_one():
+    """An idle machine's zeros must not cost the slow path; a JSON true among numbers still goes there."""
+    from contract import payloads
+
+    fast = payloads._signal_matrix({"power": [0.0, 0.0, 2.5], "flag": [1, 0, 1]}, 3)
+    assert fast is not None and fast.tolist() == [[0.0, 0.0, 2.5], [1.0, 0.0, 1.0]]
+    assert payloads._signal_matrix({"power": [True, 0.0, 2.5], "flag": [1, 0, 1]}, 3) is None
