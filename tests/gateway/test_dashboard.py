@@ -12,6 +12,7 @@ import pytest
 from contract import Kind, MachineRef, encode_counts, encode_state, encode_status
 from gateway.http import HttpEndpoint, openapi
 from gateway.service import Gateway
+from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("FIELDLAB_ARTIFACTS", ROOT / "test-artifacts"))
@@ -33,10 +34,7 @@ async def served(mosquitto, site, publisher):
     publisher(press.topic(Kind.COUNTS), encode_counts([T0, T0 + 600], [0, 90], [0, 10], "cap", 3.0))
     publisher(lathe.topic(Kind.STATE), encode_state([T0, T0 + 400], [4, 12], [0, 201]))
     publisher(lathe.topic(Kind.COUNTS), encode_counts([T0, T0 + 400], [0, 39], [0, 1], "shaft", 8.0))
-    for _ in range(100):
-        if gw.stats["messages"] == 5:
-            break
-        await asyncio.sleep(0.05)
+    assert await wait_until(lambda: gw.stats["messages"] == 5), gw.stats
     gw.tick()
     yield gw, http, press, lathe
     await http.stop()

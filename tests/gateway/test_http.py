@@ -11,6 +11,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from contract import Kind, MachineRef, encode_counts, encode_state
 from gateway.http import HttpEndpoint
 from gateway.service import Gateway
+from tests.helpers import wait_until
 
 
 def get(url: str):
@@ -37,10 +38,7 @@ async def test_metrics_show_counters_and_machine_kpis(mosquitto, site):
         pub.publish(ref.topic(Kind.COUNTS), b"{broken", qos=1).wait_for_publish(5)
         pub.disconnect()
         pub.loop_stop()
-        for _ in range(100):
-            if gw.stats["messages"] == 2 and gw.stats["dead_letters"] == 1:
-                break
-            await asyncio.sleep(0.05)
+        assert await wait_until(lambda: gw.stats["messages"] == 2 and gw.stats["dead_letters"] == 1), gw.stats
         gw.tick()
         status, ctype, body = await asyncio.to_thread(get, f"{http.url}/metrics")
         assert status == 200 and ctype.startswith("text/plain; version=0.0.4")
@@ -91,10 +89,7 @@ async def test_all_timelines_in_one_request_equal_each_machines_own(mosquitto, s
         publisher(press.topic(Kind.COUNTS), encode_counts([t0, t0 + 600], [0, 90], [0, 10], "p", 3.0))
         publisher(lathe.topic(Kind.STATE), encode_state([t0, t0 + 400], [4, 12], [0, 201]))
         publisher(lathe.topic(Kind.STATUS), encode_status(t0, "online"))
-        for _ in range(100):
-            if gw.stats["messages"] == 4:
-                break
-            await asyncio.sleep(0.05)
+        assert await wait_until(lambda: gw.stats["messages"] == 4), gw.stats
         gw.tick()
         for window in ("shift", "last_1h", "since_start"):  # since_start last: its pieces are checked below
             status, ctype, body = await asyncio.to_thread(get, f"{http.url}/api/timelines?window={window}")

@@ -8,6 +8,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from contract import ContractError, Kind, MachineRef, encode_counts, encode_state
 from gateway.service import Gateway, parse_scope
+from tests.helpers import wait_until
 
 
 async def test_two_gateways_split_the_plant_by_scope(mosquitto, site, recorder):
@@ -27,10 +28,7 @@ async def test_two_gateways_split_the_plant_by_scope(mosquitto, site, recorder):
             pub.publish(ref.topic(Kind.STATE), encode_state([0.0], [4]), qos=1).wait_for_publish(5)
             pub.publish(ref.topic(Kind.COUNTS), encode_counts([0.0, 100.0], [0, 10 + k], [0, 0]),
                         qos=1).wait_for_publish(5)
-        for _ in range(100):
-            if one.stats["messages"] + two.stats["messages"] == 8:
-                break
-            await asyncio.sleep(0.05)
+        assert await wait_until(lambda: one.stats["messages"] + two.stats["messages"] == 8), (one.stats, two.stats)
         await asyncio.sleep(0.2)  # nothing else may arrive
         assert (one.stats["messages"], two.stats["messages"]) == (4, 4)
         assert sorted(one.machines) == machines[:2] and sorted(two.machines) == machines[2:]
