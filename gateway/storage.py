@@ -62,16 +62,23 @@ def batch_lines(ref: MachineRef, kind: Kind, batch) -> list[str]:
     return []
 
 
+def _window_lines(measurement: str, tag_sets: list[dict], end, snapshot: dict, fields, integers) -> list[str]:
+    """One line per row (a machine or a line) and window of a KPI snapshot, stamped with that row's end
+    time; rows without data yet (end not finite) are left out."""
+    end = np.asarray(end, np.float64)[: len(tag_sets)]
+    ok = np.flatnonzero(np.isfinite(end))
+    out = []
+    for window, kpis in snapshot.items():
+        prefixes = [series(measurement, {**tag_sets[i], "window": window}) for i in ok]
+        out += lines(prefixes, end[ok], {k: np.asarray(kpis[k])[ok] for k in fields if k in kpis}, integers)
+    return out
+
+
 def kpi_lines(machines: list[MachineRef], snapshot: dict, now: np.ndarray,
               line_refs: list[LineRef] | None = None, line_snapshot: dict | None = None) -> list[str]:
     """One line per machine and window from KpiEngine.snapshot(), stamped with each machine's own now;
     with ``line_refs`` and ``line_snapshot`` (engine.group_snapshot) also the lines' (``line_kpi_lines``)."""
-    now = np.asarray(now, np.float64)[: len(machines)]
-    ok = np.flatnonzero(np.isfinite(now))
-    out = []
-    for window, kpis in snapshot.items():
-        prefixes = [series("kpi", {**tags(machines[i]), "window": window}) for i in ok]
-        out += lines(prefixes, now[ok], {k: np.asarray(kpis[k])[ok] for k in KPI_FIELDS if k in kpis}, KPI_INTEGERS)
+    out = _window_lines("kpi", [tags(m) for m in machines], now, snapshot, KPI_FIELDS, KPI_INTEGERS)
     if line_refs:
         out += line_kpi_lines(line_refs, line_snapshot)
     return out
@@ -84,11 +91,5 @@ def line_tags(ref: LineRef) -> dict[str, str]:
 def line_kpi_lines(line_refs: list[LineRef], line_snapshot: dict) -> list[str]:
     """One ``line_kpi`` line per line and window from engine.group_snapshot(), stamped with the line's
     latest time (the latest of its machines'); lines without any data yet are left out."""
-    end = np.asarray(line_snapshot["since_start"]["end"], np.float64)[: len(line_refs)]
-    ok = np.flatnonzero(np.isfinite(end))
-    out = []
-    for window, kpis in line_snapshot.items():
-        prefixes = [series("line_kpi", {**line_tags(line_refs[j]), "window": window}) for j in ok]
-        out += lines(prefixes, end[ok], {k: np.asarray(kpis[k])[ok] for k in LINE_KPI_FIELDS if k in kpis},
-                     LINE_KPI_INTEGERS)
-    return out
+    return _window_lines("line_kpi", [line_tags(r) for r in line_refs], line_snapshot["since_start"]["end"],
+                         line_snapshot, LINE_KPI_FIELDS, LINE_KPI_INTEGERS)
