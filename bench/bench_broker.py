@@ -12,7 +12,7 @@ per thread: paho's, which decodes, and the ticks) and of Mosquitto (/proc/PID/st
 With ``--drain`` every message is published first (the broker queues them for the subscriber's
 persistent session) and then drained, so no publisher competes for the CPU. Run:
 
-    .venv/bin/python bench/bench_broker.py              # 2 configurations x 3 runs, about 3 minutes
+    .venv/bin/python bench/bench_broker.py              # 2 configurations x 2 encodings x 3 runs
     .venv/bin/python bench/bench_broker.py --runs 1 --scale 0.3
     .venv/bin/python bench/bench_broker.py --profile    # also: cProfile of the gateway's ingest thread
     .venv/bin/python bench/bench_broker.py --drain --gateways 2   # publish first, then drain; also 2 gateways
@@ -38,7 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from contract import ROOT as ROOT_TOPIC, Kind, MachineRef, encode_counts, encode_state, encode_telemetry, subscription  # noqa: E402,E501
+from contract import ROOT as ROOT_TOPIC, Kind, MachineRef, encode_counts, encode_state, encode_telemetry, encode_telemetry_binary, subscription  # noqa: E402,E501
 from fieldlab.broker import PrivateMosquitto  # noqa: E402
 
 CONFIGS = {  # name: (rows per telemetry batch, signals, telemetry messages)
@@ -49,8 +49,11 @@ MACHINES = 100
 FILTERS = [(subscription(k), 1) for k in (Kind.STATE, Kind.COUNTS, Kind.TELEMETRY, Kind.STATUS)]
 
 
-def build(rows: int, signals: int, n_tel: int, machines: list[int]) -> list[tuple[str, bytes, int]]:
-    """(topic, payload, samples as the gateway counts them); per machine in time order."""
+def build(rows: int, signals: int, n_tel: int, machines: list[int], encoding: str = "json"
+          ) -> list[tuple[str, bytes, int]]:
+    """(topic, payload, samples as the gateway counts them); per machine in time order. ``encoding``: of the
+    telemetry batches, "json" or "binary" (docs/contract.md); counts and state are JSON either way."""
+    encode = encode_telemetry_binary if encoding == "binary" else encode_telemetry
     rng = np.random.default_rng(1)
     pool = [np.round(rng.normal(50, 5, (signals, rows)), 3) for _ in range(8)]
     refs = {m: MachineRef("bench", "hall", f"line-{m // 10}", f"m{m:03d}") for m in range(MACHINES)}
@@ -59,7 +62,7 @@ def build(rows: int, signals: int, n_tel: int, machines: list[int]) -> list[tupl
         for m in machines:
             ts = 1.8e9 + (k * rows + np.arange(rows)) * 0.1
             sig = {f"s{j}": pool[(k + m) % 8][j] for j in range(signals)}
-            out.append((refs[m].topic(Kind.TELEMETRY), encode_telemetry(ts, sig), rows * signals))
+            out.append((refs[m].topic(Kind.TELEMETRY), encode(ts, sig), rows * signals))
             if k % 10 == 0:  # counts: one row per telemetry row
                 g = good[m] + np.arange(1, rows + 1)
                 good[m] = int(g[-1])
@@ -109,7 +112,7 @@ def cpu_pid(pid: int) -> float:
 # ----------------------------------------------------------------------------- child roles
 
 def role_pub(a) -> None:
-    msgs = build(a.rows, a.signals, a.n_tel, list(range(a.index, MACHINES, a.of)))
+    msgs = build(a.rows, a.signals, a.n_tel, list(range(a.index, MACHINES, a.of)), a.encoding)
     acked, done = [0], threading.Event()
 
     def on_publish(c, u, mid, rc, props):
@@ -258,10 +261,10 @@ def line(p: subprocess.Popen) -> dict:
 
 
 def phase(broker: PrivateMosquitto, kind: str, cfg: tuple, a, procs: list) -> dict:
-    rows, signals, n_tel = cfg
+    rows, signals, n_tel, encoding = cfg
     n_tel = int(n_tel * a.scale) // MACHINES * MACHINES
     pubs = [spawn(procs, "pub", broker.port, "--rows", rows, "--signals", signals, "--n-tel", n_tel,
-                  "--index", i, "--of", a.publishers) for i in range(a.publishers)]
+                  "--index", i, "--of", a.publishers, "--encoding", encoding) for i in range(a.publishers)]
     ready = [line(p) for p in pubs]
     n, samples = sum(r["messages"] for r in ready), sum(r["samples"] for r in ready)
     extra = (["--profile"] if a.profile and kind == "gateway" else []) + (["--drain"] if a.drain else []) + (
@@ -324,12 +327,14 @@ def parent(a) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-up below on kill, too
     broker = PrivateMosquitto(extra_conf="allow_anonymous true\nmax_queued_messages 0\n")
     kinds = ("bare", "client", "gateway") + (("gateways",) if a.gateways > 1 else ())
-    results = {name: {kind: [] for kind in kinds} for name in CONFIGS}
+    encodings = ("json", "binary") if a.encoding == "both" else (a.encoding,)
+    configs = {f"{name}, {enc}": (*cfg, enc) for name, cfg in CONFIGS.items() for enc in encodings}
+    results = {name: {kind: [] for kind in kinds} for name in configs}
     print(facts(), flush=True)
     try:
         broker.start()
         for run in range(a.runs):
-            for name, cfg in CONFIGS.items():
+            for name, cfg in configs.items():
                 for kind in kinds:
                     r = phase(broker, kind, cfg, a, procs)
                     results[name][kind].append(r)
@@ -397,6 +402,8 @@ def main() -> None:
     ap.add_argument("--drain", action="store_true",
                     help="publish everything first (the broker queues it for the subscriber's session), then let "
                          "the subscriber drain it: no publisher competes for the CPU while it is measured")
+    ap.add_argument("--encoding", choices=["json", "binary", "both"], default="both",
+                    help="of the telemetry batches (docs/contract.md); both: each configuration in each")
     ap.add_argument("--timeout", type=float, default=300.0)
     for opt in ("--rows", "--signals", "--n-tel", "--index", "--of", "--n"):
         ap.add_argument(opt, type=int)

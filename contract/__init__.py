@@ -5,10 +5,10 @@ agents, the gateway and the simulators all import it. See docs/contract.md.
 """
 from .errors import ContractError
 from .payloads import (
-    MAX_BATCH, PACKML, SIMPLE, STATE_MODELS, VERSION, Command, CountsBatch, StateBatch, Status,
+    BINARY_MAGIC, MAX_BATCH, PACKML, SIMPLE, STATE_MODELS, VERSION, Command, CountsBatch, StateBatch, Status,
     TelemetryBatch, decode, decode_command, decode_counts, decode_kpi, decode_state, decode_status,
     decode_telemetry, encode_command, encode_counts, encode_kpi, encode_state, encode_status,
-    encode_telemetry,
+    encode_telemetry, encode_telemetry_binary,
 )
 from .topics import (
     DEADLETTER_TOPIC, LINE, QOS, RETAINED, ROOT, Kind, LineRef, MachineRef, line_subscription, parse_line_topic,
@@ -16,10 +16,10 @@ from .topics import (
 )
 
 __all__ = [
-    "ContractError", "MAX_BATCH", "PACKML", "SIMPLE", "STATE_MODELS", "VERSION", "Command",
+    "BINARY_MAGIC", "ContractError", "MAX_BATCH", "PACKML", "SIMPLE", "STATE_MODELS", "VERSION", "Command",
     "CountsBatch", "StateBatch", "Status", "TelemetryBatch", "decode", "decode_command",
     "decode_counts", "decode_kpi", "decode_state", "decode_status", "decode_telemetry",
     "encode_command", "encode_counts", "encode_kpi", "encode_state", "encode_status",
-    "encode_telemetry", "DEADLETTER_TOPIC", "QOS", "RETAINED", "ROOT", "Kind", "MachineRef",
+    "encode_telemetry", "encode_telemetry_binary", "DEADLETTER_TOPIC", "QOS", "RETAINED", "ROOT", "Kind", "MachineRef",
     "parse_topic", "subscription", "LINE", "LineRef", "line_subscription", "parse_line_topic",
 ]

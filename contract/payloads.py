@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
@@ -24,6 +25,11 @@ from .errors import ContractError
 from .topics import Kind
 
 VERSION = 1
+#: Binary telemetry (docs/contract.md): magic, rows (uint32), signals (uint16), JSON header bytes (uint16),
+#: little-endian; then the JSON header, then float64 ts[rows] and values[signals][rows].
+BINARY_MAGIC = b"FLT1"
+BINARY_HEADER = struct.Struct("<4sIHH")
+MAX_SIGNALS = 4096  # signals per binary message (a JSON message is bounded by MAX_BATCH samples per array)
 MAX_BATCH = 100_000  # samples per message; larger batches must be split by the producer
 MAX_COUNTER = 2**53  # counters stay exact in a float64 / JSON number
 
@@ -98,6 +104,24 @@ def encode_telemetry(ts, signals: dict, units: dict | None = None) -> bytes:
     if units:
         obj["units"] = dict(units)
     return _dumps(obj)
+
+
+def encode_telemetry_binary(ts, signals: dict, units: dict | None = None) -> bytes:
+    """The same batch as ``encode_telemetry`` in the binary columnar form (docs/contract.md, "telemetry,
+    binary"): a 12-byte header, a small JSON header with the signal names, then float64 arrays. The
+    gateway maps the arrays without parsing a number (NaN = missing, as null in JSON)."""
+    ts = np.asarray(ts, dtype=np.float64)
+    names = list(signals)
+    head = {"v": VERSION, "signals": names}
+    if units:
+        head["units"] = dict(units)
+    text = _dumps(head)
+    text += b" " * (-(BINARY_HEADER.size + len(text)) % 8)  # the arrays start 8-byte aligned
+    cols = np.empty((len(names) + 1, ts.size), dtype="<f8")
+    cols[0] = ts
+    for i, name in enumerate(names, 1):
+        cols[i] = signals[name]
+    return BINARY_HEADER.pack(BINARY_MAGIC, ts.size, len(names), len(text)) + text + cols.tobytes()
 
 
 def encode_state(ts, state, reason=None, model: str = "packml") -> bytes:
@@ -190,11 +214,19 @@ def _fail(where: str, values: list, ok, what: str):
     raise ContractError(f"{where}{_first_bad(values, ok)}: must be {what}")
 
 
+def _non_decreasing(values: list, arr: np.ndarray) -> bool:
+    """Whether numbers never go backwards. Short lists: sorted() of an already sorted list is one C pass
+    (0.5 µs for 10 times against 4.5 µs for the NumPy comparison, whose fixed cost dominates there)."""
+    if len(values) <= 256:
+        return sorted(values) == values
+    return not np.count_nonzero(arr[1:] < arr[:-1])
+
+
 def _ts(obj: dict, kind: str) -> np.ndarray:
     values = obj.get("ts")
     if type(values) is list and 0 < len(values) <= MAX_BATCH:  # the usual case, with fewer calls: float times
         ts = np.asarray(values)  # (JSON numbers are finite: orjson refuses the others)
-        if ts.dtype.kind == "f" and ts.ndim == 1 and not (ts[1:] < ts[:-1]).any():
+        if ts.dtype.kind == "f" and ts.ndim == 1 and _non_decreasing(values, ts):
             return ts
     ts = _numbers(obj, "ts", kind, None).astype(np.float64, copy=False)
     if ts.size == 0:
@@ -266,7 +298,7 @@ def _signal_matrix(signals: dict, n: int) -> np.ndarray | None:
         return None
     if arr.dtype.kind in "iuf":
         # a JSON true/false mixed with numbers becomes 1/0 here: only then look at the element types
-        if ((arr == 0) | (arr == 1)).any() and bool in set(map(type, flat)):
+        if np.count_nonzero((arr == 0) | (arr == 1)) and bool in set(map(type, flat)):
             return None
         arr = arr.astype(np.float64, copy=False)
     elif arr.dtype == object:  # nulls (sparse rows, as OPC UA sends them): check the element types, then
@@ -275,29 +307,90 @@ def _signal_matrix(signals: dict, n: int) -> np.ndarray | None:
         arr = np.array(flat, dtype=np.float64)
     else:
         return None
-    if np.isinf(arr).any():  # orjson refuses numbers that overflow to infinity: cannot happen, but be safe
-        return None
+    # No check for infinities: orjson refuses numbers that overflow a double (a test pins this), so every
+    # number here is finite. (The check cost 3-4 µs a message.)
     return arr.reshape(len(values), n)
 
 
+_HEADERS: dict[tuple[bytes, int], tuple[list, dict]] = {}  # a machine sends the same header every time
+
+
+def _binary_header(text: bytes, nsig: int) -> tuple[list, dict]:
+    """(signal names, units) of a binary telemetry header, checked once per distinct header."""
+    got = _HEADERS.get((text, nsig))
+    if got is not None:
+        return got
+    k = "telemetry header"
+    head = _load(text, k)
+    names = head.get("signals")
+    if type(names) is not list or len(names) != nsig or not set(map(type, names)) <= {str}:
+        raise ContractError(f"{k}.signals: required array of the {nsig} signal names")
+    if "" in names or max(map(len, names)) > 128 or len(set(names)) != nsig:
+        raise ContractError(f"{k}.signals: names must be 1-128 characters and unique")
+    units = head["units"] if "units" in head else {}
+    if type(units) is not dict or not set(map(type, units.values())) <= {str}:
+        raise ContractError(f"{k}.units: must be an object of signal name -> unit string")
+    if len(_HEADERS) >= 4096:  # bounded: many machines, or a producer that varies its header
+        _HEADERS.clear()
+    _HEADERS[text, nsig] = got = (names, units)
+    return got
+
+
+def _decode_telemetry_binary(data: bytes) -> TelemetryBatch:
+    """Binary telemetry: the arrays are read-only views of ``data``, nothing is parsed per sample. The same
+    rules as JSON: times finite and never going backwards, values finite or NaN (missing)."""
+    k = "telemetry"
+    if len(data) < BINARY_HEADER.size:
+        raise ContractError(f"{k}: binary batch of {len(data)} bytes is shorter than its "
+                            f"{BINARY_HEADER.size}-byte header")
+    _, n, nsig, h = BINARY_HEADER.unpack_from(data)
+    if not 0 < n <= MAX_BATCH:
+        raise ContractError(f"{k}.rows: {n} rows, must be 1-{MAX_BATCH} per message")
+    if not 0 < nsig <= MAX_SIGNALS:
+        raise ContractError(f"{k}.signals: {nsig} signals, must be 1-{MAX_SIGNALS} per message")
+    start = BINARY_HEADER.size + h
+    size = start + 8 * n * (nsig + 1)
+    if len(data) != size:
+        raise ContractError(f"{k}: binary batch of {len(data)} bytes, its header says {size} "
+                            f"({n} rows x {nsig} signals after a {h}-byte JSON header)")
+    names, units = _binary_header(data[BINARY_HEADER.size:start], nsig)
+    arr = np.frombuffer(data, "<f8", n * (nsig + 1), start)
+    ts, values = arr[:n], arr[n:].reshape(nsig, n)
+    # Few NumPy calls (each costs microseconds whatever the size): in non-decreasing times with no NaN
+    # (a NaN fails every >=), all are finite when the first and last are.
+    if not (math.isfinite(ts[0]) and math.isfinite(ts[-1])) or (
+            n > 1 and np.count_nonzero(ts[1:] >= ts[:-1]) != n - 1):
+        bad = np.flatnonzero(~np.isfinite(ts))
+        i = int(bad[0]) if bad.size else int(np.flatnonzero(ts[1:] < ts[:-1])[0]) + 1
+        raise ContractError(f"{k}.ts[{i}] = {ts[i].item()!r}: times must be finite and never go backwards")
+    if np.count_nonzero(np.isinf(values)):
+        s, i = (int(x[0]) for x in np.nonzero(np.isinf(values)))
+        raise ContractError(f"{k}.signals.{names[s]}[{i}] = {values[s, i].item()!r}: must be a number "
+                            "or NaN (missing)")
+    return TelemetryBatch(ts, dict(zip(names, values)), dict(units))
+
+
 def decode_telemetry(data: bytes | str) -> TelemetryBatch:
+    """A telemetry batch, JSON or binary (``BINARY_MAGIC`` first)."""
+    if type(data) is bytes and data[:4] == BINARY_MAGIC:
+        return _decode_telemetry_binary(data)
     k = "telemetry"
     obj = _load(data, k)
     ts = _ts(obj, k)
     signals = obj.get("signals")
     if not isinstance(signals, dict) or not signals:
         raise ContractError(f"{k}.signals: required object of name -> array of numbers")
-    for name in signals:
-        if not name or len(name) > 128:
-            raise ContractError(f"{k}.signals: signal name {name!r} must be 1-128 characters")
+    if "" in signals or max(map(len, signals)) > 128:  # one C pass each, not a Python loop
+        name = next(n for n in signals if not n or len(n) > 128)
+        raise ContractError(f"{k}.signals: signal name {name!r} must be 1-128 characters")
     matrix = _signal_matrix(signals, ts.size)
     if matrix is not None:
         out = dict(zip(signals, matrix))
     else:
         out = {name: _numbers(signals, name, f"{k}.signals", ts.size, allow_null=True).astype(np.float64, copy=False)
                for name in signals}
-    units = obj.get("units", {})
-    if not isinstance(units, dict) or not all(isinstance(u, str) for u in units.values()):
+    units = obj["units"] if "units" in obj else {}
+    if type(units) is not dict or not set(map(type, units.values())) <= {str}:
         raise ContractError(f"{k}.units: must be an object of signal name -> unit string")
     return TelemetryBatch(ts, out, units)
 
@@ -385,4 +478,5 @@ DECODERS = {
 
 def decode(kind: Kind | str, data: bytes | str):
     """Decode a payload of the given kind; ContractError with a precise reason if malformed."""
-    return DECODERS[Kind(kind)](data)
+    decoder = DECODERS.get(kind)  # a Kind already (the gateway's case): no enum lookup
+    return (decoder or DECODERS[Kind(kind)])(data)

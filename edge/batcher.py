@@ -13,7 +13,7 @@ from bisect import bisect_right
 from collections import Counter
 from itertools import groupby
 
-from contract import STATE_MODELS, Kind, encode_counts, encode_state, encode_telemetry
+from contract import STATE_MODELS, Kind, encode_counts, encode_state, encode_telemetry, encode_telemetry_binary
 
 log = logging.getLogger("fieldlab.edge")
 
@@ -25,8 +25,11 @@ class Batcher:
     Values that cannot be sent (a state code outside the model, a negative or fractional counter) are
     counted in ``rejected`` and logged once per kind of problem, never sent."""
 
-    def __init__(self, model: str = "packml", state_map: dict[int, int] | None = None):
+    def __init__(self, model: str = "packml", state_map: dict[int, int] | None = None, encoding: str = "json"):
+        """``encoding``: of the telemetry batches, "json" (readable by any MQTT tool) or "binary" (the same
+        batch as float64 arrays, far cheaper for the gateway to decode; docs/contract.md)."""
         self.model, self.state_map = model, dict(state_map) if state_map else None
+        self._encode_telemetry = {"json": encode_telemetry, "binary": encode_telemetry_binary}[encoding]
         self._states = STATE_MODELS[model]
         self.rejected: Counter = Counter()  # role -> values not sent
         self._warned: set = set()
@@ -121,6 +124,6 @@ class Batcher:
             signals = {n: [self._rows[t].get(n, float("nan")) for t in ts] for n in names}
             self._rows = {}
             units = {n: self.units[n] for n in names if n in self.units}
-            out.append((Kind.TELEMETRY, encode_telemetry(ts, signals, units)))
+            out.append((Kind.TELEMETRY, self._encode_telemetry(ts, signals, units)))
             self.samples[Kind.TELEMETRY] += len(ts)
         return out

@@ -71,6 +71,7 @@ class EdgeConfig:
     buffer_path: Path | None = None  # None: the agent picks ~/.local/state/fieldlab/edge-<machine>.db
     buffer_bytes: int = 100 * 2**20
     flush_s: float = 0.5
+    encoding: str = "json"  # of telemetry: "json" or "binary" (docs/contract.md)
     heartbeat_s: float = 30.0
     state_model: str = "packml"
 
@@ -116,10 +117,15 @@ def parse(doc: YamlFile, environ=os.environ) -> EdgeConfig:
         cfg.buffer_bytes = _need(doc, "buffer.max_size", size(buf["max_size"]), "write a size like 100MB or 2GB",
                                  lambda v: v >= 2**20, "at least 1MB")
     pub = _mapping(doc, data.get("publish") or {}, "publish")
-    _no_unknown(doc, pub, "publish", ("flush", "heartbeat"))
+    _no_unknown(doc, pub, "publish", ("flush", "heartbeat", "encoding"))
     if "flush" in pub:
         cfg.flush_s = _need(doc, "publish.flush", duration(pub["flush"]), "write a duration like 500ms or 1s",
                             lambda v: 0.01 <= v <= 60, "between 10ms and 60s")
+    if "encoding" in pub:
+        if pub["encoding"] not in ("json", "binary"):
+            raise doc.error("publish.encoding", f"{pub['encoding']!r}: use json (readable by any MQTT tool) or "
+                                                "binary (cheaper for the gateway at high rates)")
+        cfg.encoding = pub["encoding"]
     if "heartbeat" in pub:
         cfg.heartbeat_s = _need(doc, "publish.heartbeat", duration(pub["heartbeat"]), "write a duration like 30s",
                                 lambda v: v >= 1, "at least 1s")

@@ -612,7 +612,7 @@ async def _edge(a) -> int:
         return 0
     state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "fieldlab"
     buffer = a.buffer or cfg.buffer_path or state / f"edge-{cfg.machine.path.replace('/', '-')}.db"
-    batcher = Batcher(cfg.state_model, cfg.state_map)
+    batcher = Batcher(cfg.state_model, cfg.state_map, cfg.encoding)
     names = {t.name for t in cfg.tags}
     if cfg.source_type in ("opcua", "modbus") and cfg.tags and "good" in names and "reject" not in names:
         batcher.assume("reject", 0)  # a machine without a reject counter: every part counted is good
@@ -647,7 +647,8 @@ def _describe(cfg) -> str:
              + (" with password" if cfg.broker.password else ""),
              f"  source    {cfg.source_type} {_source_address(cfg)}",
              f"  outbox    {cfg.buffer_path or '(default path)'}, at most {cfg.buffer_bytes // 2**20} MB",
-             f"  publish   every {cfg.flush_s:g} s, heartbeat every {cfg.heartbeat_s:g} s"]
+             f"  publish   every {cfg.flush_s:g} s, heartbeat every {cfg.heartbeat_s:g} s, telemetry as "
+             f"{cfg.encoding}"]
     for t in cfg.tags:
         where = {k: v for k, v in t.options.items() if k not in ("register", "pin_spec", "light_spec")}
         lines.append(f"  tag       {t.name:<14} {where}" + (f" [{t.unit}]" if t.unit else "")

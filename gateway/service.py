@@ -8,6 +8,7 @@ folded for all machines together once per tick, then KPIs are published.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import logging
@@ -18,7 +19,8 @@ import time
 import numpy as np
 
 from contract import (
-    DEADLETTER_TOPIC, QOS, ROOT, ContractError, Kind, LineRef, MachineRef, decode, encode_kpi, parse_topic,
+    BINARY_MAGIC, DEADLETTER_TOPIC, QOS, ROOT, ContractError, Kind, LineRef, MachineRef, decode, encode_kpi,
+    parse_topic,
 )
 from contract.mqtt import BrokerUrl, connect, wait_published
 from contract.tasks import cancel_and_wait
@@ -73,6 +75,7 @@ class Gateway:
         self.engine = KpiEngine(config)
         self.machines: list[MachineRef] = []
         self._index: dict[MachineRef, int] = {}
+        self._routes: dict[str, tuple[Kind, int]] = {}  # topic -> (kind, machine index): parsed once
         self.status: dict[int, str] = {}
         self.stats = {"messages": 0, "samples": 0, "dead_letters": 0, "kpi_published": 0}
         self.last_error: str | None = None
@@ -107,9 +110,14 @@ class Gateway:
     def _ingest(self, topic: str, payload: bytes, journal: bool = True) -> None:
         """Decode and queue one message (paho's thread). Only the queueing holds the ingest lock; folding
         into the machines' state happens in the tick (``_take_inbox``), which never holds up this thread."""
-        ref, kind = parse_topic(topic)
-        if kind not in INGEST_KINDS:
-            return
+        route = self._routes.get(topic)  # (kind, machine index) of a topic that was accepted before
+        if route is None:
+            ref, kind = parse_topic(topic)
+            if kind not in INGEST_KINDS:
+                return
+            m = None
+        else:
+            kind, m = route
         item = decode(kind, payload)
         if kind is Kind.TELEMETRY:
             samples = item.ts.size * len(item.signals)
@@ -117,11 +125,14 @@ class Gateway:
             samples = 0 if kind is Kind.STATUS else item.ts.size
         new = False
         with self._lock:
-            m = self._index.get(ref)
-            if m is None:  # the engine learns of it when the tick folds (_fold_inbox)
-                m = self._index[ref] = len(self.machines)
-                self.machines.append(ref)
-                new = True
+            if m is None:
+                m = self._index.get(ref)
+                if m is None:  # the engine learns of it when the tick folds (_fold_inbox)
+                    m = self._index[ref] = len(self.machines)
+                    self.machines.append(ref)
+                    new = True
+                # at most (machines x ingest kinds) entries: only topics of accepted messages get here
+                self._routes[topic] = (kind, m)
             if journal and self._journal_fd is not None:  # on disk before it counts (gateway/checkpoint.py)
                 os.write(self._journal_fd, checkpoint.record(topic, payload))
             if kind is Kind.STATUS:
@@ -150,8 +161,11 @@ class Gateway:
             self.stats["dead_letters"] += 1
             self.last_error = reason
         log.warning("rejected message topic=%s reason=%s", topic, json.dumps(reason))
-        body = {"topic": topic, "error": reason, "ts": time.time(),
-                "payload": payload[:1024].decode("utf-8", "replace")}
+        body = {"topic": topic, "error": reason, "ts": time.time()}
+        if payload[:4] == BINARY_MAGIC:  # binary telemetry (docs/contract.md) would be mangled as text
+            body["payload_base64"] = base64.b64encode(payload[:1024]).decode()
+        else:
+            body["payload"] = payload[:1024].decode("utf-8", "replace")
         self._client.publish(DEADLETTER_TOPIC, json.dumps(body), qos=1)
 
     # -- lifecycle
@@ -176,6 +190,7 @@ class Gateway:
             if got is not None:
                 self.machines, self.status = got
                 self._index = {ref: i for i, ref in enumerate(self.machines)}
+                self._routes = {}
                 restored = True
         done = checkpoint.covered(self.checkpoint_path) if restored else 0
         found = checkpoint.journals(self.checkpoint_path)

@@ -129,3 +129,113 @@ def test_zeros_and_ones_take_the_fast_path_and_booleans_the_per_signal_one():
     fast = payloads._signal_matrix({"power": [0.0, 0.0, 2.5], "flag": [1, 0, 1]}, 3)
     assert fast is not None and fast.tolist() == [[0.0, 0.0, 2.5], [1.0, 0.0, 1.0]]
     assert payloads._signal_matrix({"power": [True, 0.0, 2.5], "flag": [1, 0, 1]}, 3) is None
+
+
+# ----------------------------------------------------------------------------- binary telemetry
+
+def _json_and_binary(ts, signals, units=None):
+    from contract import encode_telemetry_binary
+    return decode_telemetry(encode_telemetry(ts, signals, units)), \
+        decode_telemetry(encode_telemetry_binary(ts, signals, units))
+
+
+@pytest.mark.parametrize("ts, signals, units", [
+    ([5.0], {"t": [1.5]}, None),  # one row, one signal
+    ([1.0, 2.0, 2.0, 3.5], {"t": [20.0, np.nan, 21.0, 22.5], "power": [0.0, 1.0, np.nan, 3.0]},
+     {"t": "degC", "power": "kW"}),  # missing samples, an equal time, units
+    (1.8e9 + np.arange(1000) * 0.1, {f"s{i}": np.linspace(i, i + 1, 1000) for i in range(12)}, None),
+])
+def test_binary_telemetry_decodes_to_what_the_json_form_gives(ts, signals, units):
+    from contract import BINARY_MAGIC, encode_telemetry_binary
+
+    payload = encode_telemetry_binary(ts, signals, units)
+    assert payload[:4] == BINARY_MAGIC
+    header = int.from_bytes(payload[10:12], "little")
+    assert (12 + header) % 8 == 0  # padded: the arrays start aligned
+    js, binary = _json_and_binary(ts, signals, units)
+    np.testing.assert_array_equal(binary.ts, js.ts)
+    assert list(binary.signals) == list(js.signals) and binary.units == js.units
+    for name in js.signals:
+        assert binary.signals[name].dtype == np.float64
+        np.testing.assert_array_equal(binary.signals[name], js.signals[name])  # NaN where JSON has null
+
+
+def _binary(ts, signals, head=None, extra=b""):
+    """A binary telemetry payload built by hand from the documented layout (docs/contract.md)."""
+    import struct
+    names = list(signals)
+    text = json.dumps(head if head is not None else {"v": 1, "signals": names}).encode()
+    rows = len(ts)
+    body = np.array([ts] + [signals[n] for n in names], dtype="<f8").tobytes()
+    return b"FLT1" + struct.pack("<IHH", rows, len(names), len(text)) + text + body + extra
+
+
+def test_the_documented_layout_decodes_without_padding():
+    got = decode_telemetry(_binary([1.0, 2.0], {"a": [3.0, 4.0], "b": [np.nan, 6.0]}))
+    assert got.ts.tolist() == [1.0, 2.0] and got.signals["a"].tolist() == [3.0, 4.0]
+    assert np.isnan(got.signals["b"][0]) and got.units == {}
+
+
+@pytest.mark.parametrize("payload, says", [
+    (b"FLT1\x01\x00", "shorter than its 12-byte header"),
+    (_binary([1.0, 2.0], {"a": [3.0, 4.0]}, extra=b"\x00" * 8), "its header says"),
+    (_binary([1.0, 2.0], {"a": [3.0, 4.0]})[:-1], "its header says"),
+    (b"FLT1" + bytes(8), "0 rows, must be 1-100000"),
+    (_binary([1.0], {"a": [3.0]}, head={"v": 2, "signals": ["a"]}), "telemetry header.v: expected schema version 1"),
+    (_binary([1.0], {"a": [3.0]}, head={"v": 1, "signals": ["a", "b"]}), "signals: required array of the 1"),
+    (_binary([1.0], {"a": [3.0], "b": [4.0]}, head={"v": 1, "signals": ["a", "a"]}), "unique"),
+    (_binary([1.0], {"a": [3.0]}, head={"v": 1, "signals": ["a"], "units": {"a": 5}}), "unit string"),
+    (_binary([2.0, 1.0], {"a": [3.0, 4.0]}), "telemetry.ts[1] = 1.0: times must be finite and never go backwards"),
+    (_binary([1.0, np.nan, 0.5], {"a": [3.0, 4.0, 5.0]}), "telemetry.ts[1] = nan"),  # a NaN between finite ends
+    (_binary([1.0, np.inf], {"a": [3.0, 4.0]}), "telemetry.ts[1] = inf"),
+    (_binary([1.0, 2.0], {"a": [3.0, 4.0], "b": [5.0, -np.inf]}), "telemetry.signals.b[1] = -inf: must be a number"),
+])
+def test_malformed_binary_telemetry_is_refused_with_the_reason(payload, says):
+    from contract.errors import ContractError
+
+    with pytest.raises(ContractError, match=None) as e:
+        decode_telemetry(payload)
+    assert says in str(e.value), str(e.value)
+
+
+def test_a_known_header_does_not_vouch_for_a_different_one():
+    """Headers are checked once and remembered; a message with another header is checked afresh."""
+    from contract.errors import ContractError
+
+    decode_telemetry(_binary([1.0], {"a": [3.0]}))
+    with pytest.raises(ContractError, match="unique"):
+        decode_telemetry(_binary([1.0], {"a": [3.0], "b": [4.0]}, head={"v": 1, "signals": ["a", "a"]}))
+    got = decode_telemetry(_binary([1.0], {"a": [7.0]}))
+    assert got.signals["a"].tolist() == [7.0]
+
+
+# ----------------------------------------------------------------------------- fast paths of the JSON decoder
+
+def test_orjson_refuses_numbers_that_overflow_a_double():
+    """The telemetry decoder does not look for infinities (it cost microseconds a message) because the
+    parser cannot produce one: pinned here, so an orjson that changes this fails loudly."""
+    from contract.errors import ContractError
+
+    for number in ("1e400", "-1e400", "9" * 400):
+        with pytest.raises(ContractError, match="not valid JSON"):
+            decode_telemetry(f'{{"v": 1, "ts": [1.0], "signals": {{"a": [{number}]}}}}'.encode())
+
+
+@pytest.mark.parametrize("n, back", [(5, 3), (300, 299), (300, 1)])  # short lists: sorted(); long: NumPy
+def test_times_going_backwards_are_found_in_short_and_long_batches(n, back):
+    from contract.errors import ContractError
+
+    ts = [1.0 + i for i in range(n)]
+    ts[back] = 0.5
+    with pytest.raises(ContractError, match=rf"telemetry.ts\[{back}\] = 0.5: timestamps must not go backwards"):
+        decode_telemetry(json.dumps({"v": 1, "ts": ts, "signals": {"a": [1.0] * n}}).encode())
+    ok = decode_telemetry(json.dumps({"v": 1, "ts": sorted(ts), "signals": {"a": [1.0] * n}}).encode())
+    assert ok.ts.size == n
+
+
+@pytest.mark.parametrize("name", ["", "x" * 129])
+def test_bad_signal_names_are_named(name):
+    from contract.errors import ContractError
+
+    with pytest.raises(ContractError, match="must be 1-128 characters"):
+        decode_telemetry(json.dumps({"v": 1, "ts": [1.0], "signals": {"ok": [1.0], name: [2.0]}}).encode())

@@ -65,3 +65,24 @@ def test_telemetry_is_columnar_with_gaps_as_null():
     assert tel.ts.tolist() == [1.0, 2.0] and tel.signals["t"].tolist() == [20.0, 21.0]
     assert tel.signals["p"][0] == 3.0 and tel.signals["p"][1] != tel.signals["p"][1]  # NaN
     assert tel.units == {"t": "degC"}
+
+
+def test_binary_encoding_carries_the_same_telemetry():
+    from contract import BINARY_MAGIC
+
+    out = {}
+    for encoding in ("json", "binary"):
+        b = Batcher(encoding=encoding)
+        b.units["t"] = "degC"
+        b.value(1.0, "t", 20.0)
+        b.value(1.0, "p", 3.0)
+        b.value(2.0, "t", 21.0)
+        b.record("good", 2.0, 1)
+        b.record("reject", 2.0, 0)
+        out[encoding] = dict(b.drain())
+    assert out["binary"][Kind.TELEMETRY][:4] == BINARY_MAGIC
+    assert out["binary"][Kind.COUNTS] == out["json"][Kind.COUNTS]  # only telemetry has a binary form
+    js, binary = (decode(Kind.TELEMETRY, out[e][Kind.TELEMETRY]) for e in ("json", "binary"))
+    assert binary.ts.tolist() == js.ts.tolist() == [1.0, 2.0] and binary.units == js.units == {"t": "degC"}
+    assert binary.signals["t"].tolist() == [20.0, 21.0]
+    assert binary.signals["p"][0] == 3.0 and binary.signals["p"][1] != binary.signals["p"][1]  # NaN, as JSON's null

@@ -137,6 +137,13 @@ def test_durations_and_sizes(tmp_path):
     assert "at least 1MB" in error(MINIMAL + "buffer: {max_size: 10k}\n", tmp_path)
 
 
+def test_telemetry_encoding(tmp_path):
+    assert load(MINIMAL, tmp_path).encoding == "json"  # readable by any MQTT tool unless asked otherwise
+    assert load(MINIMAL + "publish: {encoding: binary}\n", tmp_path).encoding == "binary"
+    msg = error(MINIMAL + "publish:\n  encoding: msgpack\n", tmp_path)
+    assert msg.startswith(f"{tmp_path / 'edge.yaml'}:12: publish.encoding: 'msgpack': use json"), msg
+
+
 def test_line_lookup_falls_back_to_the_enclosing_key():
     doc = YamlFile.parse("a:\n  b:\n    - x: 1\n    - y: 2\n", "f.yaml")
     assert doc.line("a.b[1].y") == 4

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from contract import Kind, MachineRef, decode
+from contract import BINARY_MAGIC, Kind, MachineRef, decode
 from contract.errors import ServiceError
 from edge.agent import EdgeAgent
 from edge.batcher import Batcher
@@ -89,6 +89,7 @@ buffer:
 publish:
   flush: 100ms
   heartbeat: 1s
+  encoding: binary
 source:
   type: sim
   machine: cnc-01
@@ -99,6 +100,7 @@ source:
                            capture_output=True, text=True, env=env, timeout=30)
     assert check.returncode == 0, check.stderr
     assert f"{path}: OK" in check.stdout and f"{site}/a/l/cnc-01" in check.stdout
+    assert "telemetry as binary" in check.stdout
 
     ref = MachineRef(site, "a", "l", "cnc-01")
     rec = recorder(mosquitto.url, f"fieldlab/v1/{site}/#")
@@ -106,11 +108,16 @@ source:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     try:
         assert rec.wait_for(lambda r: any(t == ref.topic(Kind.COUNTS) for t, _, _ in r.messages), 20)
+        assert rec.wait_for(lambda r: any(t == ref.topic(Kind.TELEMETRY) for t, _, _ in r.messages), 20)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(15) == 0
     finally:
         terminate(proc)
     assert rec.wait_for(lambda r: r.json("/status") and r.json("/status")[-1]["status"] == "offline")
+    # publish.encoding: binary reached the Batcher: telemetry is binary and decodes per the contract
+    tel = [p for t, p, _ in rec.messages if t == ref.topic(Kind.TELEMETRY)]
+    assert all(p[:4] == BINARY_MAGIC for p in tel)
+    assert all({"temperature", "power"} <= set(decode(Kind.TELEMETRY, p).signals) for p in tel)
     assert (tmp_path / "outbox.db").exists()
 
 

@@ -5,7 +5,9 @@ import logging
 
 import pytest
 
-from contract import DEADLETTER_TOPIC, Kind, MachineRef, encode_counts, encode_state
+from contract import (
+    DEADLETTER_TOPIC, Kind, MachineRef, encode_counts, encode_state, encode_telemetry, encode_telemetry_binary,
+)
 from gateway.service import Gateway
 from tests.helpers import wait_until
 
@@ -66,6 +68,46 @@ async def test_malformed_payload_is_parked_counted_and_harmless(mosquitto, site,
     assert "counts.good[1] = -7" in letters[0]["error"]
     assert letters[0]["payload"] == bad
     assert "not valid JSON" in letters[1]["error"]
+
+
+async def test_binary_and_json_telemetry_arrive_alike_and_bad_binary_is_parked_as_base64(
+        mosquitto, site, publisher, recorder):
+    import base64
+
+    ref = MachineRef(site, "a", "l", "m1")
+    dead = recorder(mosquitto.url, DEADLETTER_TOPIC)
+    class Keep:  # a sink that keeps the lines (the InfluxDB sinks have their own tests)
+        lines: list = []
+
+        async def start(self):
+            pass
+
+        def accept(self, lines):
+            self.lines += lines
+
+        async def stop(self):
+            pass
+
+    keep = Keep()
+    gw = Gateway(mosquitto.url, site=site, publish_s=0.1, client_id=f"gw-{site}", sinks=[keep])
+    ts, sig = [1.0, 2.0, 3.0], {"t": [20.0, float("nan"), 22.0], "p": [1.0, 2.0, 3.0]}
+    bad = encode_telemetry_binary(ts, sig)[:-8]  # one value short
+    await gw.start()
+    try:
+        publisher(ref.topic(Kind.TELEMETRY), encode_telemetry(ts, sig, {"t": "degC"}))
+        publisher(ref.topic(Kind.TELEMETRY), encode_telemetry_binary([4.0, 5.0], {"t": [23.0, 24.0]}, {"t": "degC"}))
+        publisher(ref.topic(Kind.TELEMETRY), bad)
+        assert await wait_until(lambda: gw.stats["messages"] == 2 and gw.stats["dead_letters"] == 1)
+        assert gw.stats["samples"] == 3 * 2 + 2 * 1
+        gw.tick()
+    finally:
+        await gw.stop()
+    telemetry = sorted(x.split(" ", 1)[1] for x in keep.lines if x.startswith("telemetry,"))
+    assert telemetry == ["p=1.0,t=20.0 1000", "p=2.0 2000", "p=3.0,t=22.0 3000", "t=23.0 4000", "t=24.0 5000"]
+    assert dead.wait_for(lambda r: len(r.json("deadletter")) == 1)
+    letter = dead.json("deadletter")[0]
+    assert "its header says" in letter["error"] and "payload" not in letter
+    assert base64.b64decode(letter["payload_base64"]) == bad
 
 
 async def test_unreachable_broker_is_a_clear_error():
