@@ -38,13 +38,128 @@ def test_messages_of_any_size_arrive_whole_once_and_in_order(mosquitto, site):
     assert len(got) == len(payloads)
     assert [len(p) for p in got] == sizes
     assert got == payloads
-    # the broker got every PUBACK (sent in bulk): a new session with the same id has nothing left to redeliver
-    again = []
-    late = connect(mosquitto.url, f"reads-{site}", on_message=lambda c, u, m: again.append(m), persistent=True,
-                   subscriptions=[(topic, 1)])
+    assert sub.fieldlab_fast_messages > len(payloads) // 2  # most were whole in the buffer: the fast path
+    _nothing_left_to_redeliver(mosquitto, f"reads-{site}", topic)
+
+
+def _nothing_left_to_redeliver(mosquitto, client_id, topic):
+    """The broker got every PUBACK (sent in bulk): the same session, resumed, gets only a marker published
+    after it is back (the broker sends what it still holds for a session first, so nothing can come late)."""
+    again, marker = [], threading.Event()
+
+    def on_message(c, u, m):
+        again.append(m.payload)
+        if m.payload == b"marker":
+            marker.set()
+
+    late = connect(mosquitto.url, client_id, on_message=on_message, persistent=True, subscriptions=[(topic, 1)])
     try:
-        threading.Event().wait(0.5)
+        pub = paho.Client(CallbackAPIVersion.VERSION2)
+        pub.connect(mosquitto.url.host, mosquitto.url.port)
+        pub.loop_start()
+        pub.publish(topic, b"marker", qos=1).wait_for_publish(5)
+        pub.disconnect()
+        pub.loop_stop()
+        assert marker.wait(10)
     finally:
         late.disconnect()
         late.loop_stop()
-    assert again == []
+    assert again == [b"marker"]
+
+
+def test_the_fast_path_keeps_what_paho_would_tell_the_callback(mosquitto, site):
+    """QoS 0 and 1, retained or not, topics in UTF-8: the same message attributes as paho's own reader gives
+    (a per-topic callback turns the fast path off, so the same client class shows paho's result too)."""
+    def receive(mode: str, client_id: str, fast: bool, n: int, send=()) -> tuple[list, int]:
+        got, done = [], threading.Event()
+
+        def on_message(c, u, msg):
+            got.append((msg.topic.replace(mode, "MODE"), msg.payload, msg.qos, msg.retain, msg.dup, msg.mid > 0,
+                        msg.info.mid == msg.mid))
+            if len(got) == n:
+                done.set()
+
+        sub = connect(mosquitto.url, client_id, on_message=on_message,
+                      subscriptions=[(f"fieldlab/v1/{site}/a/{mode}/+/telemetry", 1)])
+        if not fast:
+            sub.message_callback_add(f"fieldlab/v1/{site}/a/{mode}/nothing/telemetry", lambda *a: None)
+        try:
+            if send:
+                pub = paho.Client(CallbackAPIVersion.VERSION2)
+                pub.max_inflight_messages_set(len(send))  # none held back: QoS 0 and 1 go out in call order
+                pub.connect(mosquitto.url.host, mosquitto.url.port)
+                pub.loop_start()
+                for info in [pub.publish(t.replace("MODE", mode), p, qos=q, retain=r) for t, p, q, r in send]:
+                    info.wait_for_publish(10)
+                pub.disconnect()
+                pub.loop_stop()
+            assert done.wait(20), f"{len(got)} of {n} arrived"
+            return got, sub.fieldlab_fast_messages
+        finally:
+            sub.disconnect()
+            sub.loop_stop()
+
+    sent = [(f"fieldlab/v1/{site}/a/MODE/pr\u00e9sse-{i % 3}/telemetry", bytes([i]) * (1 + i * 37 % 500), i % 2,
+             i % 5 == 0) for i in range(200)]
+    retained = {}
+    for t, p, q, r in sent:
+        if r:
+            retained[t] = (p, q)
+    results = {}
+    for fast in (True, False):
+        mode = "fast" if fast else "paho"
+        live, used = receive(mode, f"live-{site}-{mode}", fast, len(sent), sent)
+        assert (used > 0) is fast
+        late, used = receive(mode, f"late-{site}-{mode}", fast, len(retained))
+        assert (used > 0) is fast
+        # in order per QoS: the broker may send QoS 0 messages ahead of QoS 1 ones waiting for a PUBACK window
+        results[fast] = (sorted(live, key=lambda m: m[2]), sorted(late))
+    assert results[True] == results[False]
+    # a live subscriber gets retain=False (MQTT 3.1.1, 3.3.1.3); a later one the last retained message of a
+    # topic, with retain=True
+    assert results[True] == (
+        sorted([(t, p, q, False, False, q > 0, True) for t, p, q, r in sent], key=lambda m: m[2]),
+        sorted((t, p, q, True, False, q > 0, True) for t, (p, q) in retained.items()))
+
+
+def test_filling_the_buffer_leaves_errors_and_the_end_to_pahos_next_read():
+    """_BufferedSocket.fill reads ahead for the fast path; whatever the socket says instead of data (nothing
+    yet, the end, an error) must reach paho's next recv exactly as the socket said it."""
+    import socket
+
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    buffered = _BufferedSocket(a)
+    buffered.fill()  # nothing there yet: nothing happens, no error
+    assert buffered.buffered() == 0
+    b.sendall(b"\x30\x03\x00\x01x")
+    assert _wait(lambda: _readable(a))
+    buffered.fill()
+    assert buffered.buffered() == 5 and buffered.recv(1) == b"\x30" and buffered.recv(10) == b"\x03\x00\x01x"
+    b.close()  # the peer is gone: recv says b"" (paho: connection lost), once the buffer is read
+    assert _wait(lambda: _readable(a))
+    buffered.fill()
+    assert buffered.recv(1) == b""
+    a.close()
+    buffered.fill()  # a closed socket: the error comes out of the next recv
+    try:
+        buffered.recv(1)
+    except OSError:
+        pass
+    else:
+        raise AssertionError("the error of the read ahead was lost")
+
+
+def _readable(sock) -> bool:
+    import select
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+def _wait(ok, timeout=5.0) -> bool:
+    import time
+    deadline = time.monotonic() + timeout
+    while not ok():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
