@@ -103,7 +103,7 @@ def _hide_password(url: str) -> str:
 
 
 class _BufferedSocket:
-    """The broker's socket, read in chunks of up to 64 KiB instead of paho's few tiny reads per packet.
+    """The broker's socket, read in chunks of up to 256 KiB instead of paho's few tiny reads per packet.
 
     paho reads each packet with 3-5 ``recv`` calls (1 byte of type, 1-4 bytes of length, the rest).
     This wrapper serves them from one larger read; ``pending()`` (which paho asks of TLS sockets) tells
@@ -112,7 +112,7 @@ class _BufferedSocket:
     TLS want-read) come only from the socket itself, and paho handles them as before.
     """
     __slots__ = ("_sock", "_buf", "_pos", "_error")
-    CHUNK = 65536
+    CHUNK = 262144
 
     def __init__(self, sock) -> None:
         self._sock, self._buf, self._pos, self._error = sock, b"", 0, None
@@ -217,7 +217,7 @@ class _Client(paho.Client):
 
     # Per message, paho's network thread made 3-5 recv calls, one select, and a wake-up byte to itself
     # through a socket pair for the PUBACK it queues. The three overrides below cut that to a share of
-    # one recv and one select per 64 KiB, and one send for all the PUBACKs due (bench/bench_broker.py;
+    # one recv and one select per 256 KiB, and one send for all the PUBACKs due (bench/bench_broker.py;
     # docs/PERFORMANCE.md). They lean on paho 2.x internals (_create_socket, _sockpairW, _out_packet),
     # which every test against a real Mosquitto exercises, TLS included.
     def _create_socket(self):
@@ -295,6 +295,8 @@ class _Client(paho.Client):
                         raise
             if msg.qos:
                 rc = self._send_puback(msg.mid)
+            if self._sock is not sock:  # the callback disconnected or reconnected: the buffer is not ours now
+                break
         if n:
             self.fieldlab_fast_messages += n
             with self._msgtime_mutex:

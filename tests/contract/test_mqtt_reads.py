@@ -9,7 +9,9 @@ from contract.mqtt import _BufferedSocket, connect
 
 
 def test_messages_of_any_size_arrive_whole_once_and_in_order(mosquitto, site):
-    sizes = [1, 7, 130, 16_383, 16_384, 70_000, 65_536, 65_535, 300_000] + [5, 900, 3] * 300  # within and across chunks
+    chunk = _BufferedSocket.CHUNK
+    sizes = [1, 7, 130, 16_383, 16_384, 70_000, 65_536, 65_535, chunk - 1, chunk, chunk + 1, 3 * chunk] + [
+        5, 900, 3, 8_900] * 300  # within and across chunks (the 8,900s land on every offset of a chunk's end)
     payloads = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
     got, done = [], threading.Event()
 

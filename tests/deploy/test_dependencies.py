@@ -44,4 +44,3 @@ def test_each_part_declares_what_it_imports(part, packages, extras):
 def test_the_edge_does_not_install_the_gateways_packages():
     edge = requirements(["edge"])
     assert not {"amqtt", "influxdb-client", "grafana-client"} & edge
-    assert third_party(["gateway"]) - third_party(["edge", "contract"]) <= requirements(["gateway"])
