@@ -330,9 +330,11 @@ def _binary_header(text: bytes, nsig: int) -> tuple[list, dict]:
     units = head["units"] if "units" in head else {}
     if type(units) is not dict or not set(map(type, units.values())) <= {str}:
         raise ContractError(f"{k}.units: must be an object of signal name -> unit string")
-    if len(_HEADERS) >= 4096:  # bounded: many machines, or a producer that varies its header
-        _HEADERS.clear()
-    _HEADERS[text, nsig] = got = (names, units)
+    got = (names, units)
+    if len(text) <= 4096:  # bounded (at most 4,096 headers of 4 KB): many machines, or a producer varying it
+        if len(_HEADERS) >= 4096:
+            _HEADERS.clear()
+        _HEADERS[text, nsig] = got
     return got
 
 
