@@ -106,9 +106,14 @@ def _json(obj) -> str:
 
 def machine_rows(gateway) -> list[dict]:
     """Every machine's KPI message (docs/contract.md, kpi) with its id and place."""
-    return [{"id": r["machine"].path, "site": r["machine"].site, "area": r["machine"].area,
-             "line": r["machine"].line, "machine": r["machine"].machine,
-             **{k: v for k, v in r.items() if k != "machine"}} for r in gateway.rows]
+    return [machine_row(r) for r in gateway.rows]
+
+
+def machine_row(r: dict) -> dict:
+    """One machine's KPI message (a row of ``Gateway.rows``) with its id and place."""
+    ref = r["machine"]
+    return {"id": ref.path, "site": ref.site, "area": ref.area, "line": ref.line, "machine": ref.machine,
+            **{k: v for k, v in r.items() if k != "machine"}}
 
 
 def openapi() -> dict:
@@ -238,7 +243,8 @@ class HttpEndpoint:
                 ref.path: tl for ref, tl in gw.timelines(window).items()}}), "application/json"
         if path.startswith("/api/machines/"):
             ref, what = self._machine(path[len("/api/machines/"):])
-            row = next((r for r in machine_rows(gw) if ref and r["id"] == ref.path), None)
+            found = gw.row_of(ref) if ref else None  # an index lookup, not a scan of every machine
+            row = machine_row(found) if found else None
             if row is None:
                 return "404 Not Found", _json({"error": f"no machine {path[len('/api/machines/'):]!r}; "
                                                         "see /api/machines"}), "application/json"

@@ -321,8 +321,12 @@ class Gateway:
             i = self._index.get(machine)
             if i is None or i >= self.engine.n:
                 return None
-            row = next((r for r in self.rows if r["machine"] == machine), None)
-            return self._timeline(i, row, start, end, window)
+            return self._timeline(i, self.row_of(machine), start, end, window)
+
+    def row_of(self, machine: MachineRef) -> dict | None:
+        """The machine's row of the last tick (``rows`` follow the machines' order), None before its first."""
+        i, rows = self._index.get(machine), self.rows
+        return rows[i] if i is not None and i < len(rows) else None
 
     def timelines(self, window: str = "last_1h") -> dict[MachineRef, dict]:
         """Every machine's state pieces in a window of its latest KPIs, in one go (the dashboard's view)."""
