@@ -23,6 +23,8 @@ from .config import SiteConfig
 
 MODELS = oee.MODELS
 DEFAULT_WINDOWS = (("last_15min", 900.0), ("last_1h", 3600.0))
+#: Every window a snapshot has, by name, with the default rolling windows (the gateway's).
+WINDOW_NAMES = ("since_start", *(name for name, _ in DEFAULT_WINDOWS), "shift", "today")
 CALENDAR_AHEAD = 2 * 86400.0  # the shift calendar is laid out this far past the newest data
 
 

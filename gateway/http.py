@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from contract import MachineRef
 from contract.errors import ServiceError
 
+from .engine import WINDOW_NAMES
 from .oee import plain
 
 log = logging.getLogger("fieldlab.gateway.http")
@@ -85,7 +86,7 @@ def render_metrics(gateway) -> str:
     return "\n".join(lines) + "\n"
 
 
-WINDOWS = ("since_start", "last_15min", "last_1h", "shift", "today")
+WINDOWS = WINDOW_NAMES  # the windows of every KPI message (gateway/engine.py)
 MAX_HEADERS = 100  # header lines per request
 MAX_STREAMS = 64  # live event streams at once (each costs a JSON encoding per tick)
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from asyncua import Node, ua
 
 from . import packml
-from .machine import EXECUTE, Machine
+from .machine import EXECUTE, UNITS as MACHINE_UNITS, Machine
 
 UNECE_URI = "http://www.opcfoundation.org/UA/units/un/cefact"
 BASE_TYPE = "FieldlabMachineType"
@@ -101,7 +101,9 @@ V = ua.VariantType
 COMMON = {"State": (packml.EXECUTE, V.Int32, None, None), "StateReason": (0, V.Int32, None, None),
           "GoodCount": (0, V.UInt64, None, None), "RejectCount": (0, V.UInt64, None, None),
           "Product": ("", V.String, None, None), "IdealCycleTime": (1.0, V.Double, "s", None)}
-PROCESS = {"Temperature": ("degC", (0.0, 300.0)), "Power": ("kW", (0.0, 50.0)), "Vibration": ("mm/s", (0.0, 20.0))}
+EU_RANGES = {"temperature": (0.0, 300.0), "power": (0.0, 50.0), "vibration": (0.0, 20.0)}
+# the machines' process values with their units (simulators/machine.py), and a range each
+PROCESS = {name.capitalize(): (unit, EU_RANGES[name]) for name, unit in MACHINE_UNITS.items()}
 DESCRIPTIONS = {
     "State": "PackML state, OPC 30060 numbers: 4 Execute, 12 Suspended (starved, blocked, material), 15 Held",
     "StateReason": "reason of the current state: 0 none, 101 breakdown, 102 jam, 201 material shortage, "

@@ -58,3 +58,19 @@ def advance_machines(engine, ids, machines, t: float) -> None:
         c = [e for e in events if e[0] == "count"] + [("count", t, m.good, m.reject)]
         engine.add_counts(i, CountsBatch(np.array([e[1] for e in c]), np.array([e[2] for e in c]),
                                          np.array([e[3] for e in c]), m.spec.product, m.spec.ideal_cycle_s))
+
+
+class KeepLines:
+    """A gateway sink that keeps the lines it gets (the InfluxDB sinks have their own tests)."""
+
+    def __init__(self):
+        self.lines = []
+
+    async def start(self):
+        pass
+
+    def accept(self, lines):
+        self.lines += lines
+
+    async def stop(self):
+        pass

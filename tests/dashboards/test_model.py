@@ -181,3 +181,9 @@ def test_dashboards_import_only_the_standard_library_contract_and_grafana_client
     pkg = Path(__file__).resolve().parents[2] / "dashboards"
     names = set().union(*(imported_packages(p) for p in pkg.rglob("*.py")))
     assert names - set(sys.stdlib_module_names) <= {"contract", "grafana_client"}, names
+
+
+def test_the_window_variable_offers_exactly_the_windows_the_gateway_stores():
+    from gateway.engine import WINDOW_NAMES
+
+    assert sorted(WINDOWS) == sorted(WINDOW_NAMES)

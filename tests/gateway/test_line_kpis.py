@@ -14,7 +14,7 @@ from contract import (
 from gateway import oee, storage
 from gateway.engine import KpiEngine, group_snapshot
 from gateway.service import Gateway, LineIndex, kpi_row, kpi_rows, line_kpi_row, line_kpi_rows
-from tests.helpers import wait_until
+from tests.helpers import KeepLines, wait_until
 
 # Hand-worked example, default conventions (stops of 2 min or more are not small stops).
 # line-1, machine A: 0..450 s Execute, 450..600 s Held (150 s breakdown): planned 600 s, run 450 s;
@@ -166,22 +166,8 @@ def test_a_machine_named_line_is_still_refused():
 # ----------------------------------------------------------------------------- against a real broker
 
 
-class Sink:
-    def __init__(self):
-        self.lines = []
-
-    async def start(self):
-        pass
-
-    def accept(self, lines):
-        self.lines += lines
-
-    async def stop(self):
-        pass
-
-
 async def test_line_kpis_published_retained_and_stored(mosquitto, site, publisher, recorder):
-    sink = Sink()
+    sink = KeepLines()
     gw = Gateway(mosquitto.url, site=site, publish_s=0.1, client_id=f"gw-{site}", sinks=[sink])
     live = recorder(mosquitto.url, f"fieldlab/v1/{site}/#")
     await gw.start()

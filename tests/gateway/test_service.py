@@ -9,7 +9,7 @@ from contract import (
     DEADLETTER_TOPIC, Kind, MachineRef, encode_counts, encode_state, encode_telemetry, encode_telemetry_binary,
 )
 from gateway.service import Gateway
-from tests.helpers import wait_until
+from tests.helpers import KeepLines, wait_until
 
 
 async def test_kpis_are_published_retained(mosquitto, site, publisher, recorder):
@@ -76,19 +76,7 @@ async def test_binary_and_json_telemetry_arrive_alike_and_bad_binary_is_parked_a
 
     ref = MachineRef(site, "a", "l", "m1")
     dead = recorder(mosquitto.url, DEADLETTER_TOPIC)
-    class Keep:  # a sink that keeps the lines (the InfluxDB sinks have their own tests)
-        lines: list = []
-
-        async def start(self):
-            pass
-
-        def accept(self, lines):
-            self.lines += lines
-
-        async def stop(self):
-            pass
-
-    keep = Keep()
+    keep = KeepLines()
     gw = Gateway(mosquitto.url, site=site, publish_s=0.1, client_id=f"gw-{site}", sinks=[keep])
     ts, sig = [1.0, 2.0, 3.0], {"t": [20.0, float("nan"), 22.0], "p": [1.0, 2.0, 3.0]}
     bad = encode_telemetry_binary(ts, sig)[:-8]  # one value short
