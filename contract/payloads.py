@@ -41,6 +41,10 @@ PACKML = {
     11: "Suspending", 12: "Suspended", 13: "Unsuspending", 14: "Holding", 15: "Held",
     16: "Unholding",
 }
+#: Reason codes (state messages' ``reason``) that the simulators send and the dashboards name. Producers
+#: may send other codes: the gateway books them as labels unless the site configuration maps them.
+REASONS = {0: "none", 101: "breakdown", 102: "jam", 201: "material shortage", 202: "starved", 203: "blocked",
+           301: "changeover"}
 # For machines without PackML (a stack light, a simple PLC bit set).
 SIMPLE = {0: "planned_stop", 1: "running", 2: "idle", 3: "down", 4: "setup"}
 STATE_MODELS = {"packml": PACKML, "simple": SIMPLE}

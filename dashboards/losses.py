@@ -1,6 +1,8 @@
 """Losses: the six big losses, downtime reasons as a Pareto, MTBF and MTTR."""
 from __future__ import annotations
 
+from contract import REASONS as CONTRACT_REASONS
+
 from .model import (barchart, bargauge, dashboard, HIDE_TIME, override, site_line_machine, table, target, targets,
                     timeseries, unit, where, window_variable)
 
@@ -8,8 +10,8 @@ UID = "fieldlab-losses"
 
 M = ("site", "line", "machine")
 
-#: reason codes of docs/contract.md (the simulators use these); a site with its own codes adds them here
-REASONS = {101: "breakdown", 102: "jam", 201: "material shortage", 301: "changeover"}
+#: reason codes of docs/contract.md (contract.REASONS, what the simulators send); a site with its own codes adds them here
+REASONS = {code: name for code, name in CONTRACT_REASONS.items() if code}  # the downtime reasons (0 is none)
 
 
 def six_losses_per_machine(window: str) -> str:

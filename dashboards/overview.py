@@ -1,6 +1,8 @@
 """Shop-floor overview: OEE per line and per machine, A/P/Q, who is running now, edge agents."""
 from __future__ import annotations
 
+from contract import REASONS
+
 from .model import (bargauge, dashboard, HIDE_TIME, override, plain, ratio, site_line_machine, stat, state_mappings,
                     table, targets, timeseries, unit, where, window_variable)
 
@@ -27,7 +29,7 @@ def build() -> dict:
                  targets(f'SELECT last("oee") FROM "kpi" {MACHINE} GROUP BY "machine"', aliases=["$tag_machine"]),
                  ratio(), w=10, h=9),
         table("Who is running now", "Each machine's latest state in the time range, its reason code "
-              "(101 breakdown, 102 jam, 201 material, 301 changeover; 0 none) and when it entered it.",
+              "(" + ", ".join(f"{c} {n}" for c, n in REASONS.items() if c) + "; 0 none) and when it entered it.",
               targets(f'SELECT last("state_name") AS "state", last("reason") AS "reason" FROM "state" '
                       f'{where("site", "line", "machine")} GROUP BY "line", "machine"', table=True),
               {"thresholds": {"mode": "absolute", "steps": [{"color": "text", "value": None}]}},

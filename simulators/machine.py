@@ -32,7 +32,7 @@ import random
 from collections import deque
 from dataclasses import asdict, dataclass, field
 
-from contract import PACKML
+from contract import PACKML, REASONS
 
 from . import faults as _faults
 from . import packml
@@ -41,9 +41,6 @@ from .packml import (COMPLETING, EXECUTE, HELD, HOLD, IDLE, RESET, SC, START, SU
 
 REASON_NONE, REASON_BREAKDOWN, REASON_JAM, REASON_MATERIAL, REASON_CHANGEOVER = 0, 101, 102, 201, 301
 REASON_STARVED, REASON_BLOCKED = 202, 203  # in a line (simulators.line): input buffer empty / output buffer full
-REASONS = {REASON_NONE: "none", REASON_BREAKDOWN: "breakdown", REASON_JAM: "jam",
-           REASON_MATERIAL: "material shortage", REASON_STARVED: "starved", REASON_BLOCKED: "blocked",
-           REASON_CHANGEOVER: "changeover"}
 INF = math.inf
 
 
