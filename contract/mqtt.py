@@ -197,7 +197,10 @@ def _publish_at(buf: bytes, pos: int, end: int):
         if byte < 0x80:
             break
     stop = i + length
-    if stop > end or i + 2 > stop or i + 2 + ((buf[i] << 8) | buf[i + 1]) + (2 if cmd & 0x02 else 0) > stop:
+    if stop > end or i + 2 > stop:
+        return None
+    topic_len = (buf[i] << 8) | buf[i + 1]
+    if topic_len == 0 or i + 2 + topic_len + (2 if cmd & 0x02 else 0) > stop:  # (an empty topic: paho's error)
         return None
     return cmd, i, stop
 
@@ -260,7 +263,12 @@ class _Client(paho.Client):
         of a subscriber's CPU per message, docs/PERFORMANCE.md). It stops at the first packet that is
         anything else, or not all read yet, and leaves it to paho. Only for the plain case paho would
         handle the same way: MQTT 3.1.1, no per-topic callbacks, no manual acks, no logging. ``fill``: read
-        the socket first if the buffer is empty. (rc, messages delivered)."""
+        the socket first if the buffer is empty. (rc, messages delivered).
+
+        Two differences from paho remain, neither met by our callers: callbacks and options changed from
+        another thread take effect after the buffered packets (paho looks per packet), and a message whose
+        callback raises (suppress_exceptions off) counts as read, where paho would read it again on the next
+        manual ``loop()``."""
         sock = self._sock
         on_message = self._on_message
         if (on_message is None or type(sock) is not _BufferedSocket or self._in_packet["command"]

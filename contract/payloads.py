@@ -116,15 +116,23 @@ def encode_telemetry_binary(ts, signals: dict, units: dict | None = None) -> byt
     gateway maps the arrays without parsing a number (NaN = missing, as null in JSON)."""
     ts = np.asarray(ts, dtype=np.float64)
     names = list(signals)
+    if not 0 < len(names) <= MAX_SIGNALS:
+        raise ContractError(f"telemetry: {len(names)} signals; the binary form carries 1-{MAX_SIGNALS} "
+                            "(JSON has no such limit)")
     head = {"v": VERSION, "signals": names}
     if units:
         head["units"] = dict(units)
     text = _dumps(head)
     text += b" " * (-(BINARY_HEADER.size + len(text)) % 8)  # the arrays start 8-byte aligned
+    if len(text) > 0xFFFF:
+        raise ContractError(f"telemetry: the signal names and units take {len(text)} bytes; the binary form's "
+                            "header holds at most 65,535 (JSON has no such limit)")
     cols = np.empty((len(names) + 1, ts.size), dtype="<f8")
     cols[0] = ts
     for i, name in enumerate(names, 1):
         cols[i] = signals[name]
+    if np.isinf(cols).any():  # as encode_telemetry, which refuses them too: NaN (missing) is the only gap
+        raise ContractError("telemetry: an infinite value or time cannot be sent")
     return BINARY_HEADER.pack(BINARY_MAGIC, ts.size, len(names), len(text)) + text + cols.tobytes()
 
 
@@ -229,7 +237,10 @@ def _non_decreasing(values: list, arr: np.ndarray) -> bool:
 def _ts(obj: dict, kind: str) -> np.ndarray:
     values = obj.get("ts")
     if type(values) is list and 0 < len(values) <= MAX_BATCH:  # the usual case, with fewer calls: float times
-        ts = np.asarray(values)  # (JSON numbers are finite: orjson refuses the others)
+        try:
+            ts = np.asarray(values)  # (JSON numbers are finite: orjson refuses the others)
+        except ValueError:  # nested arrays of different lengths: _numbers below names the element
+            ts = np.empty(0, dtype=object)
         if ts.dtype.kind == "f" and ts.ndim == 1 and _non_decreasing(values, ts):
             return ts
     ts = _numbers(obj, "ts", kind, None).astype(np.float64, copy=False)
@@ -317,6 +328,7 @@ def _signal_matrix(signals: dict, n: int) -> np.ndarray | None:
 
 
 _HEADERS: dict[tuple[bytes, int], tuple[list, dict]] = {}  # a machine sends the same header every time
+_HEADER_NAMES = [0]  # signal names held in _HEADERS: the bound of its memory
 
 
 def _binary_header(text: bytes, nsig: int) -> tuple[list, dict]:
@@ -335,10 +347,13 @@ def _binary_header(text: bytes, nsig: int) -> tuple[list, dict]:
     if type(units) is not dict or not set(map(type, units.values())) <= {str}:
         raise ContractError(f"{k}.units: must be an object of signal name -> unit string")
     got = (names, units)
-    if len(text) <= 4096:  # bounded (at most 4,096 headers of 4 KB): many machines, or a producer varying it
-        if len(_HEADERS) >= 4096:
-            _HEADERS.clear()
-        _HEADERS[text, nsig] = got
+    # bounded, for many machines or a producer that varies its header: 100,000 names (about 10 MB with the
+    # header texts, for names of 16 characters), then it starts again
+    if _HEADER_NAMES[0] + nsig + len(units) > 100_000:
+        _HEADERS.clear()
+        _HEADER_NAMES[0] = 0
+    _HEADERS[text, nsig] = got
+    _HEADER_NAMES[0] += nsig + len(units)
     return got
 
 

@@ -9,11 +9,14 @@ tags (good + reject, state + reason, counts + product) are built at drain time
 from __future__ import annotations
 
 import logging
+import math
 from bisect import bisect_right
 from collections import Counter
 from itertools import groupby
 
-from contract import STATE_MODELS, Kind, encode_counts, encode_state, encode_telemetry, encode_telemetry_binary
+from contract import (
+    STATE_MODELS, ContractError, Kind, encode_counts, encode_state, encode_telemetry, encode_telemetry_binary,
+)
 
 log = logging.getLogger("fieldlab.edge")
 
@@ -82,8 +85,20 @@ class Batcher:
         return code
 
     def value(self, ts: float, name: str, value: float) -> None:
-        """A process value (telemetry)."""
-        self._rows.setdefault(ts, {})[name] = float(value)
+        """A process value (telemetry). One that is not a finite number (text from a device, an infinity from
+        an overflowing sensor) is not sent: counted in ``rejected["value"]`` and logged once per signal."""
+        try:
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
+            number = math.nan
+        if not math.isfinite(number):
+            self.rejected["value"] += 1
+            if ("value", name) not in self._warned:
+                self._warned.add(("value", name))
+                log.warning("value not sent signal=%s value=%r (not a finite number; counted in rejected)", name,
+                            value)
+            return
+        self._rows.setdefault(ts, {})[name] = number
 
     def _asof(self, series: list, role: str, ts: list[float]) -> list:
         times = [t for t, _ in series]
@@ -124,6 +139,13 @@ class Batcher:
             signals = {n: [self._rows[t].get(n, float("nan")) for t in ts] for n in names}
             self._rows = {}
             units = {n: self.units[n] for n in names if n in self.units}
-            out.append((Kind.TELEMETRY, self._encode_telemetry(ts, signals, units)))
+            try:
+                payload = self._encode_telemetry(ts, signals, units)
+            except ContractError as e:  # binary has limits JSON has not (signals, header size): send JSON
+                if ("encoding", str(e)) not in self._warned:
+                    self._warned.add(("encoding", str(e)))
+                    log.warning("telemetry sent as JSON, not binary: %s", e)
+                payload = encode_telemetry(ts, signals, units)
+            out.append((Kind.TELEMETRY, payload))
             self.samples[Kind.TELEMETRY] += len(ts)
         return out

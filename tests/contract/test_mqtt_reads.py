@@ -81,10 +81,11 @@ def test_the_fast_path_keeps_what_paho_would_tell_the_callback(mosquitto, site):
             if len(got) == n:
                 done.set()
 
-        sub = connect(mosquitto.url, client_id, on_message=on_message,
+        def paho_path(c):  # runs in the network thread before anything is read after CONNACK
+            c.message_callback_add(f"fieldlab/v1/{site}/a/{mode}/nothing/telemetry", lambda *a: None)
+
+        sub = connect(mosquitto.url, client_id, on_message=on_message, on_connect=None if fast else paho_path,
                       subscriptions=[(f"fieldlab/v1/{site}/a/{mode}/+/telemetry", 1)])
-        if not fast:
-            sub.message_callback_add(f"fieldlab/v1/{site}/a/{mode}/nothing/telemetry", lambda *a: None)
         try:
             if send:
                 pub = paho.Client(CallbackAPIVersion.VERSION2)
@@ -143,13 +144,40 @@ def test_filling_the_buffer_leaves_errors_and_the_end_to_pahos_next_read():
     buffered.fill()
     assert buffered.recv(1) == b""
     a.close()
-    buffered.fill()  # a closed socket: the error comes out of the next recv
+
+    class Failing:  # a socket whose next read fails once, then would have data
+        calls = 0
+
+        def recv(self, n):
+            self.calls += 1
+            if self.calls == 1:
+                raise ConnectionResetError("reset by the broker")
+            return b"\x30"
+
+    failing = _BufferedSocket(Failing())
+    failing.fill()  # the read ahead meets the error and keeps it for paho's next recv
     try:
-        buffered.recv(1)
-    except OSError:
-        pass
+        failing.recv(1)
+    except ConnectionResetError as e:
+        assert str(e) == "reset by the broker"
     else:
         raise AssertionError("the error of the read ahead was lost")
+    assert failing.recv(1) == b"\x30"  # and only once
+
+
+def test_a_publish_packet_is_taken_only_when_whole_and_well_formed():
+    from contract.mqtt import _publish_at
+
+    topic = b"fieldlab/v1/s/a/l/m/telemetry"
+    qos1 = bytes([0x32, 2 + len(topic) + 2 + 3]) + len(topic).to_bytes(2, "big") + topic + b"\x00\x07abc"
+    assert _publish_at(qos1, 0, len(qos1)) == (0x32, 2, len(qos1))
+    assert _publish_at(qos1, 0, len(qos1) - 1) is None  # not all read yet
+    assert _publish_at(b"\x34" + qos1[1:], 0, len(qos1)) is None  # QoS 2: paho's
+    assert _publish_at(b"\x90\x03\x00\x01\x00", 0, 5) is None  # a SUBACK: paho's
+    empty = bytes([0x30, 2 + 3]) + b"\x00\x00abc"  # an empty topic is malformed: paho reports it
+    assert _publish_at(empty, 0, len(empty)) is None
+    long_topic = bytes([0x30, 2 + 1]) + b"\x00\x05x"  # a topic longer than the packet
+    assert _publish_at(long_topic, 0, len(long_topic)) is None
 
 
 def _readable(sock) -> bool:

@@ -239,3 +239,47 @@ def test_bad_signal_names_are_named(name):
 
     with pytest.raises(ContractError, match="must be 1-128 characters"):
         decode_telemetry(json.dumps({"v": 1, "ts": [1.0], "signals": {"ok": [1.0], name: [2.0]}}).encode())
+
+
+def test_the_binary_encoder_refuses_what_the_form_cannot_carry():
+    from contract import encode_telemetry_binary
+    from contract.errors import ContractError
+
+    with pytest.raises(ContractError, match="5000 signals; the binary form carries 1-4096"):
+        encode_telemetry_binary([1.0], {f"s{i}": [1.0] for i in range(5000)})
+    with pytest.raises(ContractError, match="header holds at most 65,535"):
+        encode_telemetry_binary([1.0], {"x" * 120 + str(i): [1.0] for i in range(600)})
+    with pytest.raises(ContractError, match="infinite"):
+        encode_telemetry_binary([1.0, 2.0], {"a": [1.0, float("inf")]})
+    with pytest.raises(ValueError):  # the JSON encoder refuses infinities too
+        encode_telemetry([1.0, 2.0], {"a": [1.0, float("inf")]})
+
+
+def test_the_same_header_text_with_another_signal_count_is_checked_again():
+    from contract.errors import ContractError
+
+    decode_telemetry(_binary([1.0], {"a": [3.0]}))  # its header is now remembered
+    with pytest.raises(ContractError, match="required array of the 2 signal names"):
+        decode_telemetry(_binary([1.0], {"a": [3.0], "b": [4.0]}, head={"v": 1, "signals": ["a"]}))
+
+
+def test_remembered_headers_are_bounded():
+    from contract import payloads
+
+    for i in range(3000):  # producers that vary their header: 3,000 x 40 names = 120,000 names
+        decode_telemetry(_binary([1.0], {f"m{i}-s{j}": [1.0] for j in range(40)}))
+        assert payloads._HEADER_NAMES[0] <= 100_000
+    assert sum(len(names) + len(units) for names, units in payloads._HEADERS.values()) == payloads._HEADER_NAMES[0]
+
+
+@pytest.mark.parametrize("decoder, payload", [
+    ("telemetry", {"v": 1, "ts": [1.0, [1]], "signals": {"a": [1.0, 2.0]}}),
+    ("counts", {"v": 1, "ts": [1.0, [1]], "good": [1, 2], "reject": [0, 0]}),
+    ("state", {"v": 1, "ts": [1.0, [1, 2]], "state": [4, 4]}),
+])
+def test_a_nested_array_among_the_times_is_a_contract_error(decoder, payload):
+    from contract import decode
+    from contract.errors import ContractError
+
+    with pytest.raises(ContractError, match=r"ts\[1\] = \[1"):
+        decode(decoder, json.dumps(payload).encode())

@@ -86,3 +86,39 @@ def test_binary_encoding_carries_the_same_telemetry():
     assert binary.ts.tolist() == js.ts.tolist() == [1.0, 2.0] and binary.units == js.units == {"t": "degC"}
     assert binary.signals["t"].tolist() == [20.0, 21.0]
     assert binary.signals["p"][0] == 3.0 and binary.signals["p"][1] != binary.signals["p"][1]  # NaN, as JSON's null
+
+
+def test_values_that_are_not_finite_numbers_are_counted_not_sent():
+    """An infinity from an overflowing sensor, or text from a device, must not cost the flush its other data."""
+    b = Batcher()
+    b.value(1.0, "t", 20.0)
+    b.value(1.0, "t2", float("inf"))
+    b.value(2.0, "t", "n/a")
+    b.value(2.0, "t2", 5)
+    b.record("good", 2.0, 1)
+    b.record("reject", 2.0, 0)
+    got = dict(drained(b))
+    assert b.rejected["value"] == 2
+    tel = got[Kind.TELEMETRY]
+    assert tel.ts.tolist() == [1.0, 2.0] and tel.signals["t"][0] == 20.0 and tel.signals["t2"][1] == 5.0
+    assert got[Kind.COUNTS].good.tolist() == [1]
+
+
+def test_telemetry_too_wide_for_the_binary_form_goes_as_json():
+    """The binary form carries at most 4,096 signals and 64 KB of names; a machine with more still gets all
+    of its data through (as JSON), and the state and counts of the same flush with it."""
+    from contract import BINARY_MAGIC
+
+    for names in ([f"s{i}" for i in range(5000)], [f"ns=2;s=Line1.Cell4.Robot7.Axis{i}.MotorTemperatureFiltered"
+                                                  for i in range(1200)]):
+        b = Batcher(encoding="binary")
+        for i, name in enumerate(names):
+            b.value(1.0, name, float(i))
+        b.record("state", 1.0, 4)
+        b.record("good", 1.0, 3)
+        b.record("reject", 1.0, 0)
+        out = dict(b.drain())
+        assert out[Kind.TELEMETRY][:1] == b"{" and out[Kind.TELEMETRY][:4] != BINARY_MAGIC
+        tel = decode(Kind.TELEMETRY, out[Kind.TELEMETRY])
+        assert len(tel.signals) == len(names) and tel.signals[names[-1]][0] == len(names) - 1
+        assert {Kind.STATE, Kind.COUNTS} <= set(out)
