@@ -259,7 +259,7 @@ class _Client(paho.Client):
     def _fast_publishes(self, fill: bool = False) -> tuple:
         """Deliver the whole QoS 0/1 PUBLISH packets in the read buffer to ``on_message`` and queue their
         PUBACKs, as paho's _packet_read and _handle_publish do, without their per-packet cost (a dict of
-        read state, 4-5 recv calls, a topic-filter walk, a lock and a condition per message: about half
+        read state, 4-5 recv calls, a topic-filter walk, a lock and a condition per message: most
         of a subscriber's CPU per message, docs/PERFORMANCE.md). It stops at the first packet that is
         anything else, or not all read yet, and leaves it to paho. Only for the plain case paho would
         handle the same way: MQTT 3.1.1, no per-topic callbacks, no manual acks, no logging. ``fill``: read
