@@ -4,28 +4,36 @@ import re
 import uuid
 from pathlib import Path
 
-from contract import Kind, MachineRef
+import pytest
+
+from contract import BINARY_MAGIC, Kind, MachineRef
 from edge.agent import EdgeAgent
+from edge.batcher import Batcher
 from gateway.influx import InfluxV1Sink
 from gateway.service import Gateway
 from simulators.feed import MachineFeed
 
 
-async def test_influxdb_holds_the_machine_history_and_kpis(mosquitto, influxdb, site, tmp_path, recorder):
+@pytest.mark.parametrize("encoding", ["json", "binary"])  # of the telemetry the edge agent sends
+async def test_influxdb_holds_the_machine_history_and_kpis(mosquitto, influxdb, site, tmp_path, recorder, encoding):
     db = f"t{uuid.uuid4().hex[:10]}"
     ref = MachineRef(site, "a", "l", "filler-01")
     sink = InfluxV1Sink(influxdb.url, db)
     gw = Gateway(mosquitto.url, site=site, publish_s=0.2, sinks=[sink], store_kpis_s=0.5)
     await gw.start()
     feed = MachineFeed("filler-01", seed=3, speed=120)
-    agent = EdgeAgent(ref, mosquitto.url, feed, buffer=tmp_path / "q.db", flush_s=0.1)
+    agent = EdgeAgent(ref, mosquitto.url, feed, buffer=tmp_path / "q.db", flush_s=0.1,
+                      batcher=Batcher(encoding=encoding))
     rec = recorder(mosquitto.url, ref.topic(Kind.KPI))
+    sent = recorder(mosquitto.url, ref.topic(Kind.TELEMETRY))
     await agent.start()
     await asyncio.sleep(3.0)  # 6 simulated minutes
     await agent.stop()
     await gw.drain()
     await gw.stop()  # final KPIs stored, the sink drained
     assert (sink.stats["dropped"], sink.stats["rejected"], sink.backlog) == (0, 0, 0)
+    assert gw.stats["dead_letters"] == 0
+    assert sent.messages and all((p[:4] == BINARY_MAGIC) is (encoding == "binary") for _, p, _ in sent.messages)
     led = feed.machine.ledger_now()
 
     q = lambda text: influxdb.query(text, db)  # noqa: E731
