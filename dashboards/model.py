@@ -150,6 +150,24 @@ def plain(field: str, **props) -> dict:
 HIDE_TIME = {"id": "organize", "options": {"excludeByName": {"Time": True}}}
 
 
+#: OEE, availability, performance and quality as columns of a ``kpi_table``
+APQ = (("oee", "OEE", "ratio"), ("availability", "availability", "ratio"), ("performance", "performance", "ratio"),
+       ("quality", "quality", "ratio"))
+
+
+def kpi_table(title: str, description: str, where_clause: str, columns, *, w=24, h=8) -> dict:
+    """A table of the gateway's KPIs per machine (measurement kpi): ``columns`` are (field, column name,
+    kind), kind "ratio" (a 0-1 colour scale; OEE gets a coloured cell), "count" or "seconds"."""
+    select = ", ".join(f'last("{field}") AS "{name}"' for field, name, _ in columns)
+    return table(title, description,
+                 targets(f'SELECT {select} FROM "kpi" {where_clause} GROUP BY "line", "machine"', table=True),
+                 ratio(),
+                 overrides=[*(plain(name, unit="none", decimals=0) for _, name, kind in columns if kind == "count"),
+                            *(plain(name, unit="s") for _, name, kind in columns if kind == "seconds"),
+                            override("OEE", custom__cellOptions={"type": "color-background"})],
+                 transformations=[HIDE_TIME], w=w, h=h)
+
+
 # ----------------------------------------------------------------------------------- variables
 
 def query_variable(name: str, label: str, query: str, *, multi: bool = False) -> dict:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from contract import REASONS
 
-from .model import (bargauge, dashboard, HIDE_TIME, override, plain, ratio, site_line_machine, stat, state_mappings,
-                    table, targets, timeseries, unit, where, window_variable)
+from .model import (APQ, bargauge, dashboard, HIDE_TIME, kpi_table, override, ratio, site_line_machine, stat,
+                    state_mappings, table, targets, timeseries, unit, where, window_variable)
 
 UID = "fieldlab-overview"
 
@@ -36,18 +36,9 @@ def build() -> dict:
               w=14, h=9, overrides=[override("state", mappings=state_mappings(),
                                              custom__cellOptions={"type": "color-background"})],
               transformations=[HIDE_TIME]),
-        table("A, P, Q per machine", "The chosen KPI window per machine: the gateway's numbers, as in its "
-              "MQTT KPI messages and its live page.",
-              targets(f'SELECT last("oee") AS "OEE", last("availability") AS "availability", '
-                      f'last("performance") AS "performance", last("quality") AS "quality", '
-                      f'last("good") AS "good", last("reject") AS "reject", last("run_s") AS "run time" '
-                      f'FROM "kpi" {MACHINE} GROUP BY "line", "machine"', table=True),
-              ratio(),
-              overrides=[plain("good", unit="none", decimals=0),
-                         plain("reject", unit="none", decimals=0),
-                         plain("run time", unit="s"),
-                         override("OEE", custom__cellOptions={"type": "color-background"})],
-              transformations=[HIDE_TIME], w=24, h=8),
+        kpi_table("A, P, Q per machine", "The chosen KPI window per machine: the gateway's numbers, as in its "
+                  "MQTT KPI messages and its live page.", MACHINE,
+                  [*APQ, ("good", "good", "count"), ("reject", "reject", "count"), ("run_s", "run time", "seconds")]),
         timeseries("OEE per machine, rolling hour", "OEE of each machine over its last hour (window last_1h), "
                    "as the gateway computed it every 10 s.",
                    targets(f'SELECT last("oee") FROM "kpi" {where("site", "line", "machine", window="last_1h")} '

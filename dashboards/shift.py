@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from .losses import six_losses_total
-from .model import (barchart, bargauge, dashboard, HIDE_TIME, override, plain, ratio, site_line_machine, stat, table,
-                    targets, timeseries, unit, where, window_variable)
+from .model import (APQ, barchart, bargauge, dashboard, HIDE_TIME, kpi_table, ratio, site_line_machine, stat, targets,
+                    timeseries, unit, where, window_variable)
 
 UID = "fieldlab-shift"
 
@@ -25,19 +25,10 @@ def build() -> dict:
              targets(f'SELECT last("mtbf_s") AS "MTBF", last("mttr_s") AS "MTTR" FROM "line_kpi" {line} '
                      'GROUP BY "line"', aliases=["$tag_line $col"]),
              unit("s"), w=8, h=5),
-        table("Machines", "Per machine in the shift (or today): the gateway's KPIs.",
-              targets(f'SELECT last("oee") AS "OEE", last("availability") AS "availability", '
-                      f'last("performance") AS "performance", last("quality") AS "quality", last("good") AS "good", '
-                      f'last("reject") AS "reject", last("planned_s") AS "planned", last("run_s") AS "run", '
-                      f'last("breakdown_s") AS "breakdowns", last("setup_s") AS "setup", last("failures") AS '
-                      f'"failures" FROM "kpi" {kpi} GROUP BY "line", "machine"', table=True),
-              ratio(),
-              overrides=[*(plain(f, unit="none", decimals=0)
-                           for f in ("good", "reject", "failures")),
-                         *(plain(f, unit="s")
-                           for f in ("planned", "run", "breakdowns", "setup")),
-                         override("OEE", custom__cellOptions={"type": "color-background"})],
-              transformations=[HIDE_TIME], w=24, h=8),
+        kpi_table("Machines", "Per machine in the shift (or today): the gateway's KPIs.", kpi,
+                  [*APQ, ("good", "good", "count"), ("reject", "reject", "count"), ("planned_s", "planned", "seconds"),
+                   ("run_s", "run", "seconds"), ("breakdown_s", "breakdowns", "seconds"),
+                   ("setup_s", "setup", "seconds"), ("failures", "failures", "count")]),
         bargauge("Good parts against the target", "Good parts of each machine and its target at ideal speed "
                  "without losses in the planned time (good / OEE).",
                  targets(f'SELECT last("good") AS "good", last("good") / last("oee") AS "target" FROM "kpi" {kpi} '
