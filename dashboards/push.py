@@ -7,13 +7,12 @@ the version Grafana holds, so a dashboard someone edited in between is not silen
 """
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from contract.errors import ServiceError
+from contract.secrets import read_secret
 
 from . import DATASOURCE_UID, FOLDER_TITLE, FOLDER_UID
 from .build import dashboards
@@ -41,19 +40,6 @@ class Datasource:
         if self.password:
             d["secureJsonData"] = {"password": self.password}
         return d
-
-
-def read_secret(option: str, path: str | None, env: str) -> str | None:
-    """A secret from a file (first line) or the environment; None if neither is given."""
-    if path:
-        try:
-            text = Path(path).expanduser().read_text().strip()
-        except OSError as e:
-            raise ServiceError(f"{option} {path}: cannot read it ({e.strerror or e})") from None
-        if not text:
-            raise ServiceError(f"{option} {path}: the file is empty")
-        return text.splitlines()[0].strip()
-    return os.environ.get(env, "").strip() or None
 
 
 def token_from(token: str | None, token_file: str | None) -> str:

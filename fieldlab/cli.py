@@ -719,12 +719,9 @@ def _broker(a, address: str | None = None):
     if url.password:
         raise ServiceError("--broker: do not put the password in the address (it shows in the process list); "
                            "use --password-file FILE or $FIELDLAB_MQTT_PASSWORD")
-    password = os.environ.get("FIELDLAB_MQTT_PASSWORD") or None
-    if getattr(a, "password_file", None):
-        try:
-            password = Path(a.password_file).read_text(encoding="utf-8").strip()
-        except OSError as e:
-            raise ServiceError(f"--password-file {a.password_file}: {e.strerror}") from None
+    from contract.secrets import read_secret
+
+    password = read_secret("--password-file", getattr(a, "password_file", None), "FIELDLAB_MQTT_PASSWORD")
     if password and not url.username:
         raise ServiceError("a password needs a user: write it in the address, like mqtt://gateway@broker.local:1883")
     return dataclasses.replace(url, password=password) if password else url
