@@ -75,7 +75,6 @@ class Gateway:
         self.engine = KpiEngine(config)
         self.machines: list[MachineRef] = []
         self._index: dict[MachineRef, int] = {}
-        self._routes: dict[str, tuple[Kind, int]] = {}  # topic -> (kind, machine index): parsed once
         self.status: dict[int, str] = {}
         self.stats = {"messages": 0, "samples": 0, "dead_letters": 0, "kpi_published": 0}
         self.last_error: str | None = None
@@ -110,14 +109,9 @@ class Gateway:
     def _ingest(self, topic: str, payload: bytes, journal: bool = True) -> None:
         """Decode and queue one message (paho's thread). Only the queueing holds the ingest lock; folding
         into the machines' state happens in the tick (``_take_inbox``), which never holds up this thread."""
-        route = self._routes.get(topic)  # (kind, machine index) of a topic that was accepted before
-        if route is None:
-            ref, kind = parse_topic(topic)
-            if kind not in INGEST_KINDS:
-                return
-            m = None
-        else:
-            kind, m = route
+        ref, kind = parse_topic(topic)  # (cached: a plant has a bounded set of topics)
+        if kind not in INGEST_KINDS:
+            return
         item = decode(kind, payload)
         if kind is Kind.TELEMETRY:
             samples = item.ts.size * len(item.signals)
@@ -125,14 +119,11 @@ class Gateway:
             samples = 0 if kind is Kind.STATUS else item.ts.size
         new = False
         with self._lock:
-            if m is None:
-                m = self._index.get(ref)
-                if m is None:  # the engine learns of it when the tick folds (_fold_inbox)
-                    m = self._index[ref] = len(self.machines)
-                    self.machines.append(ref)
-                    new = True
-                # at most (machines x ingest kinds) entries: only topics of accepted messages get here
-                self._routes[topic] = (kind, m)
+            m = self._index.get(ref)
+            if m is None:  # the engine learns of it when the tick folds (_fold_inbox)
+                m = self._index[ref] = len(self.machines)
+                self.machines.append(ref)
+                new = True
             if journal and self._journal_fd is not None:  # on disk before it counts (gateway/checkpoint.py)
                 os.write(self._journal_fd, checkpoint.record(topic, payload))
             if kind is Kind.STATUS:
@@ -190,7 +181,6 @@ class Gateway:
             if got is not None:
                 self.machines, self.status = got
                 self._index = {ref: i for i, ref in enumerate(self.machines)}
-                self._routes = {}
                 restored = True
         done = checkpoint.covered(self.checkpoint_path) if restored else 0
         found = checkpoint.journals(self.checkpoint_path)
