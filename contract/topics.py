@@ -52,6 +52,13 @@ LINE_KINDS = frozenset({Kind.KPI})
 
 #: Dead letters: the gateway republishes what it rejected here, with the reason.
 DEADLETTER_TOPIC = f"{ROOT}/_sys/deadletter"
+#: Every gateway's own retained status (its last will says "offline"): ``.../_sys/gateway/<client id>/status``.
+GATEWAY_STATUS_PREFIX = f"{ROOT}/_sys/gateway"
+
+
+def gateway_status_topic(client_id: str) -> str:
+    """The retained status topic of the gateway with this MQTT client id (docs/contract.md, gateway status)."""
+    return f"{GATEWAY_STATUS_PREFIX}/{client_id}/status"
 
 
 @dataclass(frozen=True, order=True)

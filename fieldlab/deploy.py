@@ -10,9 +10,11 @@ From a plant file (``deploy/plant.example.yaml``) it writes, into a directory th
 - ``mosquitto/acl``: every edge agent (user ``edge-<machine>``) may publish only its own machine's
   telemetry, state, counts and status and read only its own commands; the gateway reads everything
   and publishes KPIs and dead letters; viewers only read; operators also send commands.
-- ``mosquitto/mosquitto.conf``: no anonymous clients, the password file and ACL, persistence, and
-  with ``--tls`` a TLS listener on 8883 (``ca.crt``, ``server.crt``, ``server.key``, made with
-  openssl; the CA's key stays in ``ca/``, never next to the broker). ``ca.crt`` at the top is the
+- ``mosquitto/mosquitto.conf``: no anonymous clients, the password file and ACL, persistence, each
+  client's id replaced by its user name (nobody can take over another user's session), a cap on
+  the size of a message (``broker.max_message_size``), and with ``--tls`` a TLS listener on 8883
+  (``ca.crt``, ``server.crt``, ``server.key``, made with openssl; the CA's key stays in ``ca/``,
+  never next to the broker). ``ca.crt`` at the top is the
   copy for the clients, which they need to trust the broker.
 - with a ``bridge:`` section: the site broker forwards its site's topics to a central broker
   (Mosquitto's own bridge), and ``fieldlab deploy`` for the central broker gives each bridged site
@@ -32,18 +34,22 @@ import secrets
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 from pathlib import Path
 
 from contract.errors import ServiceError
-from contract.topics import _LEVEL, DEADLETTER_TOPIC, ROOT, Kind, MachineRef
-from contract.yamlfile import YamlFile
+from contract.topics import _LEVEL, DEADLETTER_TOPIC, GATEWAY_STATUS_PREFIX, ROOT, Kind, MachineRef
+from contract.yamlfile import YamlFile, size
 
 #: What an edge agent publishes for its machine (everything else is refused by the ACL).
 AGENT_KINDS = (Kind.TELEMETRY, Kind.STATE, Kind.COUNTS, Kind.STATUS)
 GATEWAY_USER = "gateway"
+#: The largest MQTT packet the broker accepts (its sender is disconnected): room for a contract batch of
+#: 100,000 rows of counts or states, or of one signal's JSON telemetry (2.7-3.2 MB), ~200x an edge's usual one.
+MAX_MESSAGE_SIZE = 4 * 2**20
 #: Container paths of the eclipse-mosquitto image (docker-compose.yml mounts the generated dir there).
 COMPOSE_DIRS = ("/mosquitto/config", "/mosquitto/data")
 #: The user fieldlab's own container image runs as (Dockerfile): it reads the agents' credentials.
@@ -78,6 +84,8 @@ class Plant:
     site: str | None  # None: a central broker (no machines of its own)
     machines: list[MachineRef] = field(default_factory=list)
     hostnames: list[str] = field(default_factory=list)  # names and addresses the TLS certificate is valid for
+    max_message_size: int = MAX_MESSAGE_SIZE
+    gateways: list[str] = field(default_factory=lambda: [GATEWAY_USER])  # one user per gateway process
     viewers: list[str] = field(default_factory=list)
     operators: list[str] = field(default_factory=list)
     sites: list[str] = field(default_factory=list)  # central broker: sites that bridge in
@@ -86,7 +94,7 @@ class Plant:
     @property
     def users(self) -> list[str]:
         """Every MQTT user, in the order the files list them."""
-        return ([GATEWAY_USER] + [agent_user(m.machine) for m in self.machines] + self.viewers + self.operators
+        return (self.gateways + [agent_user(m.machine) for m in self.machines] + self.viewers + self.operators
                 + [bridge_user(s) for s in self.sites])
 
 
@@ -110,7 +118,7 @@ def load_plant(path: str | Path) -> Plant:
     data = doc.data
     if not isinstance(data, dict):
         raise doc.error("", "expected keys like site:, machines: (see deploy/plant.example.yaml)")
-    known = ("site", "machines", "broker", "viewers", "operators", "sites", "bridge")
+    known = ("site", "machines", "broker", "gateways", "viewers", "operators", "sites", "bridge")
     for key in data:
         if key not in known:
             raise doc.error(str(key), f"unknown key; the keys are {', '.join(known)}")
@@ -146,16 +154,25 @@ def load_plant(path: str | Path) -> Plant:
             raise doc.error("machines" if "machines" in data else "bridge",
                             "a central broker (sites:) has no machines and no bridge of its own")
     broker = data.get("broker") or {}
-    if not isinstance(broker, dict) or set(broker) - {"hostnames"}:
-        raise doc.error("broker", "only broker.hostnames is known: the names and addresses clients use to reach "
-                        "this broker over TLS, like [broker.local, 192.168.1.10]")
+    if not isinstance(broker, dict) or set(broker) - {"hostnames", "max_message_size"}:
+        raise doc.error("broker", "the keys are hostnames (the names and addresses clients use to reach this broker "
+                        "over TLS, like [broker.local, 192.168.1.10]) and max_message_size (like 4MB)")
     plant.hostnames = _hostnames(doc, broker.get("hostnames"))
+    if "max_message_size" in broker:
+        plant.max_message_size = size(broker["max_message_size"]) or 0
+        if not 2**16 <= plant.max_message_size <= 2**28:
+            raise doc.error("broker.max_message_size", f"{broker['max_message_size']!r}: write a size between 64KB "
+                            "and 256MB, like 4MB")
+    if "gateways" in data:
+        plant.gateways = _names(doc, "gateways", data["gateways"], "user names")
+        if not plant.gateways:
+            raise doc.error("gateways", "list at least one user, like [gateway], or leave gateways: out")
     plant.viewers = _names(doc, "viewers", data.get("viewers"), "user names")
     plant.operators = _names(doc, "operators", data.get("operators"), "user names")
     taken = [u for u in plant.users if plant.users.count(u) > 1]
     if taken:
-        raise doc.error("viewers" if taken[0] in plant.viewers else "operators",
-                        f"user {taken[0]} is listed twice; every MQTT user has one role")
+        key = next((k for k in ("viewers", "operators", "gateways") if taken[0] in getattr(plant, k)), "gateways")
+        raise doc.error(key, f"user {taken[0]} is listed twice; every MQTT user has one role")
     if "bridge" in data:
         plant.bridge = _bridge(doc, data["bridge"])
     return plant
@@ -181,6 +198,10 @@ def _is_ip(v: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+def _loopback(address: str) -> bool:
+    return address == "localhost" or _is_ip(address) and ip_address(address).is_loopback
 
 
 def _bridge(doc: YamlFile, b) -> Bridge:
@@ -249,19 +270,22 @@ def acl_text(plant: Plant) -> str:
     """Mosquitto's ACL file: whatever is not granted here is refused."""
     scope = f"{ROOT}/{plant.site or '+'}"  # the central broker: every site (+ also matches _sys)
     out = [f"# generated by fieldlab deploy from {Path(plant.path).name}; re-run it instead of editing this file",
-           "# anything not granted here is refused", "",
-           f"user {GATEWAY_USER}",
-           f"topic read {scope}/#",
-           f"topic write {scope}/+/+/+/kpi",  # machines' and lines' (machine level _line) KPIs
-           f"topic write {DEADLETTER_TOPIC}"]
+           "# anything not granted here is refused"]
+    for user in plant.gateways:
+        out += ["", f"user {user}", f"topic read {scope}/#",
+                f"topic write {scope}/+/+/+/kpi",  # machines' and lines' (machine level _line) KPIs
+                f"topic write {DEADLETTER_TOPIC}",
+                f"topic readwrite {GATEWAY_STATUS_PREFIX}/#"]  # its retained status and last will
     for m in plant.machines:
         out += ["", f"user {agent_user(m.machine)}"]
         out += [f"topic write {m.topic(k)}" for k in AGENT_KINDS]
         out.append(f"topic read {m.topic(Kind.CMD)}")
+    gateways = f"topic read {GATEWAY_STATUS_PREFIX}/#"  # is the gateway alive? (its KPIs are retained)
     for user in plant.viewers:
-        out += ["", f"user {user}", f"topic read {scope}/#"]
+        out += ["", f"user {user}", f"topic read {scope}/#", gateways]
     for user in plant.operators:
-        out += ["", f"user {user}", f"topic read {scope}/#", f"topic write {scope}/+/+/+/{Kind.CMD.value}"]
+        out += ["", f"user {user}", f"topic read {scope}/#", gateways,
+                f"topic write {scope}/+/+/+/{Kind.CMD.value}"]
     for site in plant.sites:  # what a site's bridge may carry: its own site's topics, both ways
         out += ["", f"user {bridge_user(site)}", f"topic readwrite {ROOT}/{site}/#"]
     return "\n".join(out) + "\n"
@@ -280,11 +304,16 @@ def mosquitto_conf(plant: Plant, config_dir: str, data_dir: str | None, *, tls: 
     if data_dir:
         out += ["persistence true", f"persistence_location {data_dir.rstrip('/')}/", "autosave_interval 60"]
     # enough queued QoS 1 messages for an outage of a few minutes at a few hundred messages per second
-    out += ["max_queued_messages 100000", ""]
+    out += ["max_queued_messages 100000",
+            "# a larger packet is refused as soon as its header arrives, and its sender disconnected",
+            f"max_packet_size {plant.max_message_size}", ""]
+    # per listener (set before the first one it would open a default listener on 1883): a client's id is its
+    # user name, so nobody can take over (or wipe) another user's session by connecting with its client id
+    same_id = "use_username_as_clientid true"
     if plain_bind:
-        out += [f"listener {plain_port} {plain_bind}" if plain_bind != "0.0.0.0" else f"listener {plain_port}"]
+        out += [f"listener {plain_port} {plain_bind}" if plain_bind != "0.0.0.0" else f"listener {plain_port}", same_id]
     if tls:
-        out += [f"listener {tls_port}", f"cafile {config_dir}/ca.crt", f"certfile {config_dir}/server.crt",
+        out += [f"listener {tls_port}", same_id, f"cafile {config_dir}/ca.crt", f"certfile {config_dir}/server.crt",
                 f"keyfile {config_dir}/server.key", "tls_version tlsv1.2"]
     if plant.bridge:
         b = plant.bridge
@@ -468,6 +497,10 @@ def generate(plant: Plant, out: Path, *, tls: bool = False, layout: str = "stand
         bind = plain_bind or ("127.0.0.1" if tls else "0.0.0.0")
     else:
         raise ServiceError(f"unknown layout {layout!r}: standalone, debian or compose")
+    if layout != "compose" and not _loopback(bind):  # (docker-compose.yml does not publish the plain port)
+        print(f"warning: plain MQTT on {bind}:{ports[0]} is open to the network and passwords cross it in clear text: "
+              + ("" if tls else f"add --tls (other computers then use TLS on port {ports[1]}) or ")
+              + "keep it to this computer with --plain-bind 127.0.0.1", file=sys.stderr)
     conf = mosquitto_conf(plant, config_dir, data_dir, tls=tls, plain_bind=bind, plain_port=ports[0],
                           tls_port=ports[1], bridge_password=bridge_password)
     _write(files[2], conf, 0o600 if bridge_password else 0o640)

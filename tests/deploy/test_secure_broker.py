@@ -14,6 +14,7 @@ import queue
 import shutil
 import stat
 import tempfile
+import threading
 import uuid
 from pathlib import Path
 
@@ -32,6 +33,7 @@ machines:
   hall-2/packing: [filler-01]
 broker:
   hostnames: [localhost, 127.0.0.1]
+gateways: [gateway, gateway-2]
 viewers: [node-red]
 operators: [trainer]
 """
@@ -78,28 +80,36 @@ def _url(stack, user: str | None, tls: bool = False, ca: Path | None = None) -> 
 
 
 class Listener:
-    """A connected client that records what it receives, in order."""
+    """A connected client that records what it receives, in order, and why it was disconnected."""
 
-    def __init__(self, url: BrokerUrl, *topics: str):
+    def __init__(self, url: BrokerUrl, *topics: str, client_id: str | None = None, persistent: bool = False):
         self.got: queue.Queue = queue.Queue()
-        self.client = connect(url, f"t-{uuid.uuid4().hex[:8]}", subscriptions=[(t, 1) for t in topics],
-                              on_message=lambda c, u, m: self.got.put(m.topic))
+        self.client = connect(url, client_id or f"t-{uuid.uuid4().hex[:8]}", subscriptions=[(t, 1) for t in topics],
+                              on_message=lambda c, u, m: self.got.put(m.topic), persistent=persistent)
+        self.drops: list = []
+        self.client.on_disconnect = lambda c, u, flags, reason, props: self.drops.append(str(reason))
 
     def next(self, timeout: float = 5.0) -> str:
         try:
             return self.got.get(timeout=timeout)
         except queue.Empty:
-            raise AssertionError(f"nothing arrived within {timeout} s") from None
+            raise AssertionError(f"nothing arrived within {timeout} s" + (
+                f"; the broker disconnected this client {len(self.drops)} time(s)" if self.drops else "")) from None
 
     def close(self):
         self.client.disconnect()
         self.client.loop_stop()
 
 
+def _send(client, *topics: str) -> None:
+    assert wait_published([client.publish(t, b"{}", qos=1) for t in topics], 5.0)
+
+
 def _publish(url: BrokerUrl, *topics: str) -> None:
+    """On a connection of its own: not while a Listener of the same user is connected (one connection per user)."""
     c = connect(url, f"p-{uuid.uuid4().hex[:8]}")
     try:
-        assert wait_published([c.publish(t, b"{}", qos=1) for t in topics], 5.0)
+        _send(c, *topics)
     finally:
         c.disconnect()
         c.loop_stop()
@@ -155,7 +165,7 @@ def test_gateway_publishes_kpis_and_viewers_only_read(stack):
         kpi, line_kpi = _topic("cnc-01", "kpi"), _topic("_line", "kpi")
         _publish(_url(stack, "gateway"), _topic("cnc-01", "telemetry"), kpi, line_kpi)
         assert [viewer.next(), viewer.next()] == [kpi, line_kpi]  # the gateway may not fake machine data
-        _publish(_url(stack, "node-red"), kpi, _topic("cnc-01", "cmd"))
+        _send(viewer.client, kpi, _topic("cnc-01", "cmd"))
         _publish(_url(stack, "trainer"), _topic("cnc-01", "kpi"), _topic("filler-01", "cmd", "hall-2", "packing"))
         assert viewer.next() == _topic("filler-01", "cmd", "hall-2", "packing")  # viewers/trainers forge no KPIs
     finally:
@@ -172,6 +182,70 @@ def test_tls_with_the_generated_ca_works_and_another_ca_is_refused(stack, tmp_pa
     other = deploy.make_ca(tmp_path, "other-ca", subject="someone else's CA")
     with pytest.raises(ServiceError, match="certificate verif"):
         connect(_url(stack, "edge-cnc-01", tls=True, ca=other), "mitm-check")
+
+
+def test_no_user_can_take_over_another_users_session(stack):
+    """Issue 13, defect 7: an agent's credentials with the gateway's client id took over the gateway's
+    session. Now every client's id is its user name: the gateway stays connected and keeps receiving,
+    the session it left (clean session 0) keeps what arrived meanwhile, and a second gateway user runs
+    beside the first (one user per gateway process)."""
+    def gateway():  # as Gateway(site="acme") connects
+        return Listener(_url(stack, "gateway"), "fieldlab/v1/acme/#", client_id="fieldlab-gateway-acme",
+                        persistent=True)
+
+    def intrude(clean: bool):
+        c = connect(_url(stack, "edge-cnc-01"), "fieldlab-gateway-acme", persistent=not clean)
+        c.disconnect()
+        c.loop_stop()
+
+    gw, second = gateway(), Listener(_url(stack, "gateway-2"), "fieldlab/v1/acme/#")
+    try:
+        for clean in (True, False):
+            intrude(clean)
+            _publish(_url(stack, "edge-moulder-01"), _topic("moulder-01", "state"))
+            assert gw.next() == second.next() == _topic("moulder-01", "state")
+        assert gw.drops == [], f"the gateway was disconnected: {gw.drops}"
+        gw.close()
+        _publish(_url(stack, "edge-moulder-01"), _topic("moulder-01", "counts"))  # queued for the gateway
+        intrude(clean=True)  # would have wiped that queue
+        gw = gateway()
+        assert gw.next() == _topic("moulder-01", "counts")
+    finally:
+        gw.close()
+        second.close()
+
+
+def test_a_message_over_the_size_cap_is_refused_and_its_sender_disconnected(stack):
+    """Issue 13, defect 9: no size cap (one valid 104 MB message took RSS from 45 MB to 2.7 GB). Mosquitto
+    counts a packet as its remaining length (topic, packet id, payload) + 1: the largest message that
+    fits arrives, one byte more disconnects its sender and reaches nobody."""
+    topic = _topic("cnc-01", "telemetry")
+    largest = deploy.MAX_MESSAGE_SIZE - 1 - (2 + len(topic) + 2)
+    sizes, dropped = queue.Queue(), threading.Event()
+    gw = connect(_url(stack, "gateway"), "t-size", subscriptions=[(topic, 1)],
+                 on_message=lambda c, u, m: sizes.put(len(m.payload)))
+    agent = connect(_url(stack, "edge-cnc-01"), "t-big")
+    agent.on_disconnect = lambda *a: dropped.set()
+    try:
+        assert wait_published([agent.publish(topic, bytes(largest), qos=1)], 10.0)
+        assert sizes.get(timeout=10) == largest and not dropped.is_set()
+        agent.publish(topic, bytes(largest + 1), qos=1)
+        assert dropped.wait(10), f"a message of {largest + 1} bytes did not disconnect its sender"
+        agent.loop_stop()  # (paho would reconnect and send it again)
+        _publish(_url(stack, "edge-cnc-01"), topic)
+        assert sizes.get(timeout=5) == 2  # the small one after it comes first: the large one never came
+    finally:
+        agent.disconnect()
+        agent.loop_stop()
+        gw.disconnect()
+        gw.loop_stop()
+
+
+def test_the_size_cap_comes_from_the_plant_file(tmp_path):
+    p = tmp_path / "plant.yaml"
+    p.write_text("site: a\nmachines:\n  x/y: [m]\nbroker:\n  max_message_size: 16MB\n")
+    conf = deploy.mosquitto_conf(deploy.load_plant(p), "/etc/fieldlab", None, tls=False, plain_bind="127.0.0.1")
+    assert "\nmax_packet_size 16777216\n" in conf
 
 
 def test_the_plain_listener_is_loopback_only_with_tls_and_files_are_private(stack):
@@ -244,6 +318,11 @@ def test_the_hash_is_the_one_mosquitto_passwd_makes():
     ("site: acme\nmachines:\n  hall-1: [cnc-01]\n", "plant.yaml:3: machines.hall-1: write the area and the line"),
     ("site: acme\nmachines:\n  a/b: [_x]\n", "plant.yaml:3: machines.a/b[0]: '_x' is not a valid name"),
     ("site: acme\nmachines:\n  a/b: [m]\nviewers: [edge-m]\n", "plant.yaml:4: viewers: user edge-m is listed twice"),
+    ("site: acme\nmachines:\n  a/b: [m]\ngateways: [gw-1]\noperators: [gw-1]\n",
+     "plant.yaml:5: operators: user gw-1 is listed twice"),
+    ("site: acme\nmachines:\n  a/b: [m]\ngateways: []\n", "plant.yaml:4: gateways: list at least one user"),
+    ("site: acme\nmachines:\n  a/b: [m]\nbroker:\n  max_message_size: 1KB\n",
+     "plant.yaml:5: broker.max_message_size: '1KB': write a size between 64KB and 256MB"),
     ("site: acme\nmachine:\n  a/b: [m]\n", "plant.yaml:2: machine: unknown key"),
     ("sites: [a]\nsite: b\n", "plant.yaml:2: site: give either site:"),
     ("site: acme\nmachines:\n  a/b: [m]\nbridge:\n  address: central:8883\n  password_file: nope\n",
@@ -263,6 +342,20 @@ def test_cli_writes_the_files_and_says_how_to_run_the_broker(plant_file, tmp_pat
     assert "edge-cnc-01" in said and "new password" in said and "mosquitto -c" in said
     assert (tmp_path / "s" / "mosquitto" / "acl").exists()
     assert cli.main(["deploy", str(tmp_path / "missing.yaml")]) == cli.EXIT_CONFIG
+
+
+@pytest.mark.parametrize("options, warned", [
+    ([], True), (["--tls"], False), (["--plain-bind", "127.0.0.1"], False), (["--plain-bind", "::1"], False),
+    (["--tls", "--plain-bind", "0.0.0.0"], True), (["--plain-bind", "192.168.1.10", "--layout", "debian"], True),
+    (["--layout", "compose"], False),  # docker-compose.yml publishes only the TLS port on the host
+])
+def test_a_plain_listener_open_to_the_network_is_warned_about(plant_file, tmp_path, capsys, options, warned):
+    """Issue 13, defect 10: without --tls, deploy listened on every interface with clear-text passwords."""
+    assert cli.main(["deploy", str(plant_file), "--out", str(tmp_path / "s"), *options]) == 0
+    err = capsys.readouterr().err
+    assert ("passwords cross it in clear text" in err) == warned, err
+    if warned:
+        assert "--plain-bind 127.0.0.1" in err and ("add --tls" in err) != ("--tls" in options)
 
 
 def test_gateway_and_edge_agent_log_in_with_the_generated_credentials(stack, tmp_path):
@@ -299,9 +392,12 @@ source:
 """)
     cfg = edge_config.load(mapping)
 
+    status = Listener(_url(stack, "node-red"), "fieldlab/v1/_sys/gateway/+/status")  # viewers see it is alive
+
     async def run():
         gw = Gateway(url, site="acme", publish_s=0.2)
         await gw.start()
+        assert status.next() == gw.status_topic  # the ACL lets the gateway publish its own status
         agent = EdgeAgent(cfg.machine, cfg.broker, cli._simulated_source(cfg), buffer=cfg.buffer_path, flush_s=0.1)
         await agent.start()
         try:
@@ -315,7 +411,10 @@ source:
             await agent.stop()
             await gw.stop()
 
-    assert asyncio.run(run())["good"] > 0
+    try:
+        assert asyncio.run(run())["good"] > 0
+    finally:
+        status.close()
 
 
 def test_a_site_broker_bridges_its_own_topics_to_the_central_one(tmp_path_factory):
@@ -346,12 +445,12 @@ def test_a_site_broker_bridges_its_own_topics_to_the_central_one(tmp_path_factor
         cred = lambda d, u: (base / d / "credentials" / u).read_text().strip()  # noqa: E731
         central_gw = Listener(BrokerUrl("127.0.0.1", c_ports[0], "gateway", cred("central", "gateway")),
                               "fieldlab/v1/#")
-        agent = BrokerUrl("127.0.0.1", s_ports[0], "edge-cnc-01", cred("site", "edge-cnc-01"))
-        cmds = Listener(agent, _topic("cnc-01", "cmd"))
+        agent = Listener(BrokerUrl("127.0.0.1", s_ports[0], "edge-cnc-01", cred("site", "edge-cnc-01")),
+                         _topic("cnc-01", "cmd"))
         try:
             # the bridge connects in the background: publish until the first message comes through
             for _ in range(50):
-                _publish(agent, _topic("cnc-01", "status"))
+                _send(agent.client, _topic("cnc-01", "status"))
                 try:
                     assert central_gw.next(0.2) == _topic("cnc-01", "status")
                     break
@@ -360,11 +459,12 @@ def test_a_site_broker_bridges_its_own_topics_to_the_central_one(tmp_path_factor
             else:
                 raise AssertionError("the site's bridge never delivered to the central broker:\n"
                                      + brokers[1].log_text()[-800:])
-            _publish(agent, _topic("cnc-01", "telemetry"))
+            _send(agent.client, _topic("cnc-01", "telemetry"))
             assert central_gw.next() == _topic("cnc-01", "telemetry")
             _publish(BrokerUrl("127.0.0.1", c_ports[0], "trainer", cred("central", "trainer")), _topic("cnc-01", "cmd"))
-            assert cmds.next() == _topic("cnc-01", "cmd")  # a command from the central trainer reaches the site
-            # the bridge user of acme may not write the other site's topics at the central broker
+            assert agent.next() == _topic("cnc-01", "cmd")  # a command from the central trainer reaches the site
+            # the bridge user of acme may not write the other site's topics at the central broker (logging in
+            # as bridge-acme closes the site's bridge connection for a moment: one connection per user)
             bridge = BrokerUrl("127.0.0.1", c_ports[0], "bridge-acme", cred("central", "bridge-acme"))
             _publish(bridge, "fieldlab/v1/other/hall-1/line-1/m1/telemetry", _topic("cnc-01", "counts"))
             while (t := central_gw.next()) in (_topic("cnc-01", "status"), _topic("cnc-01", "cmd")):
@@ -372,7 +472,7 @@ def test_a_site_broker_bridges_its_own_topics_to_the_central_one(tmp_path_factor
             assert t == _topic("cnc-01", "counts")
         finally:
             central_gw.close()
-            cmds.close()
+            agent.close()
     finally:
         for b in brokers:
             b.cleanup()
