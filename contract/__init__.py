@@ -5,8 +5,8 @@ agents, the gateway and the simulators all import it. See docs/contract.md.
 """
 from .errors import ContractError
 from .payloads import (
-    BINARY_MAGIC, MAX_BATCH, PACKML, REASONS, SIMPLE, STATE_MODELS, VERSION, Command, CountsBatch, StateBatch, Status,
-    TelemetryBatch, decode, decode_command, decode_counts, decode_kpi, decode_state, decode_status,
+    BINARY_MAGIC, MAX_BATCH, PACKML, REASONS, SIMPLE, STATE_MODELS, TS_MAX, TS_MIN, VERSION, Command, CountsBatch,
+    StateBatch, Status, TelemetryBatch, decode, decode_command, decode_counts, decode_kpi, decode_state, decode_status,
     decode_telemetry, encode_command, encode_counts, encode_kpi, encode_state, encode_status,
     encode_telemetry, encode_telemetry_binary,
 )
@@ -16,7 +16,8 @@ from .topics import (
 )
 
 __all__ = [
-    "BINARY_MAGIC", "ContractError", "MAX_BATCH", "PACKML", "REASONS", "SIMPLE", "STATE_MODELS", "VERSION", "Command",
+    "BINARY_MAGIC", "ContractError", "MAX_BATCH", "PACKML", "REASONS", "SIMPLE", "STATE_MODELS", "TS_MAX", "TS_MIN",
+    "VERSION", "Command",
     "CountsBatch", "StateBatch", "Status", "TelemetryBatch", "decode", "decode_command",
     "decode_counts", "decode_kpi", "decode_state", "decode_status", "decode_telemetry",
     "encode_command", "encode_counts", "encode_kpi", "encode_state", "encode_status",

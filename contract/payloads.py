@@ -2,9 +2,10 @@
 
 Every payload is a JSON object with ``"v": 1``. Batches (telemetry, state,
 counts) are columnar: one ``ts`` array (Unix time in seconds, float, non-
-decreasing) and one array per value, all of the same length. ``decode`` turns a
-payload straight into NumPy arrays and rejects anything malformed with a
-``ContractError`` that names the field and, where it helps, the index.
+decreasing, from TS_MIN to before TS_MAX) and one array per value, all of the
+same length. ``decode`` turns a payload straight into NumPy arrays and rejects
+anything malformed with a ``ContractError`` that names the field and, where it
+helps, the index.
 
 The JSON Schema files in ``contract/schemas/`` describe the same rules for
 producers in other languages (Node-RED, Telegraf, a PLC); tests keep both in step.
@@ -32,6 +33,11 @@ BINARY_HEADER = struct.Struct("<4sIHH")
 MAX_SIGNALS = 4096  # signals per binary message (a JSON message is bounded by MAX_BATCH samples per array)
 MAX_BATCH = 100_000  # samples per message; larger batches must be split by the producer
 MAX_COUNTER = 2**53  # counters stay exact in a float64 / JSON number
+#: Plausible times (Unix seconds): from 2000-01-01T00:00:00Z to before 2100-01-01T00:00:00Z. Outside is a
+#: producer's mistake (milliseconds from JavaScript's Date.now(), seconds since boot, an unset clock) that
+#: would wreck the machine's KPIs: such a message is refused (docs/contract.md).
+TS_MIN = 946684800.0
+TS_MAX = 4102444800.0
 
 # OPC UA PackML (OPC 30060) / ISA-TR88.00.02 state numbers. Other vendors number
 # PackML states differently: a producer must translate to these numbers.
@@ -180,7 +186,7 @@ def _load(data: bytes | str, kind: str) -> dict:
     if not isinstance(obj, dict):
         raise ContractError(f"{kind}: payload must be a JSON object, got {type(obj).__name__}")
     v = obj.get("v")
-    if v != VERSION:
+    if v != VERSION or v is True:  # (True == 1 in Python, not in JSON)
         raise ContractError(f"{kind}.v: expected schema version {VERSION}, got {v!r}")
     return obj
 
@@ -189,12 +195,21 @@ def _first_bad(values: list, ok) -> str:
     """Slow path, only on errors: find the first offending element for the message."""
     for i, x in enumerate(values):
         if not ok(x):
-            return f"[{i}] = {x!r}"
+            return f"[{i}] = {json.dumps(x) if type(x) is bool else repr(x)}"  # JSON's true, not Python's True
     return ""
 
 
 def _is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _holds_bool(values: list, arr: np.ndarray) -> bool:
+    """Whether a list that NumPy read as numbers held a JSON true or false (they become 1 and 0). Long lists
+    look at the element types only when a 0 or 1 is there: zeros are everyday values (an idle machine's
+    power), and then a batch costs one vectorised comparison. Short lists: the types, one C pass."""
+    if len(values) > 64 and not np.count_nonzero((arr == 0) | (arr == 1)):
+        return False
+    return bool in set(map(type, values))
 
 
 def _numbers(obj: dict, key: str, kind: str, n: int | None, allow_null: bool = False) -> np.ndarray:
@@ -211,7 +226,7 @@ def _numbers(obj: dict, key: str, kind: str, n: int | None, allow_null: bool = F
         arr = np.asarray(values) if values else np.zeros(0)
     except ValueError:  # nested arrays of different lengths: an object array, refused below with the element
         arr = np.empty(0, dtype=object)
-    if arr.dtype.kind in "iuf" and arr.ndim == 1:
+    if arr.dtype.kind in "iuf" and arr.ndim == 1 and not _holds_bool(values, arr):
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():  # cannot come from JSON, but be safe
             raise ContractError(f"{where}: numbers must be finite")
         return arr
@@ -234,6 +249,17 @@ def _non_decreasing(values: list, arr: np.ndarray) -> bool:
     return not np.count_nonzero(arr[1:] < arr[:-1])
 
 
+def _implausible(where: str, t) -> ContractError:
+    """The error for a time outside TS_MIN..TS_MAX, naming the unit it looks like."""
+    for scale, unit, how in ((1e3, "milliseconds since 1970 (JavaScript Date.now())", "divide by 1000"),
+                             (1e6, "microseconds since 1970", "divide by 1,000,000"),
+                             (1e9, "nanoseconds since 1970", "divide by 1,000,000,000")):
+        if TS_MIN * scale <= t < TS_MAX * scale:
+            return ContractError(f"{where} = {t!r} is {unit}; send seconds: {how}")
+    return ContractError(f"{where} = {t!r}: not a plausible time; send Unix time in seconds from {TS_MIN:.0f} "
+                         f"(2000-01-01) to before {TS_MAX:.0f} (2100-01-01), from a set clock (not seconds since boot)")
+
+
 def _ts(obj: dict, kind: str) -> np.ndarray:
     values = obj.get("ts")
     if type(values) is list and 0 < len(values) <= MAX_BATCH:  # the usual case, with fewer calls: float times
@@ -241,7 +267,9 @@ def _ts(obj: dict, kind: str) -> np.ndarray:
             ts = np.asarray(values)  # (JSON numbers are finite: orjson refuses the others)
         except ValueError:  # nested arrays of different lengths: _numbers below names the element
             ts = np.empty(0, dtype=object)
-        if ts.dtype.kind == "f" and ts.ndim == 1 and _non_decreasing(values, ts):
+        # non-decreasing, so within the plausible range when the first and the last are
+        if ts.dtype.kind == "f" and ts.ndim == 1 and _non_decreasing(values, ts) and \
+                TS_MIN <= values[0] and values[-1] < TS_MAX:
             return ts
     ts = _numbers(obj, "ts", kind, None).astype(np.float64, copy=False)
     if ts.size == 0:
@@ -252,33 +280,50 @@ def _ts(obj: dict, kind: str) -> np.ndarray:
             i = int(back[0]) + 1
             raise ContractError(f"{kind}.ts[{i}] = {ts[i].item()!r}: timestamps must not go backwards "
                                 f"(previous {ts[i - 1].item()!r})")
+    if not (TS_MIN <= ts[0] and ts[-1] < TS_MAX):
+        i = int(np.flatnonzero((ts < TS_MIN) | (ts >= TS_MAX))[0])
+        raise _implausible(f"{kind}.ts[{i}]", values[i])
     return ts
 
 
-def _counter(obj: dict, key: str, kind: str, n: int) -> np.ndarray:
+def _time(obj: dict, kind: str, plausible: bool = True) -> float:
+    """A message's single time (status, kpi): a number in the plausible range (``plausible``), or any
+    number from 0 (a status, which receivers stamp on arrival: a last will's time is its connect time)."""
+    ts = obj.get("ts")
+    if not _is_number(ts):
+        raise ContractError(f"{kind}.ts: required number (Unix time in seconds)")
+    if plausible and not TS_MIN <= ts < TS_MAX:
+        raise _implausible(f"{kind}.ts", ts)
+    if not plausible and not 0 <= ts < float("inf"):
+        raise ContractError(f"{kind}.ts: must be a finite number from 0, got {ts!r}")
+    return float(ts)
+
+
+_MAX_WHOLE = np.uint64(MAX_COUNTER)
+
+
+def _whole(obj: dict, key: str, kind: str, n: int, what: str) -> np.ndarray:
+    """An array of whole numbers from 0 to MAX_COUNTER - 1 (exact in a float64 and an int64) as int64."""
     arr = _numbers(obj, key, kind, n)
-    bad = np.flatnonzero((arr < 0) | (arr >= MAX_COUNTER) | (arr != np.floor(arr)))
-    if bad.size:
-        i = int(bad[0])
-        raise ContractError(f"{kind}.{key}[{i}] = {arr[i].item()!r}: counters are whole numbers >= 0")
+    if arr.dtype.kind == "f":
+        bad = (arr < 0) | (arr >= MAX_COUNTER) | (arr != np.floor(arr))
+    else:  # integers: one comparison, as a negative one read unsigned is 2**63 or more
+        bad = arr.view(np.uint64) >= _MAX_WHOLE
+    if np.count_nonzero(bad):
+        i = int(np.flatnonzero(bad)[0])
+        raise ContractError(f"{kind}.{key}[{i}] = {obj[key][i]!r}: {what} are whole numbers >= 0 "
+                            f"and below 2**53")
     return arr.astype(np.int64)
 
 
 def _codes(obj: dict, key: str, kind: str, n: int, allowed: dict | None) -> np.ndarray:
-    arr = _numbers(obj, key, kind, n)
-    if arr.dtype.kind == "f" and (arr != np.floor(arr)).any():
-        i = int(np.flatnonzero(arr != np.floor(arr))[0])
-        raise ContractError(f"{kind}.{key}[{i}] = {arr[i].item()!r}: codes are whole numbers")
-    arr = arr.astype(np.int64)
+    arr = _whole(obj, key, kind, n, "codes")
     if allowed is not None:
-        bad = np.flatnonzero(~np.isin(arr, np.fromiter(allowed, dtype=np.int64)))
+        bad = np.flatnonzero(arr > max(allowed))  # each model numbers its states 0..max (a test pins it)
         if bad.size:
             i = int(bad[0])
             raise ContractError(f"{kind}.{key}[{i}] = {arr[i]}: not a state of this model "
                                 f"(valid: {sorted(allowed)})")
-    elif (arr < 0).any():
-        i = int(np.flatnonzero(arr < 0)[0])
-        raise ContractError(f"{kind}.{key}[{i}] = {arr[i]}: codes are >= 0")
     return arr
 
 
@@ -297,9 +342,8 @@ def _signal_matrix(signals: dict, n: int) -> np.ndarray | None:
     conversion for the whole message instead of one per signal: at 10 rows per message the per-call
     overhead was most of decoding. None sends the batch to the per-signal path, which applies the same
     rules and names the first bad element: anything but arrays of length n holding numbers and nulls,
-    and any batch holding a JSON true or false (the per-signal rules for booleans are kept exactly as
-    they were). Zeros are common (an idle machine's power), so a 0 or 1 alone costs one type scan, not
-    the slow path."""
+    and any batch holding a JSON true or false (refused there). Zeros are common (an idle machine's
+    power), so a 0 or 1 alone costs one type scan, not the slow path."""
     values = list(signals.values())
     for v in values:
         if type(v) is not list or len(v) != n:
@@ -312,8 +356,7 @@ def _signal_matrix(signals: dict, n: int) -> np.ndarray | None:
     if arr.ndim != 1:
         return None
     if arr.dtype.kind in "iuf":
-        # a JSON true/false mixed with numbers becomes 1/0 here: only then look at the element types
-        if np.count_nonzero((arr == 0) | (arr == 1)) and bool in set(map(type, flat)):
+        if _holds_bool(flat, arr):  # a JSON true/false mixed with numbers becomes 1/0 here
             return None
         arr = arr.astype(np.float64, copy=False)
     elif arr.dtype == object:  # nulls (sparse rows, as OPC UA sends them): check the element types, then
@@ -378,11 +421,15 @@ def _decode_telemetry_binary(data: bytes) -> TelemetryBatch:
     arr = np.frombuffer(data, "<f8", n * (nsig + 1), start)
     ts, values = arr[:n], arr[n:].reshape(nsig, n)
     # Few NumPy calls (each costs microseconds whatever the size): in non-decreasing times with no NaN
-    # (a NaN fails every >=), all are finite when the first and last are.
-    if not (math.isfinite(ts[0]) and math.isfinite(ts[-1])) or (
-            n > 1 and np.count_nonzero(ts[1:] >= ts[:-1]) != n - 1):
+    # (a NaN fails every >= and every comparison with TS_MIN and TS_MAX), all are finite and plausible when
+    # the first and last are.
+    if not (TS_MIN <= ts[0] and ts[-1] < TS_MAX) or (n > 1 and np.count_nonzero(ts[1:] >= ts[:-1]) != n - 1):
         bad = np.flatnonzero(~np.isfinite(ts))
-        i = int(bad[0]) if bad.size else int(np.flatnonzero(ts[1:] < ts[:-1])[0]) + 1
+        back = np.flatnonzero(ts[1:] < ts[:-1])
+        if not (bad.size or back.size):
+            i = int(np.flatnonzero((ts < TS_MIN) | (ts >= TS_MAX))[0])
+            raise _implausible(f"{k}.ts[{i}]", ts[i].item())
+        i = int(bad[0]) if bad.size else int(back[0]) + 1
         raise ContractError(f"{k}.ts[{i}] = {ts[i].item()!r}: times must be finite and never go backwards")
     if np.count_nonzero(np.isinf(values)):
         s, i = (int(x[0]) for x in np.nonzero(np.isinf(values)))
@@ -420,7 +467,7 @@ def decode_state(data: bytes | str) -> StateBatch:
     k = "state"
     obj = _load(data, k)
     model = obj.get("model", "packml")
-    if model not in STATE_MODELS:
+    if type(model) is not str or model not in STATE_MODELS:  # (a list or an object cannot be looked up)
         raise ContractError(f"{k}.model: {model!r} is not a state model (one of {sorted(STATE_MODELS)})")
     ts = _ts(obj, k)
     state = _codes(obj, "state", k, ts.size, STATE_MODELS[model])
@@ -432,10 +479,10 @@ def decode_counts(data: bytes | str) -> CountsBatch:
     k = "counts"
     obj = _load(data, k)
     ts = _ts(obj, k)
-    good = _counter(obj, "good", k, ts.size)
-    reject = _counter(obj, "reject", k, ts.size)
+    good = _whole(obj, "good", k, ts.size, "counters")
+    reject = _whole(obj, "reject", k, ts.size, "counters")
     if "total" in obj:
-        total = _counter(obj, "total", k, ts.size)
+        total = _whole(obj, "total", k, ts.size, "counters")
         bad = np.flatnonzero(total != good + reject)
         if bad.size:
             i = int(bad[0])
@@ -453,13 +500,11 @@ def decode_status(data: bytes | str) -> Status:
     obj = _load(data, k)
     if obj.get("status") not in ("online", "offline"):
         raise ContractError(f"{k}.status: must be \"online\" or \"offline\", got {obj.get('status')!r}")
-    ts = obj.get("ts")
-    if not _is_number(ts):
-        raise ContractError(f"{k}.ts: required number (Unix time in seconds)")
+    ts = _time(obj, k, plausible=False)  # the gateway stamps a status on arrival (docs/contract.md, status)
     info = obj.get("info", {})
     if not isinstance(info, dict):
         raise ContractError(f"{k}.info: must be an object")
-    return Status(float(ts), obj["status"], info)
+    return Status(ts, obj["status"], info)
 
 
 def decode_command(data: bytes | str) -> Command:
@@ -477,6 +522,7 @@ def decode_command(data: bytes | str) -> Command:
 def decode_kpi(data: bytes | str) -> dict:
     k = "kpi"
     obj = _load(data, k)
+    _time(obj, k)
     for key in ("availability", "performance", "quality", "oee"):
         v = obj.get(key, "missing")
         if v is not None and not _is_number(v):

@@ -14,6 +14,8 @@ from fieldlab.broker import PrivateMosquitto
 from simulators.feed import MachineFeed
 from tests.helpers import terminate
 
+T0 = 1_700_092_800.0  # 2023-11-16T00:00:00Z: a plausible time (contract.TS_MIN..TS_MAX)
+
 HEALTH = {"agent", "uptime_s", "backlog", "backlog_bytes", "dropped", "sent", "acknowledged", "reconnects", "samples",
           "rejected", "last_error", "source"}
 
@@ -59,7 +61,7 @@ async def test_state_codes_outside_the_model_are_counted_not_sent(tmp_path, mosq
         stats = {}
 
         async def start(self, batcher):
-            for ts, state in ((1.0, 1), (2.0, 2), (3.0, 9)):  # vendor codes; 9 is not in the map
+            for ts, state in ((T0 + 1.0, 1), (T0 + 2.0, 2), (T0 + 3.0, 9)):  # vendor codes; 9 is not in the map
                 batcher.record("state", ts, state)
 
         async def stop(self):
@@ -74,7 +76,7 @@ async def test_state_codes_outside_the_model_are_counted_not_sent(tmp_path, mosq
     assert rec.wait_for(lambda r: r.messages)
     states = [(float(t), int(s)) for _, p, _ in rec.messages for b in [decode(Kind.STATE, p)]
               for t, s in zip(b.ts, b.state)]
-    assert states == [(1.0, 4), (2.0, 15)]
+    assert states == [(T0 + 1.0, 4), (T0 + 2.0, 15)]
     assert agent.health()["rejected"] == 1
 
 

@@ -34,6 +34,7 @@ MACHINES = {
     ("line-2", "C"): ([0.0, 300.0], [4, 15], [0.0, 500.0], [0, 90], [0, 10], 3.0),
 }
 SCHEMAS = Path(contract.__file__).parent / "schemas"
+T0 = 1_700_092_800.0  # the times above are seconds after it: 2023-11-16T00:00:00Z, midnight of a Thursday as 1970-01-01
 LINE_1 = {"planned_s": 1600.0, "run_s": 1250.0, "good": 460, "reject": 30, "ideal_s": 1120.0,
           "availability": 0.78125, "performance": 0.896, "quality": 0.9375, "oee": 0.65625}
 LINE_2 = {"planned_s": 500.0, "run_s": 300.0, "good": 90, "reject": 10, "ideal_s": 300.0,
@@ -57,8 +58,8 @@ def engine_with_data():
     e = KpiEngine()
     for i, (st, code, ct, good, rej, ideal) in enumerate(MACHINES.values()):
         e.add_machine()
-        e.add_state(i, decode(Kind.STATE, encode_state(st, code)))
-        e.add_counts(i, decode(Kind.COUNTS, encode_counts(ct, good, rej, "p", ideal)))
+        e.add_state(i, decode(Kind.STATE, encode_state([T0 + t for t in st], code)))
+        e.add_counts(i, decode(Kind.COUNTS, encode_counts([T0 + t for t in ct], good, rej, "p", ideal)))
     e.fold()
     return e
 
@@ -81,8 +82,8 @@ def test_line_kpis_come_from_summed_totals():
     assert (a["oee"], b["oee"]) == (pytest.approx(0.65), pytest.approx(0.66))
     assert rows[0]["oee"] != pytest.approx((a["oee"] + b["oee"]) / 2)
     # the line's window starts with its earliest machine and ends with its latest
-    assert rows[0]["window"] == {"name": "since_start", "start": 0.0, "end": 1000.0}
-    assert rows[0]["ts"] == 1000.0
+    assert rows[0]["window"] == {"name": "since_start", "start": T0, "end": T0 + 1000.0}
+    assert rows[0]["ts"] == T0 + 1000.0
     # every window: the line's totals are the sums of its machines' totals for that window
     assert set(rows[0]["windows"]) == {"last_15min", "last_1h", "shift", "today"}
     for name, w in rows[0]["windows"].items():
@@ -141,7 +142,7 @@ def test_storage_lines_for_lines():
     assert fields["machines"] == "2i" and fields["good"] == "460i" and fields["reject"] == "30i"
     assert float(fields["oee"]) == pytest.approx(0.65625)
     assert float(fields["planned_s"]) == 1600.0
-    assert ss.endswith(" 1000000")  # the line's latest time (B's 1000 s), in ms
+    assert ss.endswith(f" {int(T0 + 1000) * 1000}")  # the line's latest time (B's 1000 s), in ms
 
 
 def test_a_machine_named_line_is_still_refused():
@@ -173,11 +174,11 @@ async def test_line_kpis_published_retained_and_stored(mosquitto, site, publishe
     await gw.start()
     try:
         for ref, (st, code, ct, good, rej, ideal) in zip(refs(site), MACHINES.values()):
-            publisher(ref.topic(Kind.STATUS), encode_status(0.0, "online"))
-            publisher(ref.topic(Kind.STATE), encode_state(st, code))
-            publisher(ref.topic(Kind.COUNTS), encode_counts(ct, good, rej, "p", ideal))
+            publisher(ref.topic(Kind.STATUS), encode_status(T0, "online"))
+            publisher(ref.topic(Kind.STATE), encode_state([T0 + t for t in st], code))
+            publisher(ref.topic(Kind.COUNTS), encode_counts([T0 + t for t in ct], good, rej, "p", ideal))
         # machine B goes offline: its line still counts it
-        publisher(refs(site)[1].topic(Kind.STATUS), encode_status(1000.0, "offline"))
+        publisher(refs(site)[1].topic(Kind.STATUS), encode_status(T0 + 1000.0, "offline"))
         assert await wait_until(lambda: gw.stats["messages"] == 10)
         gw.tick()
     finally:

@@ -9,6 +9,8 @@ from contract import ContractError, Kind, MachineRef, encode_counts, encode_stat
 from gateway.service import Gateway, parse_scope
 from tests.helpers import wait_until
 
+T0 = 1_700_092_800.0  # 2023-11-16T00:00:00Z: a plausible time (contract.TS_MIN..TS_MAX)
+
 
 async def test_two_gateways_split_the_plant_by_scope(mosquitto, site, recorder):
     machines = [MachineRef(site, hall, line, f"m{i}") for i, (hall, line) in
@@ -24,13 +26,13 @@ async def test_two_gateways_split_the_plant_by_scope(mosquitto, site, recorder):
     pub.loop_start()
     try:
         for k, ref in enumerate(machines):
-            pub.publish(ref.topic(Kind.STATE), encode_state([0.0], [4]), qos=1).wait_for_publish(5)
-            pub.publish(ref.topic(Kind.COUNTS), encode_counts([0.0, 100.0], [0, 10 + k], [0, 0]),
+            pub.publish(ref.topic(Kind.STATE), encode_state([T0], [4]), qos=1).wait_for_publish(5)
+            pub.publish(ref.topic(Kind.COUNTS), encode_counts([T0, T0 + 100.0], [0, 10 + k], [0, 0]),
                         qos=1).wait_for_publish(5)
         # then one marker per scope: a gateway has everything meant for it once its marker is in (the broker
         # keeps the order of QoS 1 messages), so nothing can still be on its way when the counts are checked
         for ref in (machines[0], machines[2]):
-            pub.publish(ref.topic(Kind.STATUS), encode_status(1.0, "online"), qos=1).wait_for_publish(5)
+            pub.publish(ref.topic(Kind.STATUS), encode_status(T0 + 1.0, "online"), qos=1).wait_for_publish(5)
 
         def marker_in(gw, ref):
             return ref in gw._index and gw.status.get(gw._index[ref]) == "online"
