@@ -121,6 +121,13 @@ class ChildServer:
             self._log.close()
             self._log = None
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash or a power cut would end it (no clean shutdown, nothing saved)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.stop()
+
     def cleanup(self) -> None:
         self.stop()
         if self._tmp:

@@ -274,6 +274,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "'none': no checkpoint)")
     g.add_argument("--checkpoint-every", type=_positive, default=10.0, metavar="SECONDS",
                    help="write the checkpoint this often (default 10; and always at a clean stop)")
+    g.add_argument("--client-id", metavar="ID", help="the gateway's MQTT client id (default fieldlab-gateway-<site "
+                   "or scope>-<host name>): the broker keeps the gateway's session under it, so it must be stable "
+                   "and used by no other client; a second process with the same id is reported in the log and "
+                   "/healthz")
+    g.add_argument("--max-machines", type=_count, default=1000, metavar="N",
+                   help="at most this many machines (default 1000); data of any more is refused to the dead-letter "
+                        "topic, so one faulty producer inventing machine names cannot exhaust the gateway")
+    g.add_argument("--mqtt-grace", type=_positive, default=30.0, metavar="SECONDS",
+                   help="/healthz fails when the broker has been unreachable this long (default 30)")
     g.add_argument("--duration", type=_positive, default=None, metavar="SECONDS", help="stop after this many seconds")
 
     dp = add("deploy", "make a secure MQTT broker set-up: one password and ACL per edge agent, TLS",
@@ -685,7 +694,8 @@ async def _gateway(a) -> int:
         raise ServiceError("give either --site or --scope (a scope names its site: --scope SITE/AREA/LINE)")
     sinks = [sink] if (sink := _influx_sink(a)) else []
     gw = Gateway(_broker(a), site=a.site, config=site_config(a.config), sinks=sinks,
-                 scope=a.scope, state_dir=_state_dir(a.state_dir), checkpoint_s=a.checkpoint_every)
+                 scope=a.scope, state_dir=_state_dir(a.state_dir), checkpoint_s=a.checkpoint_every,
+                 client_id=a.client_id, max_machines=a.max_machines, mqtt_grace_s=a.mqtt_grace)
     http = HttpEndpoint(gw, a.http_host, a.http_port)
     await http.start()
     try:

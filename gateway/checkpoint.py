@@ -12,8 +12,13 @@ to" marks (``state_ts``/``state_code``, ``count_ts``, and the timeline's last
 counter values) are part of the checkpoint, so QoS 1 redeliveries of messages
 folded before it are dropped by ``KpiEngine.fold`` as they are without a restart.
 
-A file of another format version, or one that cannot be read, is moved aside
-(``<name>.corrupt-<time>``) with a warning, and the gateway starts fresh.
+Nothing on disk can stop the next start (docs/RELIABILITY.md, State files): a
+checkpoint carries a CRC-32 of its document and of every array, and its times
+are checked to be plausible; one of another format version, one that cannot be
+read, does not match its checksum or holds an implausible time is moved aside
+(``<name>.corrupt-<time>``) with a warning saying why, and the gateway starts
+without it. Journal records carry a CRC-32 each; damaged ones are skipped and
+the journal is moved aside the same way (``replay``).
 """
 from __future__ import annotations
 
@@ -23,19 +28,26 @@ import os
 import re
 import struct
 import tempfile
+import threading
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from contract import MachineRef
 
-from .engine import KpiEngine
+from .engine import CALENDAR_AHEAD, KpiEngine
 
 log = logging.getLogger("fieldlab.gateway")
 
-VERSION = 1
+VERSION = 2  # 2: a CRC-32 of the document and every array (``crc32``); times checked on load
 ENGINE_ARRAYS = ("first_ts", "now_ts", "state_ts", "state_code", "state_model", "count_ts")
+# the engine's arrays of times, with the value they hold before a machine has any (KpiEngine._grow)
+ENGINE_TIMES = (("first_ts", np.nan), ("now_ts", np.nan), ("state_ts", -np.inf), ("count_ts", -np.inf))
+# plausible Unix times in seconds, 2000-01-01 <= t < 2100-01-01 UTC: the contract's range for message times;
+# anything else in a checkpoint (a time in milliseconds, say) would poison every later start
+TS_MIN, TS_MAX = 946_684_800.0, 4_102_444_800.0
 ROWS = ("p", "c", "f", "u")  # the timeline's per-machine row logs
 
 
@@ -69,21 +81,41 @@ def capture(engine: KpiEngine, machines: list[MachineRef], status: dict[int, str
 
 
 def write(path: Path | str, arrays: dict, doc: dict) -> None:
-    """Write atomically: temp file in the same directory, fsync, rename over the old one, fsync the directory."""
-    path = Path(path)
+    """Write atomically, with a CRC-32 of the document and every array (checked by ``read``)."""
+    stored = {"meta": np.frombuffer(json.dumps(doc).encode(), np.uint8), **arrays}
+    crc = np.array([checksum(stored)], np.uint32)
+    # plain arrays only; read back with allow_pickle=False
+    _write_atomically(Path(path), lambda f: np.savez(f, crc32=crc, **stored))
+
+
+def checksum(arrays: dict) -> int:
+    """CRC-32 of every array's name, dtype, shape and bytes, in name order."""
+    crc = 0
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        crc = zlib.crc32(a, zlib.crc32(f"{name}:{a.dtype.str}:{a.shape}".encode(), crc))
+    return crc
+
+
+def _write_atomically(path: Path, fill) -> None:
+    """``fill(file)`` into a temp file in the same directory, fsync, rename over ``path``, fsync the directory."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = np.frombuffer(json.dumps(doc).encode(), np.uint8)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, meta=meta, **arrays)  # plain arrays only; read back with allow_pickle=False
+            fill(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dfd = os.open(path.parent, os.O_RDONLY)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a file's creation or rename in ``path`` survive a power cut."""
+    dfd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(dfd)
     finally:
@@ -100,12 +132,17 @@ def read(path: Path | str, engine: KpiEngine) -> tuple[list[MachineRef], dict[in
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
-        doc = json.loads(bytes(data.pop("meta")).decode())
+        meta = data.pop("meta")
+        doc = json.loads(bytes(meta).decode())
     except Exception as e:
         raise CheckpointError(f"unreadable: {type(e).__name__}: {e}") from e
     if not isinstance(doc, dict) or doc.get("version") != VERSION:
         raise CheckpointError(f"format version {doc.get('version') if isinstance(doc, dict) else None!r}, "
                               f"this gateway reads version {VERSION}")
+    stored, crc = data.pop("crc32", np.zeros(0, np.uint32)).tolist(), checksum({"meta": meta, **data})
+    if stored != [crc]:
+        raise CheckpointError(f"checksum mismatch: CRC-32 stored {stored}, of the content {crc}: the file was "
+                              f"changed or damaged after it was written")
     try:
         n, cap = int(doc["n"]), int(doc["capacity"])
         machines = [MachineRef(*m) for m in doc["machines"]]
@@ -141,6 +178,12 @@ def read(path: Path | str, engine: KpiEngine) -> tuple[list[MachineRef], dict[in
             fill = data[f"{r}.fill"]
             if (fill < 0).any() or (fill >= caps[r]).any():
                 raise ValueError(f"{r}.fill out of range")
+        for name, none in ENGINE_TIMES:
+            _check_times(f"engine.{name}", data[f"engine.{name}"], TS_MIN, TS_MAX, none)
+        if span is not None:  # laid out from a day before the first data to CALENDAR_AHEAD after the newest
+            _check_times("calendar_span", np.array(span), TS_MIN - 86400.0, TS_MAX + CALENDAR_AHEAD)
+            if not span[0] < span[1]:
+                raise CheckpointError(f"calendar_span {span} ends before it starts")
     except CheckpointError:
         raise
     except Exception as e:
@@ -161,6 +204,19 @@ def read(path: Path | str, engine: KpiEngine) -> tuple[list[MachineRef], dict[in
     return machines, status
 
 
+def _check_times(name: str, a: np.ndarray, lo: float, hi: float, none: float | None = None) -> None:
+    """CheckpointError unless every value of ``a`` is in [lo, hi) (plausible Unix seconds) or ``none`` (NaN,
+    -inf: no time yet); a poisoned time would make the engine lay out a calendar of millennia, every start."""
+    ok = (a >= lo) & (a < hi)
+    if none is not None:
+        ok |= np.isnan(a) if np.isnan(none) else (a == none)
+    if not ok.all():
+        i = int(np.flatnonzero(~ok)[0])
+        raise CheckpointError(f"implausible time: {name}[{i}] = {float(a.flat[i])!r} is not a Unix time in seconds "
+                              f"from 2000-01-01 to 2100-01-01 (milliseconds?); such a checkpoint would poison the "
+                              f"engine")
+
+
 def load(path: Path | str, engine: KpiEngine) -> tuple[list[MachineRef], dict[int, str]] | None:
     """Like ``read``, for starting up: None if there is no checkpoint; a bad one is moved aside with a
     warning and None returned (start fresh). Never raises for the file's content."""
@@ -170,23 +226,33 @@ def load(path: Path | str, engine: KpiEngine) -> tuple[list[MachineRef], dict[in
     try:
         return read(path, engine)
     except CheckpointError as e:
-        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
-        try:
-            os.replace(path, aside)
-            where = f"moved aside to {aside}"
-        except OSError as move:
-            where = f"could not move it aside ({move})"
-        log.warning("checkpoint %s not used (%s); %s; starting with empty KPIs", path, e, where)
+        log.warning("checkpoint %s not used (%s); %s; starting with empty KPIs", path, e, _move_aside(path))
         return None
+
+
+def _move_aside(path: Path) -> str:
+    """Rename a damaged state file to ``<name>.corrupt-<time>`` (kept for a look); says where it went."""
+    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+    try:
+        os.replace(path, aside)
+        return f"moved aside to {aside}"
+    except OSError as e:
+        return f"could not move it aside ({e})"
 
 
 # ----------------------------------------------------------------------------- the journal
 # Every message the gateway accepts is appended to a journal file before it is folded (one
-# os.write, so it survives the process being killed; an fsync per message would not pay off).
+# os.write, so it survives the process being killed) and fsynced in groups, every SYNC_S by a
+# thread of the Journal, so a power cut loses at most what was accepted in the last SYNC_S
+# (docs/RELIABILITY.md, State files; its cost: docs/PERFORMANCE.md, Journal durability).
 # A checkpoint records the number of the last journal it covers; journals it covers are deleted
 # once it is on disk. After a crash: load the checkpoint, then replay the journals after it.
 
-_RECORD = struct.Struct(">HI")  # topic length, payload length
+SYNC_S = 0.5  # group fsync interval: ~2 fsyncs a second at most, none while idle (docs/PERFORMANCE.md)
+JOURNAL_MAGIC = b"fieldlab journal 2\n"  # a journal file's first bytes (format 2: records with a CRC-32)
+_MARK = b"\xabJR\x02"  # starts every record: after damage, reading goes on at the next intact one
+_RECORD = struct.Struct(">4sIHI")  # mark, CRC-32 of the rest (from the lengths on), topic length, payload length
+_LENGTHS = struct.Struct(">HI")
 
 
 def journal_path(path: Path | str, n: int) -> Path:
@@ -195,33 +261,141 @@ def journal_path(path: Path | str, n: int) -> Path:
 
 
 def journals(path: Path | str) -> list[tuple[int, Path]]:
-    """The journal files of this checkpoint, oldest first."""
+    """The journal files of this checkpoint, oldest first (not the ones moved aside, nor temp files)."""
     path = Path(path)
     found = []
     for p in path.parent.glob(f"{path.name}.journal-*"):
-        try:
-            found.append((int(p.name.rsplit("-", 1)[1]), p))
-        except ValueError:
-            continue
+        n = p.name[len(path.name) + len(".journal-"):]
+        if re.fullmatch(r"[0-9]+", n):
+            found.append((int(n), p))
     return sorted(found)
 
 
 def record(topic: str, payload: bytes) -> bytes:
-    t = topic.encode()
-    return _RECORD.pack(len(t), len(payload)) + t + payload
+    body = topic.encode()
+    body = _LENGTHS.pack(len(body), len(payload)) + body + payload
+    return _MARK + struct.pack(">I", zlib.crc32(body)) + body
 
 
-def replay(p: Path):
-    """(topic, payload) of each complete record; a record cut short by a crash ends the file."""
-    data = p.read_bytes()
-    i = 0
-    while i + _RECORD.size <= len(data):
-        nt, npay = _RECORD.unpack_from(data, i)
-        j = i + _RECORD.size + nt + npay
-        if j > len(data):
-            break
-        yield data[i + _RECORD.size: i + _RECORD.size + nt].decode(), data[i + _RECORD.size + nt: j]
-        i = j
+class Journal:
+    """One journal file, appended to by one writer at a time (the gateway's ingest lock); a thread fsyncs
+    what was appended every ``sync_s`` seconds (None: only at close), off the writer's path."""
+
+    def __init__(self, path: Path | str, sync_s: float | None = SYNC_S):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        if os.fstat(self._fd).st_size == 0:
+            os.write(self._fd, JOURNAL_MAGIC)
+        self.syncs = 0
+        self._dirty = True  # the new file's header and directory entry
+        self._closing = threading.Event()
+        self._syncer = threading.Thread(target=self._sync_every, args=(sync_s,), daemon=True,
+                                        name=f"journal-sync {self.path.name}")
+        self._syncer.start()
+
+    def append(self, topic: str, payload: bytes) -> None:
+        os.write(self._fd, record(topic, payload))  # in the page cache: survives a kill, not a power cut yet
+        self._dirty = True
+
+    def sync(self) -> None:
+        """fsync, if anything was appended since the last one (a write after the flag is cleared is covered
+        by this fsync or sets the flag for the next)."""
+        if not self._dirty:
+            return
+        self._dirty = False
+        try:
+            os.fsync(self._fd)
+            self.syncs += 1
+        except OSError as e:
+            self._dirty = True
+            log.warning("journal not synced path=%s error=%s", self.path, e)
+
+    def _sync_every(self, sync_s: float | None) -> None:
+        _fsync_dir(self.path.parent)
+        while not self._closing.wait(sync_s):
+            self.sync()
+
+    def close(self) -> None:
+        """Stop the thread, fsync what is left, close the file."""
+        self._closing.set()
+        self._syncer.join()
+        self.sync()
+        os.close(self._fd)
+
+
+def replay(p: Path) -> list[tuple[str, bytes]]:
+    """(topic, payload) of every intact record of journal ``p``; never raises for the file's content.
+
+    A damaged stretch (a CRC-32 mismatch, a record cut short by a crash, a topic that is not UTF-8) is
+    skipped up to the next intact record; a file without this format's header is skipped whole. Then the
+    file is moved aside (``<name>.corrupt-<time>``), the intact records are written back in its place (so
+    they stay journaled until a checkpoint covers them) and one warning names the file, where the damage
+    starts, what it is and what was lost."""
+    p = Path(p)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        log.warning("journal not replayed path=%s error=%s", p, e)
+        return []
+    if JOURNAL_MAGIC.startswith(data):  # empty, or killed while writing the header: nothing lost
+        return []
+    if not data.startswith(JOURNAL_MAGIC):
+        records, lost = [], [(0, len(data), "not a journal of this format (one of an older version?)")]
+    else:
+        records, lost = _scan(data)
+    if lost:
+        where = _move_aside(p)
+        kept = "no intact records"
+        if records and where.startswith("moved"):
+            try:
+                _write_atomically(p, lambda f: f.write(JOURNAL_MAGIC + b"".join(record(*r) for r in records)))
+                kept = f"the intact records kept in {p}"
+            except OSError as e:
+                kept = f"the intact records could not be kept ({e})"
+        log.warning("journal damaged path=%s offset=%d reason=%s replayed=%d lost_bytes=%d lost_records=%d; "
+                    "%s, %s", p, lost[0][0], json.dumps(lost[0][2]), len(records), sum(n for _, n, _ in lost),
+                    sum(data.count(_MARK, i, i + n) for i, n, _ in lost), where, kept)
+    return records
+
+
+def _scan(data: bytes) -> tuple[list[tuple[str, bytes]], list[tuple[int, int, str]]]:
+    """(intact records, damaged stretches as (offset, length, what the first record there lacks))."""
+    records, lost, bad, i = [], [], None, len(JOURNAL_MAGIC)
+    while i < len(data):
+        got = _record_at(data, i)
+        if isinstance(got, str):  # damaged: go on at the next record mark
+            bad = bad or (i, got)
+            j = data.find(_MARK, i + 1)
+            i = len(data) if j < 0 else j
+            continue
+        if bad:
+            lost.append((bad[0], i - bad[0], bad[1]))
+            bad = None
+        topic, payload, i = got
+        records.append((topic, payload))
+    if bad:
+        lost.append((bad[0], len(data) - bad[0], bad[1]))
+    return records, lost
+
+
+def _record_at(data: bytes, i: int) -> tuple[str, bytes, int] | str:
+    """(topic, payload, end) of the intact record at offset ``i``, or what is wrong with it."""
+    if len(data) - i < _RECORD.size:
+        return "record cut short"
+    mark, crc, nt, npay = _RECORD.unpack_from(data, i)
+    end = i + _RECORD.size + nt + npay
+    if mark != _MARK:
+        return "no record mark"
+    if end > len(data):
+        return "record cut short"
+    if zlib.crc32(memoryview(data)[i + _RECORD.size - _LENGTHS.size: end]) != crc:
+        return "CRC-32 mismatch"
+    try:
+        topic = data[i + _RECORD.size: i + _RECORD.size + nt].decode()
+    except UnicodeDecodeError:
+        return "topic not UTF-8"
+    return topic, data[i + _RECORD.size + nt: end], end
 
 
 def covered(path: Path | str) -> int:

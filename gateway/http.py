@@ -28,6 +28,9 @@ COUNTERS = (
     ("samples", "Samples in the accepted messages (telemetry values, state changes, counter readings)."),
     ("dead_letters", "Messages rejected for breaking the contract (see the dead-letter topic)."),
     ("kpi_published", "KPI messages published."),
+    ("tick_failures", "KPI computations that failed (the log says why; /healthz fails while they go on)."),
+    ("mqtt_connects", "Connections made to the MQTT broker (the first one and every reconnect)."),
+    ("client_id_collisions", "Reconnects that looked like another process using this gateway's MQTT client id."),
 )
 MACHINE_GAUGES = ("availability", "performance", "quality", "oee")
 SINK_METRICS = (
@@ -56,7 +59,10 @@ def render_metrics(gateway) -> str:
     lines += ["# HELP fieldlab_gateway_machines Machines the gateway has heard of.",
               "# TYPE fieldlab_gateway_machines gauge", f"fieldlab_gateway_machines {len(gateway.machines)}",
               "# HELP fieldlab_gateway_tick_seconds Duration of the last KPI computation for all machines.",
-              "# TYPE fieldlab_gateway_tick_seconds gauge", f"fieldlab_gateway_tick_seconds {gateway.tick_seconds:.6f}"]
+              "# TYPE fieldlab_gateway_tick_seconds gauge", f"fieldlab_gateway_tick_seconds {gateway.tick_seconds:.6f}",
+              "# HELP fieldlab_gateway_healthy 1 while /healthz answers ok, 0 while it fails.",
+              "# TYPE fieldlab_gateway_healthy gauge",
+              f"fieldlab_gateway_healthy {int(gateway.health()['status'] == 'ok')}"]
     last = getattr(gateway, "last_message_at", None)
     if last is not None:  # lag: time() - this, in PromQL
         lines += ["# HELP fieldlab_gateway_last_message_timestamp_seconds When the gateway last accepted a message "
@@ -132,6 +138,9 @@ def openapi() -> dict:
 
     window = {"name": "window", "in": "query", "required": False,
               "schema": {"type": "string", "enum": list(WINDOWS), "default": "last_1h"}}
+    health = {"type": "object", "required": ["status", "reasons"], "properties": {
+        "status": {"type": "string", "enum": ["ok", "failing"]},
+        "reasons": {"type": "array", "items": {"type": "string"}}}, "additionalProperties": True}
     piece = {"type": "object", "properties": {"start": {"type": "number"}, "end": {"type": "number"},
                                               "category": {"type": "string"}, "reason": {"type": "integer"}}}
     return {
@@ -164,7 +173,12 @@ def openapi() -> dict:
             "/api/events": get("Server-Sent Events: after every KPI computation an event 'machines' with the "
                                "body of /api/machines", {"type": "string"}, text="text/event-stream"),
             "/metrics": get("Prometheus metrics", {"type": "string"}, text="text/plain"),
-            "/healthz": get("liveness", {"type": "string"}, text="text/plain"),
+            "/healthz": {"get": {
+                "summary": "health: 200 while the gateway computes and reaches the broker, 503 with the reasons "
+                           "when it does not (stale KPIs, MQTT down, a sink dropping data, a client id collision)",
+                "parameters": [], "responses": {
+                    code: {"description": what, "content": {"application/json": {"schema": health}}}
+                    for code, what in (("200", "healthy"), ("503", "failing: see reasons"))}}},
         },
     }
 
@@ -227,7 +241,9 @@ class HttpEndpoint:
         if path == "/metrics":
             return "200 OK", render_metrics(gw), "text/plain; version=0.0.4"
         if path == "/healthz":
-            return "200 OK", "ok\n", "text/plain"
+            health = gw.health()
+            return ("200 OK" if health["status"] == "ok" else "503 Service Unavailable"), _json(health), \
+                "application/json"
         if path == "/api/openapi.json":
             return "200 OK", _json(openapi()), "application/json"
         if path in ("/api", "/api/"):
@@ -283,7 +299,11 @@ class HttpEndpoint:
                 await self._respond(writer, "431 Request Header Fields Too Large", "request too large\n",
                                     "text/plain")
                 return
-            url = urlsplit(target)
+            try:
+                url = urlsplit(target)
+            except ValueError:  # e.g. an unclosed IPv6 literal, http://[::1/
+                await self._respond(writer, "400 Bad Request", "bad request target\n", "text/plain")
+                return
             if method == "GET" and url.path == "/api/events":
                 if len(self._streams) >= MAX_STREAMS:
                     await self._respond(writer, "503 Service Unavailable", f"at most {MAX_STREAMS} live "
@@ -293,6 +313,11 @@ class HttpEndpoint:
                 return
             if method != "GET":
                 status, body, ctype = "405 Method Not Allowed", "only GET\n", "text/plain"
+            elif url.path.endswith(("/timeline", "/timelines")):  # these wait for the engine's lock: not here
+                try:
+                    status, body, ctype = await asyncio.to_thread(self.route, url.path, parse_qs(url.query))
+                except ServiceError as e:  # the computation holds the state (it hangs, or is very slow)
+                    status, body, ctype = "503 Service Unavailable", _json({"error": str(e)}), "application/json"
             else:
                 status, body, ctype = self.route(url.path, parse_qs(url.query))
             await self._respond(writer, status, body, ctype)

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import re
+import socket
 import threading
 import time
+import uuid
 
 import numpy as np
 
@@ -22,7 +26,9 @@ from contract import (
     BINARY_MAGIC, DEADLETTER_TOPIC, QOS, ROOT, ContractError, Kind, LineRef, MachineRef, decode, encode_kpi,
     parse_topic,
 )
+from contract.errors import ServiceError
 from contract.mqtt import BrokerUrl, connect, wait_published
+from contract.topics import gateway_status_topic
 from contract.tasks import cancel_and_wait
 
 from . import checkpoint, oee, storage
@@ -33,6 +39,23 @@ from .engine import KpiEngine, state_name
 log = logging.getLogger("fieldlab.gateway")
 
 INGEST_KINDS = (Kind.STATE, Kind.COUNTS, Kind.TELEMETRY, Kind.STATUS)
+MAX_MACHINES = 1000  # default cap on machines per gateway (docs/RELIABILITY.md: memory and tick time per machine)
+MQTT_GRACE_S = 30.0  # /healthz fails once MQTT has been down this long
+STATUS_S = 10.0  # the gateway's retained status is repeated this often (a heartbeat with its health)
+COLLISION_WINDOW_S, COLLISION_CONNECTS = 10.0, 5  # this many connections within this time: a client id collision
+SINK_DROP_WINDOW_S = 60.0  # /healthz fails while a sink has dropped lines within this time
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def default_client_id(scope: list[str], site: str = "+", host: str | None = None) -> str:
+    """The gateway's MQTT client id: stable across restarts (the broker keeps its session) and unique per
+    scope and host, so two gateways never take each other's session by default (docs/RELIABILITY.md)."""
+    if len(scope) == 1 and scope[0] == f"{site}/+/+":
+        what = "all" if site == "+" else site
+    else:  # unambiguous for any set of patterns (names may contain dots)
+        what = hashlib.sha1("|".join(sorted(scope)).encode()).hexdigest()[:12]
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", host if host is not None else socket.gethostname())[:40] or "host"
+    return f"fieldlab-gateway-{what}-{host}"
 
 
 def parse_scope(patterns: list[str]) -> list[str]:
@@ -50,10 +73,15 @@ def parse_scope(patterns: list[str]) -> list[str]:
 class Gateway:
     def __init__(self, broker: BrokerUrl, site: str = "+", publish_s: float = 1.0, client_id: str | None = None,
                  config: SiteConfig | None = None, sinks: list | None = None, store_kpis_s: float = 10.0,
-                 scope: list[str] | None = None, state_dir=None, checkpoint_s: float = 10.0):
+                 scope: list[str] | None = None, state_dir=None, checkpoint_s: float = 10.0,
+                 max_machines: int = MAX_MACHINES, mqtt_grace_s: float = MQTT_GRACE_S, status_s: float = STATUS_S):
         """``scope``: the part of the plant this gateway owns, as site/area/line patterns (``+`` = any), e.g.
         ["acme/hall-1/+"]; several gateways with disjoint scopes share one broker, each machine's state
-        owned by exactly one of them. Without it: every machine of ``site``."""
+        owned by exactly one of them. Without it: every machine of ``site``.
+
+        ``max_machines``: messages of machines beyond this many are dead-lettered (one producer cannot
+        exhaust the gateway with made-up machine ids). ``mqtt_grace_s``: how long MQTT may be down before
+        ``health()`` fails. ``status_s``: how often the retained gateway status is repeated."""
         self.broker, self.site, self.publish_s = broker, site, publish_s
         self.scope = parse_scope(scope) if scope else [f"{site}/+/+"]
         # sinks (gateway/influx.py) get every decoded message and, every store_kpis_s, the KPIs per window
@@ -61,22 +89,38 @@ class Gateway:
         self.store_kpis_s = store_kpis_s
         self._to_store: list = []
         self._kpis_stored_at = -float("inf")
-        # stable per site: the broker keeps this gateway's session (its subscriptions and the QoS 1 messages
-        # that arrive while it restarts or reconnects) and hands them over when it is back
-        if client_id is None and scope:  # unambiguous for any set of patterns (names may contain dots)
-            client_id = "fieldlab-gateway-" + hashlib.sha1("|".join(sorted(self.scope)).encode()).hexdigest()[:12]
-        self.client_id = client_id or f"fieldlab-gateway-{'all' if site == '+' else site}"
+        # stable per scope and host: the broker keeps this gateway's session (its subscriptions and the QoS 1
+        # messages that arrive while it restarts or reconnects) and hands them over when it is back
+        self.client_id = client_id or default_client_id(self.scope, site)
+        if not _CLIENT_ID.match(self.client_id):
+            raise ServiceError(f"client id {self.client_id!r}: use 1-128 letters, digits, '_', '.' or '-', "
+                                f"starting with a letter or digit")
+        self.status_topic = gateway_status_topic(self.client_id)
+        self.instance = uuid.uuid4().hex[:12]  # this process: tells a second gateway with our client id apart
+        self.max_machines, self.mqtt_grace_s, self.status_s = max_machines, mqtt_grace_s, status_s
+        self.started_at = time.time()
+        self.ready = False  # state restored and subscribed: /healthz says "starting" until then
+        self._ready_mono: float | None = None
+        self.last_tick_at: float | None = None  # monotonic time of the last tick that completed
+        self.last_tick_wall: float | None = None  # its wall-clock time (KPI messages carry it: tick_ts)
+        self.collision: str | None = None  # another process with our client id, as last seen
+        self._collision_at = -float("inf")
+        self._disconnected_since: float | None = None
+        self._connects: list[float] = []  # monotonic times of recent connections (collision check)
+        self._sink_dropped: dict[int, tuple[int, float]] = {}  # sink index -> (dropped count, when it last grew)
+        self._status_at = -float("inf")
         # restart safety (gateway/checkpoint.py): the engine's state on disk every checkpoint_s and at stop
         self.checkpoint_path = checkpoint.path_for(state_dir, self.client_id) if state_dir else None
         self.checkpoint_s, self._checkpointed_at = checkpoint_s, time.monotonic()
         self._checkpoint_lock, self._checkpoint_seq, self._checkpoint_written = threading.Lock(), 0, 0
-        self._journal_fd: int | None = None  # accepted messages since the last checkpoint, for a crash
+        self._journal: checkpoint.Journal | None = None  # accepted messages since the last checkpoint, for a crash
         self._journal_seq = 0
         self.engine = KpiEngine(config)
         self.machines: list[MachineRef] = []
         self._index: dict[MachineRef, int] = {}
         self.status: dict[int, str] = {}
-        self.stats = {"messages": 0, "samples": 0, "dead_letters": 0, "kpi_published": 0}
+        self.stats = {"messages": 0, "samples": 0, "dead_letters": 0, "kpi_published": 0, "mqtt_connects": 0,
+                      "client_id_collisions": 0, "tick_failures": 0}
         self.last_error: str | None = None
         self.last_message_at: float | None = None
         self.rows: list[dict] = []
@@ -113,6 +157,10 @@ class Gateway:
         if kind not in INGEST_KINDS:
             return
         item = decode(kind, payload)
+        if kind is Kind.STATUS:
+            # stamped on arrival: a last will carries the time its agent connected, not when it died, and
+            # third-party wills often say 0 (docs/contract.md, status); the sender's time is kept beside it
+            item.info["sent_ts"], item.ts = item.ts, time.time()
         if kind is Kind.TELEMETRY:
             samples = item.ts.size * len(item.signals)
         else:
@@ -121,11 +169,15 @@ class Gateway:
         with self._lock:
             m = self._index.get(ref)
             if m is None:  # the engine learns of it when the tick folds (_fold_inbox)
+                if len(self.machines) >= self.max_machines:
+                    raise ContractError(f"machine {ref.path} refused: this gateway already has {self.max_machines} "
+                                        f"machines, its limit (--max-machines); give another gateway a scope "
+                                        f"for more")
                 m = self._index[ref] = len(self.machines)
                 self.machines.append(ref)
                 new = True
-            if journal and self._journal_fd is not None:  # on disk before it counts (gateway/checkpoint.py)
-                os.write(self._journal_fd, checkpoint.record(topic, payload))
+            if journal and self._journal is not None:  # on disk before it counts (gateway/checkpoint.py)
+                self._journal.append(topic, payload)
             if kind is Kind.STATUS:
                 self.status[m] = item.status
             self._inbox.append((m, kind, item))
@@ -166,9 +218,98 @@ class Gateway:
         self.restore()  # before subscribing: redelivered messages meet the state they were folded into
         self._client = await asyncio.to_thread(
             connect, self.broker, self.client_id, on_message=self._on_message, persistent=True,
+            will=(self.status_topic, self._status_payload("offline")), on_connect=self._on_connect,
             subscriptions=[(f"{ROOT}/{s}/+/{k.value}", 1) for s in self.scope for k in INGEST_KINDS])
+        self._client.on_disconnect = self._on_disconnect
+        self.ready, self._ready_mono = True, time.monotonic()
+        self._publish_status(force=True)  # the one sent on connecting said "starting"
         self._task = asyncio.create_task(self._loop())
-        log.info("gateway up broker=%s", self.broker)
+        log.info("gateway up broker=%s client_id=%s instance=%s", self.broker, self.client_id, self.instance)
+
+    # -- health: /healthz, the retained status and its last will (docs/RELIABILITY.md)
+    def _status_payload(self, status: str, health: dict | None = None) -> bytes:
+        """The gateway's retained status. The will (``offline``) carries no time: it is sent when we die, and
+        a time fixed at connect would lie; receivers stamp it on arrival."""
+        doc = {"v": 1, "status": status, "client_id": self.client_id, "instance": self.instance,
+               "host": socket.gethostname(), "pid": os.getpid(), "started": round(self.started_at, 3),
+               "scope": self.scope}
+        if health is not None:
+            doc.update(ts=round(time.time(), 3), ok=health["status"] == "ok", reasons=health["reasons"])
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    def _on_connect(self, client) -> None:  # paho's thread, after every (re)connect
+        self.stats["mqtt_connects"] += 1
+        self._disconnected_since = None
+        self._check_collision()
+        self._publish_status(client, force=True)
+
+    def _check_collision(self) -> None:
+        """Connections the broker keeps dropping right after accepting them: another process with our client
+        id (two gateways, or one started twice). Each takes the session over from the other, in turn, a few
+        times a second, and each then sees only its own messages: the rate of reconnects is what shows it.
+        (MQTT 3.1.1 gives no reason; a broker that restarts gives one reconnect, not several a second.)"""
+        now = time.monotonic()
+        recent = self._connects = [t for t in self._connects if now - t < COLLISION_WINDOW_S] + [now]
+        if len(recent) < COLLISION_CONNECTS:
+            return
+        first = now - self._collision_at > 60.0
+        self.collision = (f"the broker dropped this gateway's connection {len(recent) - 1} times in "
+                          f"{COLLISION_WINDOW_S:g} s right after accepting it: another process most likely uses "
+                          f"its MQTT client id {self.client_id!r} (each takes the session over from the other); "
+                          f"give each gateway its own --client-id or --scope")
+        self._collision_at = now
+        self.stats["client_id_collisions"] += 1
+        if first:
+            log.error("client id collision: %s", self.collision)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # paho's thread
+        if self._disconnected_since is None:
+            self._disconnected_since = time.monotonic()
+
+    def _publish_status(self, client=None, force: bool = False) -> None:
+        now = time.monotonic()
+        client = client or self._client
+        if client is None or not (force or now - self._status_at >= self.status_s):
+            return
+        self._status_at = now
+        client.publish(self.status_topic, self._status_payload("online", self.health()), qos=1, retain=True)
+
+    def health(self) -> dict:
+        """{"status": "ok" | "failing", "reasons": [...], ...}: fails while starting, when the last KPI
+        computation is older than a few intervals, when MQTT has been down longer than ``mqtt_grace_s``, when
+        a sink dropped data in the last minute, or while another process uses our client id."""
+        now = time.monotonic()
+        reasons = []
+        client = self._client
+        connected = client is not None and client.is_connected()
+        stale_s = 3 * self.publish_s + 2.0
+        tick_age = None if self.last_tick_at is None else now - self.last_tick_at
+        if not self.ready:
+            reasons.append("starting: restoring state and subscribing")
+        elif (tick_age if tick_age is not None else now - self._ready_mono) > stale_s:
+            reasons.append(f"KPIs are stale: the last computation finished "
+                           f"{'never' if tick_age is None else f'{tick_age:.0f} s ago'} (expected every "
+                           f"{self.publish_s:g} s; {self.stats['tick_failures']} failed)")
+        if self._disconnected_since is not None and now - self._disconnected_since > self.mqtt_grace_s:
+            why = getattr(client, "fieldlab_last_error", None)
+            reasons.append(f"MQTT disconnected for {now - self._disconnected_since:.0f} s from {self.broker}"
+                           + (f": {why}" if why else ""))
+        for i, sink in enumerate(self.sinks):
+            dropped = getattr(sink, "stats", {}).get("dropped", 0)
+            seen, at = self._sink_dropped.get(i, (0, -float("inf")))
+            if dropped > seen:
+                seen, at = dropped, now
+                self._sink_dropped[i] = (seen, at)
+            if now - at < SINK_DROP_WINDOW_S:
+                reasons.append(f"sink {sink} dropped data in the last {SINK_DROP_WINDOW_S:g} s "
+                               f"({seen} lines in all): its backlog is full")
+        if self.collision and now - self._collision_at < 60.0:
+            reasons.append(self.collision)
+        return {"status": "failing" if reasons else "ok", "reasons": reasons, "client_id": self.client_id,
+                "instance": self.instance, "uptime_s": round(time.time() - self.started_at, 3),
+                "last_tick_age_s": None if tick_age is None else round(tick_age, 3), "mqtt_connected": connected,
+                "machines": len(self.machines), "ticks": self.ticks}
+
 
     def restore(self) -> bool:
         """Load this gateway's checkpoint, if there is a usable one (a bad one is moved aside, with a warning),
@@ -201,9 +342,7 @@ class Gateway:
         return restored
 
     def _open_journal(self) -> None:
-        path = checkpoint.journal_path(self.checkpoint_path, self._journal_seq)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._journal_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._journal = checkpoint.Journal(checkpoint.journal_path(self.checkpoint_path, self._journal_seq))
 
     def _capture(self) -> tuple[int, dict, dict]:
         with self._state_lock:
@@ -212,9 +351,9 @@ class Gateway:
                 self._checkpointed_at = time.monotonic()
                 self._checkpoint_seq += 1
                 seq = self._checkpoint_seq
-                rotated = self._journal_fd is not None
+                rotated = self._journal is not None
                 if rotated:  # from here on, messages go to the next journal
-                    os.close(self._journal_fd)
+                    self._journal.close()
                     self._journal_seq += 1
                     self._open_journal()
                 journal = self._journal_seq - 1
@@ -262,10 +401,12 @@ class Gateway:
     async def _loop(self) -> None:
         while True:
             await asyncio.sleep(self.publish_s)
-            try:
-                self.tick()
-            except Exception:  # keep publishing next tick; the log says what went wrong
+            try:  # off the event loop: /healthz and the page answer however long a computation takes
+                await asyncio.to_thread(self.tick)
+            except Exception:  # keep publishing next tick; the log says what went wrong, /healthz too
+                self.stats["tick_failures"] += 1
                 log.exception("KPI tick failed")
+            self._publish_status()
             if self.checkpoint_path and time.monotonic() - self._checkpointed_at >= self.checkpoint_s:
                 try:
                     await asyncio.to_thread(self.checkpoint, self._capture())
@@ -274,7 +415,7 @@ class Gateway:
 
     def tick(self) -> list[dict]:
         """Fold what arrived, compute KPIs for all machines, publish them retained."""
-        started = time.perf_counter()
+        started, wall = time.perf_counter(), time.time()
         with self._state_lock:
             n, status = self._fold_inbox()
             snap = self.engine.snapshot()
@@ -287,27 +428,39 @@ class Gateway:
             line_refs, line_names = list(self.lines.refs), [list(n) for n in self.lines.names]
             line_snap = self.engine.line_snapshot(group, len(line_refs))
         if self.sinks:
-            self._store(to_store, machines, snap, now, line_refs, line_snap)
-        self._pending = [i for i in self._pending if not i.is_published()]
+            try:
+                self._store(to_store, machines, snap, now, line_refs, line_snap)
+            except Exception:  # storage is a sink: KPIs go on without it (its counters say what was lost)
+                log.exception("handing data to the sinks failed")
+        # KPIs are retained: only the newest matter. While the broker is away they are not queued (paho would
+        # keep every tick's in memory); the first tick after the reconnect publishes the current ones.
+        client = self._client
+        publish = client is not None and client.is_connected()
+        self._pending = []
         rows = []
         for i, (ref, row) in enumerate(zip(machines, kpi_rows(snap))):
             row["status"] = status.get(i)
-            self._publish_kpi(ref, row)
+            row["tick_ts"] = wall
+            if publish and row["ts"] is not None:  # a machine heard of only by its status has no KPIs yet
+                self._publish_kpi(ref, row)
             rows.append({"machine": ref, **row})
         self.rows = rows
         line_rows = []
         for line, row in zip(line_refs, line_kpi_rows(line_snap, line_names)):  # after the machines': one per line
-            self._publish_kpi(line, row)
+            row["tick_ts"] = wall
+            if publish and row["ts"] is not None:
+                self._publish_kpi(line, row)
             line_rows.append({"line": line, **row})
         self.line_rows = line_rows
         self.ticks += 1
         self.tick_seconds = time.perf_counter() - started
+        self.last_tick_at, self.last_tick_wall = time.monotonic(), wall
         return rows
 
     def timeline(self, machine: MachineRef, start: float | None = None, end: float | None = None,
                  window: str = "last_1h") -> dict | None:
         """A machine's state pieces in a window of its latest KPIs (or between start and end)."""
-        with self._state_lock:
+        with self._engine_for_reading():
             i = self._index.get(machine)
             if i is None or i >= self.engine.n:
                 return None
@@ -320,9 +473,21 @@ class Gateway:
 
     def timelines(self, window: str = "last_1h") -> dict[MachineRef, dict]:
         """Every machine's state pieces in a window of its latest KPIs, in one go (the dashboard's view)."""
-        with self._state_lock:
+        with self._engine_for_reading():
             return {row["machine"]: self._timeline(self._index[row["machine"]], row, None, None, window)
                     for row in self.rows}
+
+    @contextlib.contextmanager
+    def _engine_for_reading(self, timeout: float = 2.0):
+        """The engine's lock for a reader (the HTTP API), waiting at most ``timeout``: a computation that hangs
+        must not hang every page that asks for a timeline too. ServiceError (HTTP 503) if it is not free."""
+        if not self._state_lock.acquire(timeout=timeout):
+            raise ServiceError(f"the KPI computation has held the machines' state for over {timeout:g} s; "
+                               f"try again shortly (see /healthz)")
+        try:
+            yield
+        finally:
+            self._state_lock.release()
 
     def _timeline(self, i: int, row: dict | None, start, end, window: str) -> dict:
         w = (row or {}).get("windows", {}).get(window) if window != "since_start" else (row or {}).get("window")
@@ -370,7 +535,14 @@ class Gateway:
             self._task = None
         if self._client is None:
             return
-        self.tick()
+        try:
+            self.tick()
+        except Exception:  # the last KPIs are lost, not the state: the checkpoint below still holds it
+            self.stats["tick_failures"] += 1
+            log.exception("KPI tick failed")
+        if self._client.is_connected():  # the same "offline" the will would say, without waiting for it
+            self._pending.append(self._client.publish(self.status_topic, self._status_payload("offline"),
+                                                      qos=1, retain=True))
         await asyncio.to_thread(wait_published, list(self._pending), 10.0)
         self._pending = []
         self._client.disconnect()
@@ -383,9 +555,9 @@ class Gateway:
             self._store(rest)
         if self.checkpoint_path:  # after the last message came in: it holds everything acknowledged
             self.checkpoint(self._capture())
-        if self._journal_fd is not None:
-            os.close(self._journal_fd)
-            self._journal_fd = None
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
         for sink in self.sinks:
             await sink.stop()
 

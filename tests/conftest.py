@@ -48,6 +48,20 @@ def own_mosquitto(tmp_path_factory):
     yield from _serve("mosquitto", tmp_path_factory)
 
 
+@pytest.fixture
+def durable_broker(tmp_path):
+    """A private Mosquitto that keeps sessions and retained messages on disk (the gateway's queued messages
+    survive its restart), like a deployed one; for tests that stop, kill or restart it."""
+    (tmp_path / "broker").mkdir()
+    broker = PrivateMosquitto(workdir=tmp_path / "broker", persistence=True)
+    try:
+        broker.start()
+    except ServiceError as e:
+        pytest.fail(str(e), pytrace=False)
+    yield broker
+    broker.stop()
+
+
 @pytest.fixture(scope="session")
 def influxdb(tmp_path_factory):
     """One private InfluxDB 1.x for the session; tests keep apart by using their own database names."""

@@ -67,15 +67,6 @@ def start_broker(broker: PrivateMosquitto) -> None:
         pytest.fail(str(e), pytrace=False)
 
 
-@pytest.fixture
-def durable_broker(tmp_path):
-    broker = PrivateMosquitto(workdir=tmp_path / "broker", persistence=True)
-    (tmp_path / "broker").mkdir()
-    start_broker(broker)
-    yield broker
-    broker.stop()
-
-
 async def test_broker_outage_loses_nothing_and_counts_nothing_twice(durable_broker, tmp_path):
     site = f"t{uuid.uuid4().hex[:8]}"
     ref = MachineRef(site, "a", "l", "filler-01")

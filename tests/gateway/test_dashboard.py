@@ -3,6 +3,7 @@ import asyncio
 import json
 import os
 import shutil
+import threading
 import urllib.request
 from html.parser import HTMLParser
 from pathlib import Path
@@ -216,3 +217,35 @@ async def test_oversized_or_slow_requests_do_not_hurt_the_gateway(served):
     await asyncio.wait_for(stopping, 5)
     assert await asyncio.wait_for(slow_r.read(), 5) == b""
     slow_w.close()
+
+
+async def test_a_frozen_gateway_looks_frozen_on_the_page(mosquitto, site, publisher, tmp_path):
+    """Issue 13, defect 3: the page showed the last figures as if current when the gateway had stopped
+    computing. Now a banner says why, and the figures are greyed out."""
+    gw = Gateway(mosquitto.url, site=site, publish_s=0.1, client_id=f"gw-{site}")
+    http = HttpEndpoint(gw, "127.0.0.1", 0)
+    await http.start()
+    await gw.start()
+    release = threading.Event()
+    try:
+        ref = MachineRef(site, "hall-1", "line-1", "press-07")
+        publisher(ref.topic(Kind.STATE), encode_state([T0], [4]))
+        assert await wait_until(lambda: gw.rows)
+        real = gw.engine.snapshot
+        gw.engine.snapshot = lambda: (release.wait(60), real())[1]  # the computation hangs from now on
+        assert await wait_until(lambda: gw.health()["status"] == "failing", 10)
+        args = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path}/p",
+                "--virtual-time-budget=3000", "--dump-dom", http.url + "/?poll"]
+        proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.DEVNULL)
+        dom = (await asyncio.wait_for(proc.communicate(), 60))[0].decode()
+        assert "<body class=\"stale\">" in dom, dom[dom.find("<body"):dom.find("<body") + 400]
+        banner = dom.split('id="stale"', 1)[1].split("</div>", 1)[0]
+        assert "hidden" not in banner.split(">", 1)[0] and "Gateway not healthy: KPIs are stale" in banner
+        status, _, body = await get(http, "/api/timelines")  # waits for the state a little, not for ever
+        assert status == 503 and b"try again" in body
+    finally:
+        release.set()
+        await gw.stop()
+        await http.stop()

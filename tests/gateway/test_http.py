@@ -1,5 +1,6 @@
 """/metrics and /healthz over real HTTP, with the gateway reading a real Mosquitto."""
 import asyncio
+import json
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +24,7 @@ def get(url: str):
 
 
 async def test_metrics_show_counters_and_machine_kpis(mosquitto, site):
+    t0 = 1_700_092_800.0  # 2023-11-16T00:00:00Z: a plausible time (contract.TS_MIN..TS_MAX)
     gw = Gateway(mosquitto.url, site=site, publish_s=0.1, client_id=f"gw-{site}")
     http = HttpEndpoint(gw, port=0)
     await http.start()
@@ -32,8 +34,8 @@ async def test_metrics_show_counters_and_machine_kpis(mosquitto, site):
         pub.connect(mosquitto.url.host, mosquitto.url.port)
         pub.loop_start()
         ref = MachineRef(site, "hall", "line-1", "press-7")
-        pub.publish(ref.topic(Kind.STATE), encode_state([0.0, 300.0], [4, 15]), qos=1).wait_for_publish(5)
-        pub.publish(ref.topic(Kind.COUNTS), encode_counts([0.0, 500.0], [0, 90], [0, 10], "p", 3.0),
+        pub.publish(ref.topic(Kind.STATE), encode_state([t0, t0 + 300.0], [4, 15]), qos=1).wait_for_publish(5)
+        pub.publish(ref.topic(Kind.COUNTS), encode_counts([t0, t0 + 500.0], [0, 90], [0, 10], "p", 3.0),
                     qos=1).wait_for_publish(5)
         pub.publish(ref.topic(Kind.COUNTS), b"{broken", qos=1).wait_for_publish(5)
         pub.disconnect()
@@ -49,11 +51,13 @@ async def test_metrics_show_counters_and_machine_kpis(mosquitto, site):
         labels = f'site="{site}",area="hall",line="line-1",machine="press-7"'
         assert f"fieldlab_machine_oee{{{labels}}} 0.54" in lines
         assert f"fieldlab_machine_availability{{{labels}}} 0.6" in lines
-        assert f"fieldlab_machine_data_timestamp_seconds{{{labels}}} 500.000" in lines  # the machine's own clock
+        assert f"fieldlab_machine_data_timestamp_seconds{{{labels}}} {t0 + 500:.3f}" in lines  # the machine's clock
         last = next(float(x.split()[1]) for x in lines if x.startswith("fieldlab_gateway_last_message_timestamp"))
         assert abs(time.time() - last) < 30
         assert all(ln.startswith("#") or " " in ln for ln in lines)  # every sample line has a value
-        assert await asyncio.to_thread(get, f"{http.url}/healthz") == (200, "text/plain; charset=utf-8", "ok\n")
+        status, ctype, body = await asyncio.to_thread(get, f"{http.url}/healthz")
+        assert (status, ctype) == (200, "application/json; charset=utf-8")
+        assert json.loads(body)["status"] == "ok" and json.loads(body)["reasons"] == []
         assert (await asyncio.to_thread(get, f"{http.url}/nope"))[0] == 404
     finally:
         await gw.stop()

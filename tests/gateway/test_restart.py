@@ -22,25 +22,12 @@ from fieldlab.broker import PrivateMosquitto, free_port
 from gateway import checkpoint
 from gateway.config import load
 from gateway.engine import KpiEngine
-from gateway.service import Gateway
+from gateway.service import Gateway, default_client_id
 from tests.helpers import terminate
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_800_000_000.0
 EXECUTE, HELD = 4, 15
-
-
-@pytest.fixture
-def durable_broker(tmp_path):
-    """A Mosquitto that keeps sessions (the gateway's queued messages) like a deployed one."""
-    broker = PrivateMosquitto(workdir=tmp_path / "broker", persistence=True)
-    (tmp_path / "broker").mkdir()
-    try:
-        broker.start()
-    except ServiceError as e:
-        pytest.fail(str(e), pytrace=False)
-    yield broker
-    broker.stop()
 
 
 def publisher(port: int):
@@ -119,7 +106,7 @@ def test_killed_gateway_continues_its_kpis_without_counting_twice(durable_broker
     cmd = [sys.executable, "-m", "fieldlab", "gateway", "--broker", f"mqtt://127.0.0.1:{durable_broker.port}",
            "--site", site, "--state-dir", str(state_dir), "--http-port", str(free_port()),
            "--checkpoint-every", "0.2"]
-    ckpt = checkpoint.path_for(state_dir, f"fieldlab-gateway-{site}")
+    ckpt = checkpoint.path_for(state_dir, default_client_id([f"{site}/+/+"], site))
     # before the crash: run 0..150, held 150..180, run from 180; 60 good and 2 rejects by t=200
     before = [(Kind.STATE, encode_state([T0, T0 + 150, T0 + 180], [EXECUTE, HELD, EXECUTE])),
               (Kind.COUNTS, encode_counts([T0, T0 + 100], [0, 30], [0, 1], "p", 2.0)),

@@ -8,8 +8,10 @@ import pytest
 from contract import (
     DEADLETTER_TOPIC, Kind, MachineRef, encode_counts, encode_state, encode_telemetry, encode_telemetry_binary,
 )
-from gateway.service import Gateway
+from gateway.service import Gateway, default_client_id
 from tests.helpers import KeepLines, wait_until
+
+T0 = 1_700_092_800.0  # 2023-11-16T00:00:00Z, midnight of a Thursday as 1970-01-01: the tests' times are after it
 
 
 async def test_kpis_are_published_retained(mosquitto, site, publisher, recorder):
@@ -17,8 +19,8 @@ async def test_kpis_are_published_retained(mosquitto, site, publisher, recorder)
     gw = Gateway(mosquitto.url, site=site, publish_s=0.1, client_id=f"gw-{site}")
     await gw.start()
     try:
-        publisher(ref.topic(Kind.STATE), encode_state([0.0, 300.0], [4, 15]))
-        publisher(ref.topic(Kind.COUNTS), encode_counts([0.0, 500.0], [0, 90], [0, 10], "p", 3.0))
+        publisher(ref.topic(Kind.STATE), encode_state([T0, T0 + 300.0], [4, 15]))
+        publisher(ref.topic(Kind.COUNTS), encode_counts([T0, T0 + 500.0], [0, 90], [0, 10], "p", 3.0))
         assert await wait_until(lambda: gw.stats["messages"] == 2)
         gw.tick()
     finally:
@@ -49,11 +51,11 @@ async def test_malformed_payload_is_parked_counted_and_harmless(mosquitto, site,
     await gw.start()
     try:
         caplog.set_level(logging.WARNING, logger="fieldlab.gateway")
-        publisher(ref.topic(Kind.COUNTS), encode_counts([0.0, 10.0], [0, 5], [0, 0], "p", 1.0))
-        bad = json.dumps({"v": 1, "ts": [20.0, 30.0], "good": [6, -7], "reject": [0, 0]})
+        publisher(ref.topic(Kind.COUNTS), encode_counts([T0, T0 + 10.0], [0, 5], [0, 0], "p", 1.0))
+        bad = json.dumps({"v": 1, "ts": [T0 + 20.0, T0 + 30.0], "good": [6, -7], "reject": [0, 0]})
         publisher(ref.topic(Kind.COUNTS), bad)
         publisher(ref.topic(Kind.STATE), b"not json at all")
-        publisher(f"fieldlab/v1/{site}/a/l/m1/counts", b'{"v": 1, "ts": [40.0], "good": [9], "reject": [0]}')
+        publisher(f"fieldlab/v1/{site}/a/l/m1/counts", f'{{"v": 1, "ts": [{T0 + 40.0}], "good": [9], "reject": [0]}}')
         assert await wait_until(lambda: gw.stats["messages"] == 2 and gw.stats["dead_letters"] == 2)
         rows = gw.tick()
         assert gw._task is not None and not gw._task.done()  # still running
@@ -78,12 +80,13 @@ async def test_binary_and_json_telemetry_arrive_alike_and_bad_binary_is_parked_a
     dead = recorder(mosquitto.url, DEADLETTER_TOPIC)
     keep = KeepLines()
     gw = Gateway(mosquitto.url, site=site, publish_s=0.1, client_id=f"gw-{site}", sinks=[keep])
-    ts, sig = [1.0, 2.0, 3.0], {"t": [20.0, float("nan"), 22.0], "p": [1.0, 2.0, 3.0]}
+    ts, sig = [T0 + 1.0, T0 + 2.0, T0 + 3.0], {"t": [20.0, float("nan"), 22.0], "p": [1.0, 2.0, 3.0]}
     bad = encode_telemetry_binary(ts, sig)[:-8]  # one value short
     await gw.start()
     try:
         publisher(ref.topic(Kind.TELEMETRY), encode_telemetry(ts, sig, {"t": "degC"}))
-        publisher(ref.topic(Kind.TELEMETRY), encode_telemetry_binary([4.0, 5.0], {"t": [23.0, 24.0]}, {"t": "degC"}))
+        publisher(ref.topic(Kind.TELEMETRY),
+                  encode_telemetry_binary([T0 + 4.0, T0 + 5.0], {"t": [23.0, 24.0]}, {"t": "degC"}))
         publisher(ref.topic(Kind.TELEMETRY), bad)
         assert await wait_until(lambda: gw.stats["messages"] == 2 and gw.stats["dead_letters"] == 1)
         assert gw.stats["samples"] == 3 * 2 + 2 * 1
@@ -91,7 +94,9 @@ async def test_binary_and_json_telemetry_arrive_alike_and_bad_binary_is_parked_a
     finally:
         await gw.stop()
     telemetry = sorted(x.split(" ", 1)[1] for x in keep.lines if x.startswith("telemetry,"))
-    assert telemetry == ["p=1.0,t=20.0 1000", "p=2.0 2000", "p=3.0,t=22.0 3000", "t=23.0 4000", "t=24.0 5000"]
+    ms = int(T0) * 1000
+    assert telemetry == [f"p=1.0,t=20.0 {ms + 1000}", f"p=2.0 {ms + 2000}", f"p=3.0,t=22.0 {ms + 3000}",
+                         f"t=23.0 {ms + 4000}", f"t=24.0 {ms + 5000}"]
     assert dead.wait_for(lambda r: len(r.json("deadletter")) == 1)
     letter = dead.json("deadletter")[0]
     assert "its header says" in letter["error"] and "payload" not in letter
@@ -114,10 +119,10 @@ async def test_messages_sent_while_the_gateway_restarts_are_not_lost(mosquitto, 
     first = Gateway(mosquitto.url, site=site, publish_s=0.1)
     await first.start()
     await first.stop()  # e.g. an update of the gateway; the machines keep producing
-    publisher(ref.topic(Kind.STATE), encode_state([0.0], [4]))
-    publisher(ref.topic(Kind.COUNTS), encode_counts([0.0, 100.0], [0, 40], [0, 2], "p", 2.0))
+    publisher(ref.topic(Kind.STATE), encode_state([T0], [4]))
+    publisher(ref.topic(Kind.COUNTS), encode_counts([T0, T0 + 100.0], [0, 40], [0, 2], "p", 2.0))
     second = Gateway(mosquitto.url, site=site, publish_s=0.1)
-    assert second.client_id == first.client_id == f"fieldlab-gateway-{site}"
+    assert second.client_id == first.client_id == default_client_id([f"{site}/+/+"], site)
     await second.start()
     try:
         assert await wait_until(lambda: second.stats["messages"] == 2), second.stats
@@ -154,7 +159,8 @@ async def test_ingest_never_waits_for_a_tick_and_what_arrives_during_it_counts_o
         fold()
 
     try:
-        gw._on_message(None, None, _message(ref.topic(Kind.COUNTS), encode_counts([0.0, 10.0], [0, 5], [0, 0], "p", 1.0)))
+        first_counts = encode_counts([T0, T0 + 10.0], [0, 5], [0, 0], "p", 1.0)
+        gw._on_message(None, None, _message(ref.topic(Kind.COUNTS), first_counts))
         gw.engine.fold = held_fold
         first: list = []
         ticking = threading.Thread(target=lambda: first.append(gw.tick()))
@@ -164,7 +170,7 @@ async def test_ingest_never_waits_for_a_tick_and_what_arrives_during_it_counts_o
 
         def network_thread():  # as paho's thread would: ten more messages while the tick folds
             for k in range(1, 11):
-                t = 10.0 + 10 * k
+                t = T0 + 10.0 + 10 * k
                 gw._on_message(None, None, _message(ref.topic(Kind.COUNTS),
                                                     encode_counts([t], [5 + 5 * k], [k], "p", 1.0)))
             ingested.set()
@@ -194,10 +200,10 @@ async def test_messages_through_the_broker_during_fast_ticks_are_counted_once(mo
     await gw.start()
     try:
         def publish_all():  # in a thread: the event loop ticks meanwhile
-            publisher(ref.topic(Kind.STATE), encode_state([0.0], [4]))
-            publisher(ref.topic(Kind.COUNTS), encode_counts([0.0], [0], [0], "p", 0.25))  # the counters' start
+            publisher(ref.topic(Kind.STATE), encode_state([T0], [4]))
+            publisher(ref.topic(Kind.COUNTS), encode_counts([T0], [0], [0], "p", 0.25))  # the counters' start
             for k in range(300):
-                publisher(ref.topic(Kind.COUNTS), encode_counts([k + 0.5, k + 1.0], [2 * k + 1, 2 * k + 2],
+                publisher(ref.topic(Kind.COUNTS), encode_counts([T0 + k + 0.5, T0 + k + 1.0], [2 * k + 1, 2 * k + 2],
                                                                 [k, k + 1], "p", 0.25))
 
         await asyncio.to_thread(publish_all)

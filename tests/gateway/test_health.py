@@ -1,0 +1,262 @@
+"""Issue 13: the gateway survives broker restarts, tells the truth about its health, and no machine's data
+can stop the others' KPIs. Real Mosquitto, real HTTP; each test reproduces one defect of the issue."""
+import asyncio
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from contract import Kind, MachineRef, encode_counts, encode_state, encode_status
+from contract.topics import gateway_status_topic
+from gateway.http import HttpEndpoint
+from gateway.service import Gateway, default_client_id
+from tests.helpers import KeepLines, wait_until
+
+T0 = 1_800_000_000.0  # 2027-01-15: every time in these tests is a plausible Unix time
+
+
+def get(url: str, timeout: float = 5):
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+class Client:
+    """A plain paho client: publishes with QoS 1, keeps what it receives (topic, payload, retained)."""
+
+    def __init__(self, port: int, topics=(), client_id: str = ""):
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self._lock = threading.Lock()
+        done = threading.Event()
+        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+        c.reconnect_delay_set(0.1, 0.5)
+        c.on_connect = lambda c, u, f, rc, p: c.subscribe([(t, 1) for t in topics]) if topics else done.set()
+        c.on_subscribe = lambda *a: done.set()
+        c.on_message = self._on_message
+        c.connect("127.0.0.1", port)
+        c.loop_start()
+        assert done.wait(5)
+        self.c = c
+
+    def _on_message(self, c, u, msg):
+        with self._lock:
+            self.messages.append((msg.topic, msg.payload, msg.retain))
+
+    def got(self, topic: str) -> list[dict]:
+        with self._lock:
+            return [json.loads(p) for t, p, _ in self.messages if t == topic]
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        assert self.c.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5) is None
+
+    def close(self):
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def produce(pub: Client, ref: MachineRef, t: float, good: int) -> None:
+    """The machine runs from T0 and has made ``good`` parts by ``t``."""
+    pub.publish(ref.topic(Kind.STATE), encode_state([T0], [4]))
+    pub.publish(ref.topic(Kind.COUNTS), encode_counts([T0, t], [0, good], [0, 0], "p", 1.0))
+
+
+async def test_broker_restart_does_not_freeze_the_kpis(own_mosquitto, site):
+    """Defect 1: after a broker restart every tick failed (paho's is_published() raises for a message queued
+    while disconnected) and KPIs stopped for good."""
+    ref = MachineRef(site, "a", "l", "m1")
+    gw = Gateway(own_mosquitto.url, site=site, publish_s=0.1, client_id=f"gw-{site}", mqtt_grace_s=0.5)
+    await gw.start()
+    pub = None
+    try:
+        pub = Client(own_mosquitto.port)
+        produce(pub, ref, T0 + 100, 100)
+        assert await wait_until(lambda: gw.rows and gw.rows[0]["good"] == 100)
+        pub.close()
+        await asyncio.to_thread(own_mosquitto.stop)
+        await asyncio.sleep(1.5)  # ticks go on without a broker
+        failing = gw.health()
+        assert failing["status"] == "failing" and any("MQTT disconnected" in r for r in failing["reasons"])
+        failures = gw.stats["tick_failures"]
+        await asyncio.to_thread(own_mosquitto.start)  # (no persistence: what comes before we are back is gone)
+        assert await wait_until(lambda: gw._client.is_connected() and gw.stats["mqtt_connects"] == 2, 15)
+        pub = Client(own_mosquitto.port)
+        sub = Client(own_mosquitto.port, [ref.topic(Kind.KPI)])
+        pub.publish(ref.topic(Kind.COUNTS), encode_counts([T0 + 200], [200], [0], "p", 1.0))
+        assert await wait_until(lambda: any(k["good"] == 200 for k in sub.got(ref.topic(Kind.KPI))), 15), \
+            "KPIs never resumed after the broker restart"
+        assert gw.stats["tick_failures"] == failures == 0
+        assert await wait_until(lambda: gw.health()["status"] == "ok", 5), gw.health()
+        sub.close()
+    finally:
+        if pub:
+            pub.close()
+        await gw.stop()
+
+
+async def test_status_only_machine_gets_no_kpi_message_without_time(mosquitto, site):
+    """Defect 5: a machine known only from its status got KPI messages with "ts": null."""
+    quiet, busy = MachineRef(site, "a", "l", "quiet"), MachineRef(site, "a", "l", "busy")
+    sub = Client(mosquitto.port, [f"fieldlab/v1/{site}/+/+/+/kpi"])
+    gw = Gateway(mosquitto.url, site=site, publish_s=0.1, client_id=f"gw-{site}")
+    await gw.start()
+    pub = Client(mosquitto.port)
+    try:
+        pub.publish(quiet.topic(Kind.STATUS), encode_status(T0, "online"))
+        produce(pub, busy, T0 + 60, 60)
+        assert await wait_until(lambda: sub.got(busy.topic(Kind.KPI)))
+        await asyncio.sleep(0.5)
+        assert sub.got(quiet.topic(Kind.KPI)) == []
+        assert any(r["machine"] == quiet and r["status"] == "online" for r in gw.rows)  # the page still shows it
+        assert all(isinstance(k["ts"], float) and isinstance(k["tick_ts"], float)
+                   for t, p, _ in list(sub.messages) for k in [json.loads(p)])
+        kpi = sub.got(busy.topic(Kind.KPI))[-1]
+        assert abs(kpi["tick_ts"] - time.time()) < 10 and kpi["ts"] == T0 + 60  # when computed, and the data's time
+    finally:
+        pub.close()
+        sub.close()
+        await gw.stop()
+
+
+async def test_a_will_is_stamped_when_it_arrives(mosquitto, site):
+    """Defect 4: a killed agent's will carried its connect time (or 0 from third parties), so it was stored
+    before the agent's later "online" heartbeats and the agent looked online forever."""
+    ref = MachineRef(site, "a", "l", "m1")
+    sink = KeepLines()
+    gw = Gateway(mosquitto.url, site=site, publish_s=0.1, client_id=f"gw-{site}", sinks=[sink])
+    await gw.start()
+    pub = Client(mosquitto.port)
+    try:
+        before = time.time()
+        pub.publish(ref.topic(Kind.STATUS), encode_status(T0 + 500, "online"))
+        pub.publish(ref.topic(Kind.STATUS), encode_status(T0, "offline"))  # the will, stamped at connect
+        assert await wait_until(lambda: len([ln for ln in sink.lines if ln.startswith("agent,")]) == 2)
+        stamps = [int(ln.rsplit(" ", 1)[1]) / 1e3 for ln in sink.lines if ln.startswith("agent,")]  # (ms)
+        assert before - 0.001 <= stamps[0] <= stamps[1] <= time.time()  # the offline is the newest
+        assert "online=0i" in [ln for ln in sink.lines if ln.startswith("agent,")][1]
+        assert f"sent_ts={T0:g}" in sink.lines[-1] or f"sent_ts={T0}" in sink.lines[-1]
+    finally:
+        pub.close()
+        await gw.stop()
+
+
+async def test_health_tells_the_truth(mosquitto, site):
+    """Defect 3: /healthz was a constant "ok". Now: starting until subscribed; stale KPIs when the
+    computation hangs (and /healthz still answers at once: the computation runs off the HTTP thread)."""
+    gw = Gateway(mosquitto.url, site=site, publish_s=0.1, client_id=f"gw-{site}")
+    http = HttpEndpoint(gw, port=0)
+    await http.start()
+    try:
+        status, body = await asyncio.to_thread(get, f"{http.url}/healthz")
+        assert status == 503 and body["reasons"] == ["starting: restoring state and subscribing"]
+        await gw.start()
+        assert await wait_until(lambda: gw.ticks > 2)
+        status, body = await asyncio.to_thread(get, f"{http.url}/healthz")
+        assert (status, body["status"], body["reasons"]) == (200, "ok", []), body
+        hang = threading.Event()
+        real = gw.engine.snapshot
+
+        def stuck():  # a computation that hangs (as 10,000 machines or a poisoned calendar made it)
+            hang.wait(30)
+            return real()
+
+        gw.engine.snapshot = stuck
+        await asyncio.sleep(3 * gw.publish_s + 2.5)
+        started = time.monotonic()
+        status, body = await asyncio.to_thread(get, f"{http.url}/healthz", 1.0)
+        assert time.monotonic() - started < 1.0
+        assert status == 503 and "KPIs are stale" in body["reasons"][0], body
+        metrics = await asyncio.to_thread(urllib.request.urlopen, f"{http.url}/metrics", None, 1.0)
+        assert b"fieldlab_gateway_healthy 0" in metrics.read()
+        gw.engine.snapshot = real
+        hang.set()
+        assert await wait_until(lambda: gw.health()["status"] == "ok", 5)
+    finally:
+        hang.set()
+        await gw.stop()
+        await http.stop()
+
+
+async def test_gateway_status_is_retained_with_its_health(mosquitto, site):
+    """Defect 3: the gateway had no status of its own on MQTT, so a stopped gateway's KPIs looked current.
+    (Its last will, on kill -9, is checked with a real process in tests/chaos/test_broker.py.)"""
+    cid = f"gw-{site}"
+    topic = gateway_status_topic(cid)
+    gw = Gateway(mosquitto.url, site=site, publish_s=0.1, client_id=cid, status_s=0.2)
+    await gw.start()
+    sub = Client(mosquitto.port, [topic])
+    try:
+        assert await wait_until(lambda: len(sub.got(topic)) >= 2)  # retained on subscribe, then the heartbeat
+        doc = sub.got(topic)[-1]
+        assert doc["status"] == "online" and doc["ok"] is True and doc["instance"] == gw.instance
+        assert abs(doc["ts"] - time.time()) < 5
+        await gw.stop()
+        assert await wait_until(lambda: sub.got(topic)[-1]["status"] == "offline", 5)
+        assert "ts" not in sub.got(topic)[-1]  # as the will: a time fixed in advance would lie
+    finally:
+        sub.close()
+        await gw.stop()
+
+
+async def test_a_second_gateway_with_the_same_client_id_is_reported(mosquitto, site, caplog):
+    """Defect 1, second half: two gateways with one client id took each other's session, silently."""
+    cid = f"gw-{site}"
+    one = Gateway(mosquitto.url, site=site, publish_s=0.1, client_id=cid)
+    two = Gateway(mosquitto.url, site=site, publish_s=0.1, client_id=cid)
+    await one.start()
+    await two.start()
+    try:
+        assert await wait_until(lambda: one.collision or two.collision, 15)
+        seen = one if one.collision else two
+        health = seen.health()
+        assert health["status"] == "failing" and any("client id" in r for r in health["reasons"])
+        assert "client id collision" in caplog.text
+    finally:
+        await two.stop()
+        await one.stop()
+
+
+def test_default_client_ids_differ_by_scope_and_host():
+    assert default_client_id(["acme/+/+"], "acme", "pi-1") == "fieldlab-gateway-acme-pi-1"
+    assert default_client_id(["acme/+/+"], "acme", "pi-2") != default_client_id(["acme/+/+"], "acme", "pi-1")
+    assert default_client_id(["acme/h1/+"], "+", "pi-1") != default_client_id(["acme/h2/+"], "+", "pi-1")
+    assert default_client_id(["+/+/+"], "+", "pi 1/x") == "fieldlab-gateway-all-pi-1-x"
+    assert default_client_id(["acme/+/+"], "acme").endswith(socket.gethostname()[:40].replace(" ", "-"))
+
+
+async def test_machine_cap_dead_letters_the_rest(mosquitto, site):
+    """Defect 9: no cap on machine ids (10,000 machines: 520 MB and 3 s ticks)."""
+    gw = Gateway(mosquitto.url, site=site, publish_s=0.1, client_id=f"gw-{site}", max_machines=3)
+    await gw.start()
+    pub = Client(mosquitto.port)
+    try:
+        for i in range(5):
+            pub.publish(MachineRef(site, "a", "l", f"m{i}").topic(Kind.STATE), encode_state([T0], [4]))
+        assert await wait_until(lambda: gw.stats["messages"] == 3 and gw.stats["dead_letters"] == 2)
+        assert "limit (--max-machines)" in gw.last_error
+        assert len(gw.machines) == 3
+    finally:
+        pub.close()
+        await gw.stop()
+
+
+async def test_a_malformed_request_target_gets_an_answer(mosquitto, site):
+    """Defect 10: GET http://[::1/ raised in the handler and closed the connection without an answer."""
+    gw = Gateway(mosquitto.url, site=site, client_id=f"gw-{site}")
+    http = HttpEndpoint(gw, port=0)
+    await http.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", http.port)
+        writer.write(b"GET http://[::1/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 400 ")
+    finally:
+        await http.stop()
