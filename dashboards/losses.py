@@ -27,7 +27,7 @@ def six_losses_per_machine(window: str) -> str:
     return (f'SELECT last("planned_s") * (1 - last("availability")) - last("setup_s") AS "unplanned stops", '
             f'last("setup_s") AS "planned stops (setup)", last("small_stop_s") AS "small stops", '
             f'last("run_s") - {ideal} AS "slow cycles", {ideal} * (1 - last("quality")) AS "rejects" '
-            f'FROM "kpi" {where(*M, window=window)} GROUP BY "machine"')
+            f'FROM "kpi" {where(*M, window=window)} GROUP BY "site", "area", "line", "machine"')
 
 
 LOSSES = ("unplanned stops", "planned stops (setup)", "small stops", "slow cycles", "rejects")
@@ -48,7 +48,7 @@ def downtime(reason: int) -> str:
     difference. A state still lasting at the end of the range is not counted yet."""
     return ('SELECT sum("seconds") FROM (SELECT elapsed("reason", 1ms) / 1000.0 AS "seconds", '
             'moving_average("reason", 2) - difference("reason") / 2 AS "previous_reason" '
-            f'FROM "state" {where(*M)} GROUP BY "area", "line", "machine") WHERE "previous_reason" = {reason} AND $timeFilter')
+            f'FROM "state" {where(*M)} GROUP BY "site", "area", "line", "machine") WHERE "previous_reason" = {reason} AND $timeFilter')
 
 
 def build() -> dict:
@@ -78,11 +78,11 @@ def build() -> dict:
               "failures), time in breakdowns.",
               targets(f'SELECT last("failures") AS "failures", last("mtbf_s") AS "MTBF", last("mttr_s") AS "MTTR", '
                       f'last("breakdown_s") AS "breakdowns" FROM "kpi" {where(*M, window="$window")} '
-                      'GROUP BY "machine"', table=True),
+                      'GROUP BY "site", "area", "line", "machine"', table=True),
               unit("s"), overrides=[override("failures", unit="none", decimals=0)],
               transformations=[HIDE_TIME], w=12, h=8),
         bargauge("Time to repair per machine", "Mean time to repair in the chosen window.",
-                 targets(f'SELECT last("mttr_s") FROM "kpi" {where(*M, window="$window")} GROUP BY "machine"',
+                 targets(f'SELECT last("mttr_s") FROM "kpi" {where(*M, window="$window")} GROUP BY "site", "area", "line", "machine"',
                          aliases=["$tag_machine"]), unit("s", min=0), w=12, h=8),
         timeseries("Unplanned stop time, rolling hour", "Breakdown time and small-stop time per machine in its "
                    "last hour (window last_1h): a rising line is a machine getting worse.",

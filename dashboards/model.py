@@ -160,7 +160,7 @@ def kpi_table(title: str, description: str, where_clause: str, columns, *, w=24,
     kind), kind "ratio" (a 0-1 colour scale; OEE gets a coloured cell), "count" or "seconds"."""
     select = ", ".join(f'last("{field}") AS "{name}"' for field, name, _ in columns)
     return table(title, description,
-                 targets(f'SELECT {select} FROM "kpi" {where_clause} GROUP BY "line", "machine"', table=True),
+                 targets(f'SELECT {select} FROM "kpi" {where_clause} GROUP BY "site", "area", "line", "machine"', table=True),
                  ratio(),
                  overrides=[*(plain(name, unit="none", decimals=0) for _, name, kind in columns if kind == "count"),
                             *(plain(name, unit="s") for _, name, kind in columns if kind == "seconds"),

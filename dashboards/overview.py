@@ -26,12 +26,12 @@ def build() -> dict:
                          aliases=["$tag_line $col"]),
                  ratio(), w=16, h=6),
         bargauge("OEE per machine", "OEE of each machine in the chosen KPI window (measurement kpi).",
-                 targets(f'SELECT last("oee") FROM "kpi" {MACHINE} GROUP BY "machine"', aliases=["$tag_machine"]),
+                 targets(f'SELECT last("oee") FROM "kpi" {MACHINE} GROUP BY "site", "area", "line", "machine"', aliases=["$tag_machine"]),
                  ratio(), w=10, h=9),
         table("Who is running now", "Each machine's latest state in the time range, its reason code "
               "(" + ", ".join(f"{c} {n}" for c, n in REASONS.items() if c) + "; 0 none) and when it entered it.",
               targets(f'SELECT last("state_name") AS "state", last("reason") AS "reason" FROM "state" '
-                      f'{where("site", "line", "machine")} GROUP BY "line", "machine"', table=True),
+                      f'{where("site", "line", "machine")} GROUP BY "site", "area", "line", "machine"', table=True),
               {"thresholds": {"mode": "absolute", "steps": [{"color": "text", "value": None}]}},
               w=14, h=9, overrides=[override("state", mappings=state_mappings(),
                                              custom__cellOptions={"type": "color-background"})],
@@ -52,7 +52,7 @@ def build() -> dict:
               "disk outbox (backlog), data lost to a full outbox (dropped), broker reconnects.",
               targets(f'SELECT last("online") AS "online", last("backlog") AS "backlog", last("dropped") AS "dropped", '
                       f'last("reconnects") AS "reconnects" FROM "agent" {where("site", "line", "machine")} '
-                      'GROUP BY "machine"', table=True),
+                      'GROUP BY "site", "area", "line", "machine"', table=True),  # one row per full path
               unit("none", 0),
               overrides=[override("online", mappings=[{"type": "value", "options": {
                   "1": {"text": "online", "color": "green", "index": 0},

@@ -32,7 +32,7 @@ def build() -> dict:
         bargauge("Good parts against the target", "Good parts of each machine and its target at ideal speed "
                  "without losses in the planned time (good / OEE).",
                  targets(f'SELECT last("good") AS "good", last("good") / last("oee") AS "target" FROM "kpi" {kpi} '
-                         'GROUP BY "machine"', aliases=["$tag_machine $col"]),
+                         'GROUP BY "site", "area", "line", "machine"', aliases=["$tag_machine $col"]),
                  unit("none", 0, min=0), w=12, h=9),
         barchart("Six big losses", "Seconds lost in the shift (or today), summed over the selected machines.",
                  targets(six_losses_total("$window"), table=True), unit("s"),

@@ -187,3 +187,11 @@ def test_the_window_variable_offers_exactly_the_windows_the_gateway_stores():
     from gateway.engine import WINDOW_NAMES
 
     assert sorted(WINDOWS) == sorted(WINDOW_NAMES)
+
+
+def test_a_table_per_machine_groups_by_its_full_path(model):
+    """Issue 13, defect 4: the agents' last("online") grouped by machine name only, so cnc-01 of two sites (or
+    two lines) merged into one row, whichever reported last."""
+    for p, t in panel_targets(model):
+        for clause in re.findall(r'GROUP BY ([^)$]*"machine")', t["query"]):
+            assert clause.endswith('"site", "area", "line", "machine"'), f"{p['title']!r}: {t['query']}"
