@@ -180,6 +180,14 @@ def read(path: Path | str, engine: KpiEngine) -> tuple[list[MachineRef], dict[in
                 raise ValueError(f"{r}.fill out of range")
         for name, none in ENGINE_TIMES:
             _check_times(f"engine.{name}", data[f"engine.{name}"], TS_MIN, TS_MAX, none)
+        # the cut of KpiEngine.prune (a margin before a day's start) never passes the machine's now: one that did
+        # would make the engine drop everything of that machine as too late
+        kept, now = data["tl.kept_from"], data["engine.now_ts"][: data["tl.kept_from"].size]
+        _check_times("tl.kept_from", kept, TS_MIN - 2 * 86400.0, TS_MAX, -np.inf)
+        if (kept > now).any():
+            i = int(np.flatnonzero(kept > now)[0])
+            raise CheckpointError(f"implausible time: tl.kept_from[{i}] = {float(kept[i])!r} is after the machine's "
+                                  f"latest data ({float(now[i])!r}); such a checkpoint would poison the engine")
         if span is not None:  # laid out from a day before the first data to CALENDAR_AHEAD after the newest
             _check_times("calendar_span", np.array(span), TS_MIN - 86400.0, TS_MAX + CALENDAR_AHEAD)
             if not span[0] < span[1]:

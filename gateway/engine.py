@@ -11,6 +11,11 @@ time zone). Breaks and time outside the shifts are planned downtime.
 Time is the machines' own: a machine's "now" is the latest timestamp it sent.
 Replayed or duplicated data (older than what was already folded) is dropped, so
 a store-and-forward replay never counts twice.
+
+Memory is bounded by ``prune``: history older than every live window but
+since_start (and a margin) is folded into per-machine totals and dropped
+(gateway/timeline.py). Data at or before a machine's cut arrives too late and
+is dropped like a replay.
 """
 from __future__ import annotations
 
@@ -26,6 +31,8 @@ DEFAULT_WINDOWS = (("last_15min", 900.0), ("last_1h", 3600.0))
 #: Every window a snapshot has, by name, with the default rolling windows (the gateway's).
 WINDOW_NAMES = ("since_start", *(name for name, _ in DEFAULT_WINDOWS), "shift", "today")
 CALENDAR_AHEAD = 2 * 86400.0  # the shift calendar is laid out this far past the newest data
+PRUNE_MARGIN = 2 * 3600.0  # history kept before the earliest live window (shift, today, rolling) starts
+PRUNE_STEP = 3600.0  # a machine's history is cut when its cut has moved on by this much
 
 
 class KpiEngine:
@@ -109,9 +116,10 @@ class KpiEngine:
         m, ts, code, reason, model = self._stack(
             items, lambda b: b.ts, lambda b: b.state, lambda b: b.reason,
             lambda b: np.full(b.ts.size, MODELS.index(b.model), np.int64))
-        # drop what was already folded (a replay): older than the last change, or that same change again
+        # drop what was already folded (a replay): older than the last change, or that same change again;
+        # and what comes too late, at or before the machine's cut (``prune``)
         since = self.state_ts[m]
-        keep = ~((ts < since) | ((ts == since) & (code == self.state_code[m])))
+        keep = ~((ts < since) | ((ts == since) & (code == self.state_code[m]))) & (ts > self.timeline.kept_from[m])
         m, ts, code, reason, model = m[keep], ts[keep], code[keep], reason[keep], model[keep]
         if not m.size:
             return
@@ -126,7 +134,7 @@ class KpiEngine:
         m, ts, good, reject, ideal = self._stack(
             items, lambda b: b.ts, lambda b: b.good, lambda b: b.reject,
             lambda b: np.full(b.ts.size, np.nan if b.ideal_cycle_s is None else b.ideal_cycle_s))
-        keep = ts >= self.count_ts[m]  # older samples were folded already; an equal one adds nothing
+        keep = (ts >= self.count_ts[m]) & (ts > self.timeline.kept_from[m])  # older ones: folded already or late
         m, ts, good, reject, ideal = m[keep], ts[keep], good[keep], reject[keep], ideal[keep]
         if not m.size:
             return
@@ -136,12 +144,21 @@ class KpiEngine:
         _, last = oee.group_bounds(m)
         self.count_ts[m[last]] = ts[last]
 
+    def prune(self) -> int:
+        """Forget history no live window needs: per machine, rows older than the earliest start of its
+        rolling windows, shift and today, less PRUNE_MARGIN; since_start stays exact (the timeline keeps
+        its totals up to the cut). Works only for machines whose cut moved on by PRUNE_STEP, so it is
+        cheap to call often. Uses the machines' own time, no clock. Returns the number of rows dropped."""
+        now = self._now()
+        cut = np.min([s for name, s in self._spans(now) if name != "since_start"], axis=0) - PRUNE_MARGIN
+        cut = np.where(cut >= self.timeline.kept_from + PRUNE_STEP, cut, np.nan)
+        return self.timeline.prune(cut, self.first_ts[: self.n])
+
     # -- reading
     def snapshot(self) -> dict[str, dict[str, np.ndarray]]:
         """KPIs of every machine per window: {window name: {kpi: array indexed by machine}}."""
         tl = self.timeline
-        now = self.now_ts[: self.n]
-        tl.set_now(np.arange(self.n), np.where(np.isnan(now), -np.inf, now))
+        now = self._now()
         first = self.first_ts[: self.n]
         spans = self._spans(now)
         starts = np.fmax(np.stack([s for _, s in spans]), first)  # no history before the first message
@@ -159,6 +176,12 @@ class KpiEngine:
         out["since_start"]["state"] = self.state_code[: self.n].copy()
         out["since_start"]["model"] = self.state_model[: self.n].copy()
         return out
+
+    def _now(self) -> np.ndarray:
+        """The machines' now, passed on to the timeline (the open states last until then)."""
+        now = self.now_ts[: self.n]
+        self.timeline.set_now(np.arange(self.n), np.where(np.isnan(now), -np.inf, now))
+        return now
 
     def _spans(self, now: np.ndarray) -> list[tuple[str, np.ndarray]]:
         first = self.first_ts[: self.n]

@@ -19,6 +19,14 @@ An episode is a run of consecutive states of one category (Holding -> Held ->
 Unholding is one breakdown). Its category is final when it closes: a breakdown
 or stop episode shorter than the micro-stop threshold becomes a small stop, and
 its pieces are rewritten. While it is open it is judged by its length so far.
+
+Memory stays bounded with ``prune(cut, start)``: each machine's rows before its cut
+are dropped, after the totals from ``start`` up to the cut were added to a
+per-machine ``base``. A window starting at or after the cut reads the kept rows
+exactly as before (prefix sums are not rebased); one starting before it (since
+start) is ``base`` + the window [cut, end). History before the cut must be final
+by then: the caller appends nothing at or before the cut, and a cut never falls
+inside the first ``micro_stop_s`` of the open episode (a stop could still become small).
 """
 from __future__ import annotations
 
@@ -107,18 +115,46 @@ class _Rows:
             a = getattr(self, name)
             setattr(self, name, np.concatenate([a, np.full((n - old, self.cap, *shape), fill, dtype=dtype)]))
 
+    def _realloc(self, cap: int) -> None:
+        for name, (shape, dtype, _) in self.spec.items():
+            a = getattr(self, name)
+            b = np.empty((a.shape[0], cap, *shape), dtype=dtype)  # beyond ``fill`` is never read
+            keep = min(cap, self.cap)
+            b[:, :keep] = a[:, :keep]
+            setattr(self, name, b)
+        self.cap = cap
+
     def reserve(self, need: int) -> None:
         if need <= self.cap:
             return
         cap = self.cap
         while cap < need:
             cap *= 2
-        for name, (shape, dtype, _) in self.spec.items():
-            a = getattr(self, name)
-            b = np.empty((a.shape[0], cap, *shape), dtype=dtype)  # beyond ``fill`` is never read
-            b[:, : self.cap] = a
-            setattr(self, name, b)
-        self.cap = cap
+        self._realloc(cap)
+
+    MOVE_ROWS = 1 << 18  # rows moved per step of ``drop``: bounds its temporary copies (about 20 MB)
+
+    def drop(self, m: np.ndarray, k: np.ndarray) -> int:
+        """Forget the first k rows of machines m (distinct): the rest move to the front, machines in groups of
+        about MOVE_ROWS rows; then give memory back when a sixteenth of the capacity is enough. Rows dropped."""
+        m, k = m[k > 0], k[k > 0]
+        n = self.fill[m] - k
+        move = n + 1  # and the row at ``fill``: the pieces' prefix of the next piece
+        group = np.cumsum(move) // self.MOVE_ROWS
+        for g in np.split(np.arange(m.size), np.flatnonzero(np.diff(group)) + 1):
+            mm = np.repeat(m[g], move[g])
+            dst = _ranges(np.zeros(g.size, np.int64), move[g])
+            src = dst + np.repeat(k[g], move[g])
+            for name in self.spec:
+                a = getattr(self, name)
+                a[mm, dst] = a[mm, src]
+        self.fill[m] = n
+        cap, need = self.cap, int(self.fill.max(initial=0)) + 2
+        while cap >= 16 * need and cap >= 8:  # not for the daily swing (about 6x): the room is needed again
+            cap //= 2
+        if cap < self.cap:
+            self._realloc(cap)
+        return int(k.sum())
 
     def search(self, values: np.ndarray, m: np.ndarray, q: np.ndarray, side: str) -> np.ndarray:
         """Per (machine, query): like np.searchsorted within the machine's filled row (0..fill)."""
@@ -129,10 +165,12 @@ class _Rows:
 
 
 class Timeline:
-    # per-machine state: name, initial value, dtype
+    # per-machine state: name, initial value (its shape is the row's), dtype
     PER_MACHINE = (("now", -np.inf, np.float64), ("last_t", np.nan, np.float64), ("last_cat", -1, np.int8),
                    ("last_reason", 0, np.int64), ("ep_t", np.nan, np.float64), ("ep_cat", -1, np.int8),
-                   ("last_good", -1, np.int64), ("last_reject", -1, np.int64))
+                   ("last_good", -1, np.int64), ("last_reject", -1, np.int64),
+                   ("kept_from", -np.inf, np.float64),  # the cut of ``prune``: rows before it are gone
+                   ("base", (0.0,) * N_TOT, np.float64))  # totals from the start up to the cut
 
     def __init__(self, conv: Conventions = oee.DEFAULT, calendar=np.zeros(0), machines: int = 0, capacity: int = 64):
         self.conv = conv
@@ -143,8 +181,8 @@ class Timeline:
         self.c = _Rows(0, capacity, t=((), np.float64, np.inf), pre=((5,), np.float64, 0.0))  # inclusive prefix
         self.f = _Rows(0, 4, t=((), np.float64, np.inf))
         self.u = _Rows(0, 4, t=((), np.float64, np.inf))
-        for name, _, dtype in self.PER_MACHINE:  # present (empty) before the first machine comes
-            setattr(self, name, np.zeros(0, dtype))
+        for name, fill, dtype in self.PER_MACHINE:  # present (empty) before the first machine comes
+            setattr(self, name, np.zeros((0, *np.shape(fill)), dtype))
         self.add_machines(machines)
 
     # -- per-machine state
@@ -153,7 +191,7 @@ class Timeline:
             return
         grow = n - self.n
         for name, fill, dtype in self.PER_MACHINE:
-            setattr(self, name, np.concatenate([getattr(self, name), np.full(grow, fill, dtype)]))
+            setattr(self, name, np.concatenate([getattr(self, name), np.full((grow, *np.shape(fill)), fill, dtype)]))
         for rows in (self.p, self.c, self.f, self.u):
             rows.machines(n)
         self.n = n
@@ -366,8 +404,17 @@ class Timeline:
         return out.reshape(k, n, N_TOT)
 
     def query(self, m: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """Totals for any list of (machine, window start, window end) queries. Shape (len(m), N_TOT)."""
+        """Totals for any list of (machine, window start, window end) queries. Shape (len(m), N_TOT).
+        A window that starts before a machine's cut (``prune``) is its base + the window from the cut."""
         m = np.asarray(m, np.int64)
+        a = np.asarray(a, np.float64)
+        cut = self.kept_from[m]
+        early = a < cut
+        out = self._query(m, np.where(early, cut, a), b)
+        out[early] += self.base[m[early]]
+        return out
+
+    def _query(self, m: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         q = np.arange(m.size)
         now = self.now[m]
         b = np.asarray(b, np.float64)
@@ -433,6 +480,27 @@ class Timeline:
         d = np.where(ok[:, None], pre(iu) - pre(np.minimum(il, iu)), 0.0)
         out[:, oee.STARTUP_REJECT] += np.bincount(qi, d[:, C_REJECT], m.size)
         out[:, oee.IDEAL_STARTUP_REJECT] += np.bincount(qi, d[:, C_IDEAL] - d[:, C_IDEAL_GOOD], m.size)
+
+    def prune(self, cut, start) -> int:
+        """Drop each machine's rows before ``cut`` (per machine, at most its now; NaN: keep all), after adding
+        the totals of [start, cut) to its base, so windows from ``start`` (since start) and from the cut on stay
+        exact. Kept: the state piece at the cut, the last counter sample at or before it, failures from it on
+        and setup ends from ``startup_s`` before it. A cut less than ``micro_stop_s`` after the start of the
+        open episode moves back to that start (a stop may still end up small). Returns the rows dropped."""
+        cut = np.asarray(cut, np.float64)
+        young = (self.ep_t < cut) & (cut < self.ep_t + self.conv.micro_stop_s)
+        cut = np.where(young, self.ep_t, cut)
+        m = np.flatnonzero(cut > self.kept_from)
+        if not m.size:
+            return 0
+        cut = cut[m]
+        self.base[m] = self.query(m, np.broadcast_to(np.asarray(start, np.float64), (self.n,))[m], cut)
+        self.kept_from[m] = cut
+        dropped = 0
+        for rows, t, side, back in ((self.p, cut, "right", 1), (self.c, cut, "right", 1),
+                                    (self.f, cut, "left", 0), (self.u, cut - self.conv.startup_s, "left", 0)):
+            dropped += rows.drop(m, np.maximum(rows.search(rows.t, m, t, side) - back, 0))
+        return dropped
 
     def stop_reasons(self, a, b) -> list[dict]:
         """Stop time inside planned production time per machine, category and reason code in [a, b),

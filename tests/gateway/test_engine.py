@@ -143,3 +143,48 @@ def test_snapshot_without_any_machine_is_empty_not_an_error():
     """A gateway that stops before the first machine spoke (it used to crash in Timeline.set_now)."""
     snap = KpiEngine().snapshot()
     assert snap and all(len(v) == 0 for kpis in snap.values() for v in kpis.values())
+
+
+DAY0 = 1_711_605_600.0  # 2024-03-28 06:00 UTC
+
+
+def test_an_open_breakdown_from_exactly_the_window_start_is_a_failure():
+    """Held from 06:00:00, the start of the early shift, and still held: one failure in the shift."""
+    e = KpiEngine()
+    m = e.add_machine()
+    e.add_state(m, states([DAY0 - 3600, DAY0], [EXECUTE, HELD]))
+    e.add_telemetry(m, TelemetryBatch(np.array([DAY0 + 1800]), {}))
+    e.fold()
+    snap = e.snapshot()
+    assert snap["shift"]["start"][0] == DAY0
+    assert [snap[w]["failures"][0] for w in ("since_start", "last_1h", "shift", "last_15min")] == [1, 1, 1, 0]
+
+
+def test_a_new_state_at_the_time_of_the_last_fold_is_not_a_replay():
+    """Held and Execute in the same second, in two ticks: the second one is a change, not a replay."""
+    e = KpiEngine()
+    m = e.add_machine()
+    e.add_state(m, states([0, 100], [EXECUTE, HELD]))
+    e.fold()
+    e.add_state(m, states([100], [EXECUTE]))
+    e.add_telemetry(m, TelemetryBatch(np.array([1000.0]), {}))
+    e.fold()
+    k = e.snapshot()["since_start"]
+    assert (k["run_s"][0], k["breakdown_s"][0], k["state"][0]) == (1000.0, 0.0, EXECUTE)
+
+
+def test_a_state_kept_for_days_keeps_the_earlier_calendar():
+    """Execute from Thursday 06:00 to Monday 18:00 (UTC), never a change, in a plant with shifts 06-22 and
+    hourly ticks: the four nights in between are not scheduled, however long ago they were."""
+    from gateway import config
+
+    site = config.parse({"shifts": [{"name": "early", "start": "06:00", "end": "14:00"},
+                                    {"name": "late", "start": "14:00", "end": "22:00"}]})
+    e = KpiEngine(site)
+    m = e.add_machine()
+    e.add_state(m, states([DAY0], [EXECUTE]))
+    for hour in range(1, 4 * 24 + 13):
+        e.add_telemetry(m, TelemetryBatch(np.array([DAY0 + hour * 3600.0]), {}))
+        e.fold()
+    k = e.snapshot()["since_start"]
+    assert (k["known_s"][0], k["not_scheduled_s"][0], k["run_s"][0]) == (108 * 3600, 4 * 8 * 3600, 76 * 3600)

@@ -277,3 +277,17 @@ def test_power_cut_while_messages_arrive_loses_at_most_what_follows_the_cut(dura
     assert set(got.values()) == {1}, "a machine's parts counted twice"
     if cut > len(checkpoint.JOURNAL_MAGIC) and cut not in ends.values():  # cut inside a record
         assert f"journal damaged path={path} " in log and 'reason="record cut short"' in log, log
+
+
+def test_a_checkpoint_whose_prune_cut_passes_the_data_is_refused(tmp_path):
+    """KpiEngine.prune's cut (tl.kept_from) after a machine's latest data would make the engine drop all its
+    data as too late, for good; such a checkpoint is refused like a poisoned time."""
+    e, t = engine_with_data(None)
+    arrays, doc = checkpoint.capture(e, [MachineRef("s", "a", "l", "m1"), MachineRef("s", "a", "l", "m2")], {})
+    path = tmp_path / "gw.checkpoint.npz"
+    checkpoint.write(path, arrays, doc)
+    checkpoint.read(path, KpiEngine())  # as captured: fine
+    arrays["tl.kept_from"][1] = arrays["engine.now_ts"][1] + 3600
+    checkpoint.write(path, arrays, doc)
+    with pytest.raises(checkpoint.CheckpointError, match=r"tl\.kept_from\[1\] = .* is after the machine's latest data"):
+        checkpoint.read(path, KpiEngine())
