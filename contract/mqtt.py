@@ -25,6 +25,8 @@ DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 _FILES = (("ca_file", "CA file"), ("cert_file", "certificate file"), ("key_file", "key file"))
 # MQTT 5 reason codes; paho maps the MQTT 3.1.1 CONNACK codes 4 and 5 onto them
 _NOT_AUTHORISED = {134, 135}  # Bad user name or password, Not authorized
+# this many connections within this time: another client uses our client id (see connect())
+COLLISION_WINDOW_S, COLLISION_CONNECTS = 10.0, 5
 
 
 @dataclass(frozen=True)
@@ -215,6 +217,9 @@ class _Client(paho.Client):
     connected (paho formats a log line per packet while it is set).
     """
     fieldlab_last_error: str | None = None
+    fieldlab_collision: str | None = None  # why we think another client uses our client id, as last seen
+    fieldlab_collision_at = -float("inf")  # time.monotonic() of that
+    fieldlab_collisions = 0
     _fieldlab_on_fail = None
     _fieldlab_on_log = None
 
@@ -421,6 +426,12 @@ def connect(url: BrokerUrl, client_id: str | None = None, *, will: tuple[str, by
     on every (re)connect; the first time, ``connect`` returns only once the broker has confirmed them
     (SUBACK), so no message published after it returns is missed.
 
+    Two processes with one client id take the session over from each other, in turn, a few times a
+    second; MQTT 3.1.1 gives no reason, and each then sees only its own messages. So the connections
+    are counted: ``COLLISION_CONNECTS`` within ``COLLISION_WINDOW_S`` set ``fieldlab_collision`` (a
+    sentence naming the client id), ``fieldlab_collision_at`` and ``fieldlab_collisions``, and log an
+    error once a minute. A broker that restarts gives one reconnect, not five in ten seconds.
+
     ``persistent`` asks the broker to keep our session (MQTT 3.1.1 clean session = 0): while we are
     away (restarting, or reconnecting after a broker restart) it queues the QoS 1 messages of our
     subscriptions and hands them over when we are back. It needs a stable ``client_id`` that no other
@@ -450,6 +461,7 @@ def connect(url: BrokerUrl, client_id: str | None = None, *, will: tuple[str, by
     subscribed = threading.Event()
     failure: list[str] = []
     logged: set[str] = set()  # reasons already logged in this outage
+    connects: list[float] = []  # times of the recent connections (a client id collision)
     background = [retry]  # log refusals (instead of raising them) once connect() handed the client over
 
     def _on_fail(e: OSError) -> None:  # paho's thread, or connect() below
@@ -481,6 +493,7 @@ def connect(url: BrokerUrl, client_id: str | None = None, *, will: tuple[str, by
             return
         c.fieldlab_last_error = None
         logged.clear()
+        _count_connect(c, url, connects)
         if c.on_log is _on_log:
             c.on_log = None
         if subscriptions:
@@ -528,6 +541,24 @@ def connect(url: BrokerUrl, client_id: str | None = None, *, will: tuple[str, by
         raise ServiceError(f"the MQTT broker at {url} refused the connection: no answer within {timeout:g} s{hint}")
     background[0] = True
     return client
+
+
+def _count_connect(client: _Client, url: BrokerUrl, connects: list[float]) -> None:
+    """Note a connection; too many too quickly mean another client with our client id (see connect())."""
+    now = time.monotonic()
+    connects[:] = [t for t in connects if now - t < COLLISION_WINDOW_S] + [now]
+    if len(connects) < COLLISION_CONNECTS:
+        return
+    first = now - client.fieldlab_collision_at > 60.0
+    client.fieldlab_collision = (
+        f"the MQTT broker at {url} dropped this client's connection {len(connects) - 1} times in "
+        f"{COLLISION_WINDOW_S:g} s right after accepting it: another process most likely uses its client id "
+        f"{client._client_id.decode(errors='replace')!r} (each takes the session over from the other); give each "
+        f"process its own client id")
+    client.fieldlab_collision_at = now
+    client.fieldlab_collisions += 1
+    if first:
+        log.error("client id collision: %s", client.fieldlab_collision)
 
 
 def wait_published(infos, timeout: float = 10.0) -> bool:

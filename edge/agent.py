@@ -86,6 +86,8 @@ class EdgeAgent:
         """What the heartbeat reports (docs/contract.md, status): numbers a person can act on."""
         client = self._client
         last_error = getattr(client, "fieldlab_last_error", None) or self.stats.get("last_error")
+        if client is not None and client.fieldlab_collision and time.monotonic() - client.fieldlab_collision_at < 60:
+            last_error = client.fieldlab_collision  # two agents for one machine: say so, it explains the gaps
         source_stats = getattr(self.source, "stats", None)
         if source_stats and source_stats.get("last_error"):
             last_error = last_error or f"source: {source_stats['last_error']}"

@@ -42,7 +42,6 @@ INGEST_KINDS = (Kind.STATE, Kind.COUNTS, Kind.TELEMETRY, Kind.STATUS)
 MAX_MACHINES = 1000  # default cap on machines per gateway (docs/RELIABILITY.md: memory and tick time per machine)
 MQTT_GRACE_S = 30.0  # /healthz fails once MQTT has been down this long
 STATUS_S = 10.0  # the gateway's retained status is repeated this often (a heartbeat with its health)
-COLLISION_WINDOW_S, COLLISION_CONNECTS = 10.0, 5  # this many connections within this time: a client id collision
 SINK_DROP_WINDOW_S = 60.0  # /healthz fails while a sink has dropped lines within this time
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -103,10 +102,7 @@ class Gateway:
         self._ready_mono: float | None = None
         self.last_tick_at: float | None = None  # monotonic time of the last tick that completed
         self.last_tick_wall: float | None = None  # its wall-clock time (KPI messages carry it: tick_ts)
-        self.collision: str | None = None  # another process with our client id, as last seen
-        self._collision_at = -float("inf")
         self._disconnected_since: float | None = None
-        self._connects: list[float] = []  # monotonic times of recent connections (collision check)
         self._sink_dropped: dict[int, tuple[int, float]] = {}  # sink index -> (dropped count, when it last grew)
         self._status_at = -float("inf")
         # restart safety (gateway/checkpoint.py): the engine's state on disk every checkpoint_s and at stop
@@ -239,28 +235,9 @@ class Gateway:
 
     def _on_connect(self, client) -> None:  # paho's thread, after every (re)connect
         self.stats["mqtt_connects"] += 1
+        self.stats["client_id_collisions"] = client.fieldlab_collisions  # (contract.mqtt counts them)
         self._disconnected_since = None
-        self._check_collision()
         self._publish_status(client, force=True)
-
-    def _check_collision(self) -> None:
-        """Connections the broker keeps dropping right after accepting them: another process with our client
-        id (two gateways, or one started twice). Each takes the session over from the other, in turn, a few
-        times a second, and each then sees only its own messages: the rate of reconnects is what shows it.
-        (MQTT 3.1.1 gives no reason; a broker that restarts gives one reconnect, not several a second.)"""
-        now = time.monotonic()
-        recent = self._connects = [t for t in self._connects if now - t < COLLISION_WINDOW_S] + [now]
-        if len(recent) < COLLISION_CONNECTS:
-            return
-        first = now - self._collision_at > 60.0
-        self.collision = (f"the broker dropped this gateway's connection {len(recent) - 1} times in "
-                          f"{COLLISION_WINDOW_S:g} s right after accepting it: another process most likely uses "
-                          f"its MQTT client id {self.client_id!r} (each takes the session over from the other); "
-                          f"give each gateway its own --client-id or --scope")
-        self._collision_at = now
-        self.stats["client_id_collisions"] += 1
-        if first:
-            log.error("client id collision: %s", self.collision)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # paho's thread
         if self._disconnected_since is None:
@@ -303,8 +280,8 @@ class Gateway:
             if now - at < SINK_DROP_WINDOW_S:
                 reasons.append(f"sink {sink} dropped data in the last {SINK_DROP_WINDOW_S:g} s "
                                f"({seen} lines in all): its backlog is full")
-        if self.collision and now - self._collision_at < 60.0:
-            reasons.append(self.collision)
+        if client is not None and client.fieldlab_collision and now - client.fieldlab_collision_at < 60.0:
+            reasons.append(client.fieldlab_collision + " (--client-id, or --scope for a share of the plant)")
         return {"status": "failing" if reasons else "ok", "reasons": reasons, "client_id": self.client_id,
                 "instance": self.instance, "uptime_s": round(time.time() - self.started_at, 3),
                 "last_tick_age_s": None if tick_age is None else round(tick_age, 3), "mqtt_connected": connected,
@@ -418,6 +395,7 @@ class Gateway:
         started, wall = time.perf_counter(), time.time()
         with self._state_lock:
             n, status = self._fold_inbox()
+            self.engine.prune()  # history no live window needs (cheap: the engine decides when there is any)
             snap = self.engine.snapshot()
             machines = self.machines[:n]
             to_store, self._to_store = self._to_store, []

@@ -7,17 +7,22 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
+import jsonschema
 import paho.mqtt.client as paho
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+import contract
 from contract import Kind, MachineRef, encode_counts, encode_state, encode_status
 from contract.topics import gateway_status_topic
 from gateway.http import HttpEndpoint
 from gateway.service import Gateway, default_client_id
 from tests.helpers import KeepLines, wait_until
 
-T0 = 1_800_000_000.0  # 2027-01-15: every time in these tests is a plausible Unix time
+T0 = 1_800_000_000.0
+SCHEMAS = {p.stem: json.loads(p.read_text()) for p in (Path(contract.__file__).parent / "schemas").glob("*.json")}  # 2027-01-15: every time in these tests is a plausible Unix time
 
 
 def get(url: str, timeout: float = 5):
@@ -116,6 +121,8 @@ async def test_status_only_machine_gets_no_kpi_message_without_time(mosquitto, s
         assert any(r["machine"] == quiet and r["status"] == "online" for r in gw.rows)  # the page still shows it
         assert all(isinstance(k["ts"], float) and isinstance(k["tick_ts"], float)
                    for t, p, _ in list(sub.messages) for k in [json.loads(p)])
+        for _, p, _ in list(sub.messages):  # "ts": null broke the KPI message's own schema
+            jsonschema.validate(json.loads(p), SCHEMAS["kpi"])
         kpi = sub.got(busy.topic(Kind.KPI))[-1]
         assert abs(kpi["tick_ts"] - time.time()) < 10 and kpi["ts"] == T0 + 60  # when computed, and the data's time
     finally:
@@ -196,9 +203,13 @@ async def test_gateway_status_is_retained_with_its_health(mosquitto, site):
         doc = sub.got(topic)[-1]
         assert doc["status"] == "online" and doc["ok"] is True and doc["instance"] == gw.instance
         assert abs(doc["ts"] - time.time()) < 5
+        jsonschema.validate(doc, SCHEMAS["gateway-status"])
         await gw.stop()
         assert await wait_until(lambda: sub.got(topic)[-1]["status"] == "offline", 5)
         assert "ts" not in sub.got(topic)[-1]  # as the will: a time fixed in advance would lie
+        jsonschema.validate(sub.got(topic)[-1], SCHEMAS["gateway-status"])
+        with pytest.raises(jsonschema.ValidationError):  # the schema can tell: an online without health
+            jsonschema.validate({k: v for k, v in doc.items() if k != "ok"}, SCHEMAS["gateway-status"])
     finally:
         sub.close()
         await gw.stop()
@@ -212,10 +223,10 @@ async def test_a_second_gateway_with_the_same_client_id_is_reported(mosquitto, s
     await one.start()
     await two.start()
     try:
-        assert await wait_until(lambda: one.collision or two.collision, 15)
-        seen = one if one.collision else two
+        assert await wait_until(lambda: one.stats["client_id_collisions"] or two.stats["client_id_collisions"], 15)
+        seen = one if one.stats["client_id_collisions"] else two
         health = seen.health()
-        assert health["status"] == "failing" and any("client id" in r for r in health["reasons"])
+        assert health["status"] == "failing" and any("--client-id" in r for r in health["reasons"]), health
         assert "client id collision" in caplog.text
     finally:
         await two.stop()
@@ -260,3 +271,30 @@ async def test_a_malformed_request_target_gets_an_answer(mosquitto, site):
         assert answer.startswith(b"HTTP/1.1 400 ")
     finally:
         await http.stop()
+
+
+async def test_the_gateway_forgets_old_history_and_since_start_stays_exact(mosquitto, site):
+    """Defect 6: the timeline kept every counter change forever (3 GB per 1,000 machine-days). The gateway
+    now prunes what no live window needs, tick by tick; since_start still counts every part."""
+    ref = MachineRef(site, "a", "l", "m1")
+    gw = Gateway(mosquitto.url, site=site, publish_s=3600, client_id=f"gw-{site}")  # ticks when told
+    await gw.start()
+    pub = Client(mosquitto.port)
+    try:
+        pub.publish(ref.topic(Kind.STATE), encode_state([T0], [4]))
+        pub.publish(ref.topic(Kind.COUNTS), encode_counts([T0], [0], [0], "p", 60.0))  # the baseline reading
+        hours = 72
+        for h in range(hours):  # three days, a counter reading a minute, one part a minute
+            ts = [T0 + h * 3600 + 60 * i for i in range(1, 61)]
+            good = [h * 60 + i for i in range(1, 61)]
+            pub.publish(ref.topic(Kind.COUNTS), encode_counts(ts, good, [0] * 60, "p", 60.0))
+            assert await wait_until(lambda: gw.stats["messages"] == h + 3)
+            await asyncio.to_thread(gw.tick)
+        row = gw.rows[0]
+        assert row["good"] == hours * 60 and row["run_s"] == hours * 3600.0 and row["performance"] == 1.0
+        kept = gw.engine.timeline.kept_from[0]
+        assert T0 + 24 * 3600 < kept < T0 + hours * 3600  # days before today are gone from the rows ...
+        assert gw.engine.timeline.c.fill[0] < 40 * 60  # ... and so are their counter changes (4,320 sent)
+    finally:
+        pub.close()
+        await gw.stop()
