@@ -15,7 +15,8 @@ from collections import Counter
 from itertools import groupby
 
 from contract import (
-    STATE_MODELS, ContractError, Kind, encode_counts, encode_state, encode_telemetry, encode_telemetry_binary,
+    STATE_MODELS, TS_MAX, TS_MIN, ContractError, Kind, encode_counts, encode_state, encode_telemetry,
+    encode_telemetry_binary,
 )
 
 log = logging.getLogger("fieldlab.edge")
@@ -45,8 +46,23 @@ class Batcher:
     def __len__(self) -> int:
         return sum(len(s) for s in self._series.values()) + len(self._rows)
 
+    def _bad_time(self, ts: float, what: str) -> bool:
+        """A source time outside the contract's plausible range (a PLC whose clock was never set, a time in
+        milliseconds): not sent, counted in ``rejected["time"]``, logged once per tag. The gateway would refuse
+        the whole batch; this way only these samples are lost, not the others in the batch."""
+        if TS_MIN <= ts < TS_MAX:
+            return False
+        self.rejected["time"] += 1
+        if ("time", what) not in self._warned:
+            self._warned.add(("time", what))
+            log.warning("value not sent tag=%s time=%r (not a Unix time in seconds from 2000 to 2100: is the "
+                        "machine's clock set? counted in rejected)", what, ts)
+        return True
+
     def record(self, role: str, ts: float, value) -> None:
         """A tag changed: ``role`` is one of ROLES."""
+        if self._bad_time(ts, role):
+            return
         if role in ("state", "reason", "good", "reject"):
             value = self._code(role, value)
             if value is None:
@@ -87,6 +103,8 @@ class Batcher:
     def value(self, ts: float, name: str, value: float) -> None:
         """A process value (telemetry). One that is not a finite number (text from a device, an infinity from
         an overflowing sensor) is not sent: counted in ``rejected["value"]`` and logged once per signal."""
+        if self._bad_time(ts, name):
+            return
         try:
             number = float(value)
         except (TypeError, ValueError, OverflowError):

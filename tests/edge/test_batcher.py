@@ -124,3 +124,55 @@ def test_telemetry_too_wide_for_the_binary_form_goes_as_json():
         tel = decode(Kind.TELEMETRY, out[Kind.TELEMETRY])
         assert len(tel.signals) == len(names) and tel.signals[names[-1]][0] == len(names) - 1
         assert {Kind.STATE, Kind.COUNTS} <= set(out)
+
+
+def test_times_the_gateway_would_refuse_are_counted_not_sent(caplog):
+    """Issue 13: a PLC whose clock was never set (1970) or a source in milliseconds. The gateway refuses a whole
+    batch with such a time; the edge drops only those samples, counts and names them, and the rest goes."""
+    from contract import TS_MAX, TS_MIN
+
+    b = Batcher()
+    b.record("state", 12.5, 4)  # seconds since boot
+    b.record("state", T + 1.0, 4)
+    b.record("good", T * 1000, 9)  # milliseconds
+    b.record("good", TS_MIN, 1)  # the first plausible time ...
+    b.record("reject", TS_MIN, 0)
+    b.record("good", TS_MAX - 1, 2)  # ... and the last whole second before the range ends
+    b.value(TS_MAX, "temp", 20.0)  # the end of the range is outside it
+    b.value(T + 1.0, "temp", 21.0)
+    got = dict(drained(b))
+    assert b.rejected["time"] == 3 and sum(b.rejected.values()) == 3
+    assert (got[Kind.STATE].ts - T).tolist() == [1.0]
+    assert got[Kind.COUNTS].ts.tolist() == [TS_MIN, TS_MAX - 1]
+    assert (got[Kind.TELEMETRY].ts - T).tolist() == [1.0]
+    warned = [r.getMessage() for r in caplog.records if "not a Unix time" in r.getMessage()]
+    assert len(warned) == 3 and any("tag=temp" in w for w in warned)  # once per tag
+
+
+def test_codes_that_cannot_be_sent_are_counted_per_role():
+    """Negative or fractional counters and codes, states outside the model: counted under their own role."""
+    b = Batcher()
+    b.record("good", T, -1)
+    b.record("reject", T, 0.5)
+    b.record("state", T, 4.5)
+    b.record("state", T, 99)
+    b.record("reason", T, -3)
+    b.record("good", T + 1, 2.0)  # a whole float is a whole number
+    b.record("reject", T + 1, 0)
+    b.record("state", T + 1, 4)
+    b.record("reason", T + 1, 0)
+    assert dict(b.rejected) == {"good": 1, "reject": 1, "state": 2, "reason": 1}
+    got = dict(drained(b))
+    assert got[Kind.COUNTS].good.tolist() == [2] and got[Kind.STATE].state.tolist() == [4]
+
+
+def test_a_counter_row_waits_until_both_counters_are_known():
+    """With only good known (reject never seen nor assumed), no counts row can be sent; once reject is
+    assumed (the machine has no reject counter) every good reading goes."""
+    b = Batcher()
+    b.record("good", T, 1)
+    assert Kind.COUNTS not in dict(drained(b))
+    b.assume("reject", 0)
+    b.record("good", T + 1, 2)
+    (_, c), = drained(b)
+    assert (c.good.tolist(), c.reject.tolist()) == ([2], [0])
