@@ -57,13 +57,16 @@ class DiskQueue:
 
     def _drop_oldest(self) -> None:
         over = self.bytes - self.max_bytes
-        rows = self.db.execute("SELECT id, LENGTH(topic) + LENGTH(payload) FROM outbox ORDER BY id").fetchall()
+        # read from the oldest only as far as needed (a cursor, not fetchall: a full outbox of small messages
+        # made every flush read the whole table, 0.3 s for 100 MB)
+        rows = self.db.execute("SELECT id, LENGTH(topic) + LENGTH(payload) FROM outbox ORDER BY id")
         freed, last, n = 0, None, 0
         for rid, size in rows:  # on the slow path only: the outbox is full
             if freed >= over:
                 break
             freed += size
             last, n = rid, n + 1
+        rows.close()
         if last is not None:
             self.db.execute("DELETE FROM outbox WHERE id <= ?", (last,))
             self.bytes -= freed

@@ -32,3 +32,29 @@ def test_the_bound_drops_the_oldest_and_counts_them(tmp_path):
     wal = tmp_path / "q.db-wal"
     on_disk = (tmp_path / "q.db").stat().st_size + (wal.stat().st_size if wal.exists() else 0)
     assert on_disk < 1.5 * 10_000 + 1.5 * 2**20  # the bound, SQLite's page overhead and about 1 MB of journal
+
+
+def _steps_of_a_put_when_full(path, rows: int) -> int:
+    """SQLite virtual-machine steps (in thousands) of one put into a full outbox of ``rows`` small messages."""
+    q = DiskQueue(path, max_bytes=rows * 100)
+    q.put_many([("t/x", b"p" * 97, 1, False)] * rows)  # exactly full
+    steps = [0]
+
+    def count():
+        steps[0] += 1
+        return 0
+
+    q.db.set_progress_handler(count, 1000)
+    q.put_many([("t/x", b"p" * 97, 1, False)])  # one more: the oldest goes
+    q.db.set_progress_handler(None, 0)
+    assert len(q) == rows and q.dropped == 1
+    q.close()
+    return steps[0]
+
+
+def test_a_full_outbox_drops_without_reading_all_of_it(tmp_path):
+    """Issue 13: with the default 100 MB outbox full of small messages each flush cost 0.3 s, because dropping
+    the oldest read the whole table. The work of a put must not grow with the outbox."""
+    small = _steps_of_a_put_when_full(tmp_path / "a.db", 2_000)
+    large = _steps_of_a_put_when_full(tmp_path / "b.db", 40_000)
+    assert large < 2 * small + 5, (small, large)
