@@ -15,9 +15,42 @@ class LogfmtFormatter(logging.Formatter):
         return line
 
 
+class RepeatLimit(logging.Filter):
+    """At most ``burst`` warnings or errors of one kind (logger, level, message template) per ``window_s`` s; the
+    first record after a quiet window says how many were left out. Without it, one fault that repeats (file
+    descriptors exhausted: asyncio logs every failed accept with a traceback) wrote 6 MB of log in 15 s and
+    could fill the disk the state files need. ``now`` is a clock (time.monotonic), for the tests."""
+
+    def __init__(self, burst: int = 5, window_s: float = 10.0, now=time.monotonic):
+        super().__init__()
+        self.burst, self.window_s, self.now = burst, window_s, now
+        self._seen: dict[tuple, list] = {}  # kind -> [window start, records in it, left out]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:  # progress lines (a new machine, ...) are never a flood
+            return True
+        key = (record.name, record.levelno, str(record.msg)[:200])
+        t = self.now()
+        seen = self._seen.get(key)
+        if seen is None or t - seen[0] >= self.window_s:
+            left_out = seen[2] if seen else 0
+            if len(self._seen) > 1000:  # many kinds: forget the old windows rather than grow
+                self._seen.clear()
+            self._seen[key] = [t, 1, 0]
+            if left_out:
+                record.msg = f"{record.msg} ({left_out} more like this in the last {self.window_s:g} s left out)"
+            return True
+        seen[1] += 1
+        if seen[1] <= self.burst:
+            return True
+        seen[2] += 1
+        return False
+
+
 def setup(level: int = logging.INFO, stream=None) -> None:
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(LogfmtFormatter())
+    handler.addFilter(RepeatLimit())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

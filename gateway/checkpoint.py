@@ -320,7 +320,10 @@ class Journal:
             log.warning("journal not synced path=%s error=%s", self.path, e)
 
     def _sync_every(self, sync_s: float | None) -> None:
-        _fsync_dir(self.path.parent)
+        try:  # the new file's name, on disk (it cannot be opened when file descriptors run out: go on without)
+            _fsync_dir(self.path.parent)
+        except OSError as e:
+            log.warning("journal directory not synced path=%s error=%s", self.path.parent, e)
         while not self._closing.wait(sync_s):
             self.sync()
 

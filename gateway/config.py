@@ -44,9 +44,16 @@ class SiteConfig:
     #: without a shift list in the file, time is never "outside the shifts" (24/7 planned)
     shifts_limit_planned_time: bool = False
 
+    def __post_init__(self) -> None:
+        self.tz  # read the zone file now, while starting: not first in a KPI computation (it may fail then)
+
     @property
     def tz(self) -> ZoneInfo:
-        return ZoneInfo(self.timezone)
+        """The site's time zone, read once (ZoneInfo's own cache may let it go; reading the zone file again in
+        a KPI computation failed them all while file descriptors ran out)."""
+        if getattr(self, "_tz", (None,))[0] != self.timezone:
+            self._tz = (self.timezone, ZoneInfo(self.timezone))
+        return self._tz[1]
 
     def _days(self, t0: float, t1: float):
         tz = self.tz
