@@ -25,6 +25,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 
 from contract import QOS, Kind, MachineRef, encode_status
+from contract.lockfile import hold
 from contract.mqtt import BrokerUrl, connect, wait_published
 from contract.tasks import cancel_and_wait
 
@@ -44,6 +45,9 @@ class EdgeAgent:
         # the agent's identity towards the broker (its ACL entry): stable, so a reconnect is the same client
         self.client_id = client_id or f"fieldlab-edge-{machine.path.replace('/', '-')}"
         self._started = time.monotonic()
+        # one process per outbox: a second agent would send the same batches and delete the other's
+        self._outbox_lock = hold(buffer, "the edge agent's outbox", "stop the other agent for this machine, or give "
+                                 "this one its own outbox (buffer.path in the mapping file, or --buffer)")
         self.queue = DiskQueue(buffer, max_buffer_bytes)
         self.window, self.wait_for_broker = window, wait_for_broker
         self.stats = {"sent": 0, "acknowledged": 0, "reconnects": -1}
@@ -67,7 +71,7 @@ class EdgeAgent:
             self._client.loop_stop()
             self._client.disconnect()
             self._client = None
-            self.queue.close()
+            self._close_outbox()
             raise
         self._tasks = [asyncio.create_task(self._every(self.flush_s, self.flush)),
                        asyncio.create_task(self._every(0.05, self.pump)),
@@ -190,4 +194,8 @@ class EdgeAgent:
         self._client.disconnect()
         self._client.loop_stop()
         self._client = None
+        self._close_outbox()
+
+    def _close_outbox(self) -> None:
         self.queue.close()
+        self._outbox_lock.release()

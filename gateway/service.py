@@ -27,6 +27,7 @@ from contract import (
     parse_topic,
 )
 from contract.errors import ServiceError
+from contract.lockfile import hold
 from contract.mqtt import BrokerUrl, connect, wait_published
 from contract.topics import gateway_status_topic
 from contract.tasks import cancel_and_wait
@@ -109,6 +110,7 @@ class Gateway:
         self.checkpoint_path = checkpoint.path_for(state_dir, self.client_id) if state_dir else None
         self.checkpoint_s, self._checkpointed_at = checkpoint_s, time.monotonic()
         self._checkpoint_lock, self._checkpoint_seq, self._checkpoint_written = threading.Lock(), 0, 0
+        self._state_hold = None  # the lock on the state file (contract/lockfile.py)
         self._journal: checkpoint.Journal | None = None  # accepted messages since the last checkpoint, for a crash
         self._journal_seq = 0
         self.engine = KpiEngine(config)
@@ -131,6 +133,7 @@ class Gateway:
         #   folds and computes; ingest never takes it. Order when both are needed: _state_lock, then _lock.
         self._lock = threading.Lock()
         self._state_lock = threading.Lock()
+        self._tick_lock = threading.Lock()
         self._inbox: list = []  # (machine index, kind, decoded item) in arrival order, not yet folded
         self._client = None
         self._task: asyncio.Task | None = None
@@ -293,6 +296,9 @@ class Gateway:
         then replay the journals of what was accepted after it, and open a new journal."""
         if not self.checkpoint_path:
             return False
+        if self._state_hold is None:  # one process per state file (two would corrupt it)
+            self._state_hold = hold(self.checkpoint_path, "the gateway's state file", "stop the other gateway, or "
+                                    "give this one its own --client-id (or --scope) or --state-dir")
         restored = False
         with self._state_lock, self._lock:
             got = checkpoint.load(self.checkpoint_path, self.engine)
@@ -391,7 +397,12 @@ class Gateway:
                     log.exception("checkpoint failed")
 
     def tick(self) -> list[dict]:
-        """Fold what arrived, compute KPIs for all machines, publish them retained."""
+        """Fold what arrived, compute KPIs for all machines, publish them retained. One at a time: the loop's
+        runs in a worker thread, and stop() (or a test) may call one while it is still running."""
+        with self._tick_lock:
+            return self._tick()
+
+    def _tick(self) -> list[dict]:
         started, wall = time.perf_counter(), time.time()
         with self._state_lock:
             n, status = self._fold_inbox()
@@ -536,6 +547,9 @@ class Gateway:
         if self._journal is not None:
             self._journal.close()
             self._journal = None
+        if self._state_hold is not None:
+            self._state_hold.release()
+            self._state_hold = None
         for sink in self.sinks:
             await sink.stop()
 

@@ -58,3 +58,23 @@ def test_a_full_outbox_drops_without_reading_all_of_it(tmp_path):
     small = _steps_of_a_put_when_full(tmp_path / "a.db", 2_000)
     large = _steps_of_a_put_when_full(tmp_path / "b.db", 40_000)
     assert large < 2 * small + 5, (small, large)
+
+
+def test_a_second_agent_over_the_same_outbox_is_refused(tmp_path):
+    """Two agents over one outbox would send the same batches and delete each other's: the second refuses,
+    naming the first; once the first is gone (here: its lock released as at its stop) the outbox is free."""
+    import os
+
+    import pytest
+
+    from contract import MachineRef
+    from contract.errors import ServiceError
+    from contract.mqtt import BrokerUrl
+    from edge.agent import EdgeAgent
+
+    ref, broker, outbox = MachineRef("s", "a", "l", "m"), BrokerUrl("127.0.0.1", 1), tmp_path / "outbox.db"
+    first = EdgeAgent(ref, broker, source=None, buffer=outbox)
+    with pytest.raises(ServiceError, match=rf"outbox .* is in use by another process \(pid {os.getpid()}\)"):
+        EdgeAgent(ref, broker, source=None, buffer=outbox)
+    first._close_outbox()
+    EdgeAgent(ref, broker, source=None, buffer=outbox)._close_outbox()

@@ -2,6 +2,7 @@
 can stop the others' KPIs. Real Mosquitto, real HTTP; each test reproduces one defect of the issue."""
 import asyncio
 import json
+import os
 import socket
 import threading
 import time
@@ -16,6 +17,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 import contract
 from contract import Kind, MachineRef, encode_counts, encode_state, encode_status
+from contract.errors import ServiceError
 from contract.topics import gateway_status_topic
 from gateway.http import HttpEndpoint
 from gateway.service import Gateway, default_client_id
@@ -298,3 +300,20 @@ async def test_the_gateway_forgets_old_history_and_since_start_stays_exact(mosqu
     finally:
         pub.close()
         await gw.stop()
+
+
+async def test_a_second_gateway_over_the_same_state_file_is_refused(mosquitto, site, tmp_path):
+    """Principle 8, two instances: two gateways with one client id and state directory would write one
+    checkpoint and journal over each other. The second refuses to start and names the first."""
+    one = Gateway(mosquitto.url, site=site, client_id=f"gw-{site}", state_dir=tmp_path)
+    await one.start()
+    try:
+        two = Gateway(mosquitto.url, site=site, client_id=f"gw-{site}", state_dir=tmp_path)
+        with pytest.raises(ServiceError, match=rf"the gateway's state file .* is in use by another process "
+                                               rf"\(pid {os.getpid()}\): two would corrupt it; stop the other"):
+            await two.start()
+    finally:
+        await one.stop()
+    again = Gateway(mosquitto.url, site=site, client_id=f"gw-{site}", state_dir=tmp_path)  # released at stop
+    await again.start()
+    await again.stop()
