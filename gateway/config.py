@@ -97,8 +97,10 @@ class SiteConfig:
         ok = np.isfinite(now)
         if not ok.any():
             return np.full(now.shape, np.nan)
-        starts, _ = self._periods(self.shifts, float(now[ok].min()), float(now[ok].max()))
-        starts = np.sort(starts)
+        # the shifts around each hour that occurs in ``now`` (a day either side), not those of every day from the
+        # earliest machine's time to the latest: one machine years from the others cost every tick 0.5 s
+        hours = np.unique(np.floor(now[ok] / 3600.0)) * 3600.0
+        starts = np.unique(np.concatenate([self._periods(self.shifts, h, h)[0] for h in hours]))
         i = np.searchsorted(starts, np.where(ok, now, 0.0), "right") - 1
         return np.where(ok & (i >= 0), starts[np.maximum(i, 0)], np.nan)
 

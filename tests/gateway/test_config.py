@@ -109,3 +109,23 @@ def test_oee_command_takes_the_config(tmp_path):
     r = subprocess.run([sys.executable, "-m", "fieldlab", "oee", str(log), "--config", str(site),
                         "--setup-as", "excluded", "--json"], capture_output=True, text=True, timeout=60)
     assert json.loads(r.stdout)[0]["planned_s"] == 6.5 * 3600  # the option overrides the file
+
+
+def test_one_machine_years_from_the_others_does_not_cost_every_computation(monkeypatch):
+    """Issue 13, defect 9: the shift starts were laid out for every day from the earliest machine's time to the
+    latest, in every computation: one machine in 2099 beside the rest (a plausible time, but wrong) made every
+    tick take 0.5 s. Now only the days around the times asked for are computed, and the answers are the same."""
+    from gateway.config import Period, SiteConfig
+
+    cfg = SiteConfig(timezone="Europe/Amsterdam",
+                     shifts=[Period("early", 6 * 60, 14 * 60), Period("late", 14 * 60, 22 * 60),
+                             Period("night", 22 * 60, 6 * 60)])
+    near, far = 1_800_000_000.0, 4_000_000_000.0  # 2027 and 2096
+    calls = []
+    real = cfg._at
+    monkeypatch.setattr(cfg, "_at", lambda day, minutes: calls.append(day) or real(day, minutes))
+    both = cfg.shift_start(np.array([near, far, np.nan]))
+    assert len(calls) < 100  # days around each time asked for, not 25,000 days in between
+    assert both[0] == cfg.shift_start(np.array([near]))[0] and both[1] == cfg.shift_start(np.array([far]))[0]
+    assert np.isnan(both[2])
+    assert both[0] <= near < both[0] + 8 * 3600 and both[1] <= far < both[1] + 8 * 3600
