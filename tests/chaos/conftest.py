@@ -205,3 +205,53 @@ def compare(kpis: dict[str, dict], ledger: dict[str, dict]) -> dict:
     run_error = max((abs((kpis[p]["run_s"] or 0) - v["run_s"]) if p in kpis else v["run_s"])
                     for p, v in ledger.items())
     return {"produced": produced, "lost": lost, "duplicated": twice, "run_s_error": round(run_error, 6)}
+
+
+def rss_kib(pid: int) -> int:
+    """A process's resident memory (VmRSS, KiB)."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:"))
+
+
+def open_fds(pid: int) -> int:
+    """How many file descriptors a process has open (sockets included)."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def sink_metrics(http_port: int) -> dict[str, float]:
+    """The gateway's storage metrics (``fieldlab_sink_*``, summed over its sinks) by name without the prefix:
+    written_total, dropped_total, rejected_total, retries_total, backlog_lines; {} if /metrics does not answer."""
+    status, body = http_json(f"http://127.0.0.1:{http_port}/metrics")
+    out: dict[str, float] = {}
+    for line in body.splitlines() if status == 200 and isinstance(body, str) else []:
+        if line.startswith("fieldlab_sink_"):
+            name = line.split("{")[0].split()[0].removeprefix("fieldlab_sink_")
+            out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def settled_kpis(port: int, site: str, ledger: dict[str, dict], shift_s: float = 0.0, timeout: float = 20.0) -> dict:
+    """The machines' final KPIs: once every machine of the ledger has KPIs up to its ledger's end (plus
+    ``shift_s``) and no part is missing; after ``timeout`` whatever there is (the caller's asserts say why)."""
+    def done():
+        k = machine_kpis(port, site)
+        return k if (compare(k, ledger)["lost"] == 0 and set(ledger) <= set(k)
+                     and all((k[m]["ts"] or 0) >= v["end"] + shift_s - 1e-3 for m, v in ledger.items())) else None
+    return poll(done, timeout, every=0.3) or machine_kpis(port, site)
+
+
+@pytest.fixture
+def durable_sub():
+    """``durable_sub(port, topic_filter)``: a subscriber with a persistent session that keeps every message
+    (``.messages``: (topic, payload) in arrival order; tests/edge/test_store_forward.py); closed at the end."""
+    from tests.edge.test_store_forward import DurableSubscriber
+
+    made = []
+
+    def make(port: int, topic_filter: str):
+        made.append(DurableSubscriber(port, topic_filter))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()

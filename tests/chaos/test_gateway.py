@@ -12,7 +12,7 @@ from contract import encode_state
 from contract.topics import DEADLETTER_TOPIC, gateway_status_topic
 from fieldlab.broker import free_port
 from tests.chaos.conftest import (
-    FULL, compare, gateway_cmd, http_json, machine_kpis, metric, poll, retained, sim_cmd,
+    FULL, compare, gateway_cmd, http_json, machine_kpis, metric, poll, retained, rss_kib, sim_cmd,
 )
 
 
@@ -121,7 +121,7 @@ def test_nonsense_beside_a_good_machine_changes_nothing_for_it(durable_broker, p
     sim = procs("sim", sim_cmd(durable_broker.port, site, ledger_file, 14, machines=1, seed=seed))
     sim.wait_for("publishing:")
     assert poll(lambda: (metric(http, "fieldlab_gateway_machines") or 0) >= 1, 20)
-    rss_before = _rss_kib(gw.popen.pid)
+    rss_before = rss_kib(gw.popen.pid)
     sent = _flood(durable_broker.port, site, "cnc-01")
     refused = sent["bad"] + sent["invented"] - (cap - 1)
     assert poll(lambda: metric(http, "fieldlab_gateway_dead_letters_total") == refused, 20), \
@@ -140,7 +140,7 @@ def test_nonsense_beside_a_good_machine_changes_nothing_for_it(durable_broker, p
     kpis = poll(lambda: (lambda k: k if compare(k, ledger)["lost"] == 0 else None)(
         {m: k for m, k in machine_kpis(durable_broker.port, site).items() if m in ledger}), 20)
     result = compare(kpis or {}, ledger)
-    rss_after = _rss_kib(gw.popen.pid)
+    rss_after = rss_kib(gw.popen.pid)
     report(scenario="nonsense beside a good machine, then kill -9", injected="malformed and invented",
            times=sent["bad"] + sent["invented"], dead_letters=refused, recovery_s=None, **result,
            rss_kib=[rss_before, rss_after])
@@ -148,11 +148,6 @@ def test_nonsense_beside_a_good_machine_changes_nothing_for_it(durable_broker, p
     assert metric(http, "fieldlab_gateway_tick_failures_total") == 0
     d.disconnect()
     d.loop_stop()
-
-
-def _rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:"))
 
 
 def test_file_descriptors_run_out_and_the_log_stays_small(durable_broker, procs, report, tmp_path, seed):

@@ -185,3 +185,30 @@ async def test_one_shared_server_serves_every_machine_with_its_own_methods():
     assert [f["fault"] for f in led["moulder-01"]["faults"]] == ["breakdown"]
     assert led["cnc-01"]["faults"] == [] and led["filler-01"]["faults"] == []
     assert seen["product"][0] == "bottle-1l" and max(seen["good"]) <= led["filler-01"]["good"]
+
+
+async def test_stopping_never_waits_for_ever():
+    """asyncua 2.1 waits, when it stops, until every client connection is gone; an edge agent that reconnects
+    in between kept that wait going for good (chaos suite: 1 stop in 38, and `fieldlab sim` never exited). Here
+    asyncua's own stop is made to hang: ours returns anyway, and the port is free again."""
+    import asyncio
+    import time
+
+    from fieldlab.broker import listening
+    from simulators.opcua import SharedServer
+
+    port = free_port()
+    box = SharedServer("127.0.0.1", port, typed=False)
+    await box.init("hang")
+    await box.start()
+    real = box.server.bserver.stop
+
+    async def hangs():  # closes the listener, then waits as if a connection never went
+        await real()
+        await asyncio.Event().wait()
+
+    box.server.bserver.stop = hangs
+    started = time.monotonic()
+    await asyncio.wait_for(box.stop(grace_s=0.5), 10)
+    assert time.monotonic() - started < 3
+    assert not listening(port)
