@@ -546,4 +546,9 @@ DECODERS = {
 def decode(kind: Kind | str, data: bytes | str):
     """Decode a payload of the given kind; ContractError with a precise reason if malformed."""
     decoder = DECODERS.get(kind)  # a Kind already (the gateway's case): no enum lookup
-    return (decoder or DECODERS[Kind(kind)])(data)
+    try:
+        return (decoder or DECODERS[Kind(kind)])(data)
+    except RecursionError:  # orjson parses up to 1,024 levels; describing such a value is what overflows
+        raise ContractError(f"{Kind(kind).value}: a value is nested too deeply (arrays or objects inside each "
+                            f"other hundreds of levels deep); the contract's values are numbers, strings and "
+                            f"flat arrays") from None

@@ -125,15 +125,22 @@ def machine_row(r: dict) -> dict:
 
 def openapi() -> dict:
     machine = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"},
-               "description": "site/area/line/machine, e.g. demo/hall-1/line-1/cnc-01 (slashes as they are)"}
+               "description": "site/area/line/machine, e.g. demo/hall-1/line-1/cnc-01 (slashes as they are, or as %2F)"}
     kpi = {"type": "object", "description": "the KPI message of docs/contract.md (kind kpi) plus id, site, area, "
                                             "line, machine", "additionalProperties": True}
+
+    error = {"type": "object", "properties": {"error": {"type": "string"}}}
 
     def get(summary, schema, params=(), text=None):
         ok = {"description": "OK", "content": {text or "application/json": {"schema": schema}}}
         responses = {"200": ok}
         if any(p["in"] == "path" for p in params):
             responses["404"] = {"description": "no such machine (yet)"}
+        if any(p["name"] == "window" for p in params):  # these also wait (at most 2 s) for the machines' state
+            responses["400"] = {"description": f"window is not one of {', '.join(WINDOWS)}",
+                                "content": {"application/json": {"schema": error}}}
+            responses["503"] = {"description": "the KPI computation holds the machines' state; try again",
+                                "content": {"application/json": {"schema": error}}}
         return {"get": {"summary": summary, "parameters": list(params), "responses": responses}}
 
     window = {"name": "window", "in": "query", "required": False,
@@ -224,7 +231,7 @@ class HttpEndpoint:
         return self._cache[1]
 
     def _machine(self, rest: str) -> tuple[MachineRef | None, str]:
-        parts = [unquote(p) for p in rest.split("/") if p]
+        parts = [p for p in unquote(rest).split("/") if p]  # an OpenAPI client sends the id's slashes as %2F
         if len(parts) < 4:
             return None, ""
         try:
@@ -311,15 +318,17 @@ class HttpEndpoint:
                     return
                 await self._stream(writer)
                 return
+            query = parse_qs(url.query, keep_blank_values=True)  # ?window= is a wrong window, not the default
             if method != "GET":
-                status, body, ctype = "405 Method Not Allowed", "only GET\n", "text/plain"
+                await self._respond(writer, "405 Method Not Allowed", "only GET\n", "text/plain", "Allow: GET\r\n")
+                return
             elif url.path.endswith(("/timeline", "/timelines")):  # these wait for the engine's lock: not here
                 try:
-                    status, body, ctype = await asyncio.to_thread(self.route, url.path, parse_qs(url.query))
+                    status, body, ctype = await asyncio.to_thread(self.route, url.path, query)
                 except ServiceError as e:  # the computation holds the state (it hangs, or is very slow)
                     status, body, ctype = "503 Service Unavailable", _json({"error": str(e)}), "application/json"
             else:
-                status, body, ctype = self.route(url.path, parse_qs(url.query))
+                status, body, ctype = self.route(url.path, query)
             await self._respond(writer, status, body, ctype)
         except (asyncio.TimeoutError, ConnectionError, UnicodeDecodeError, asyncio.CancelledError):
             pass  # a client that dawdles or hangs up gets nothing; the gateway carries on
@@ -328,9 +337,10 @@ class HttpEndpoint:
             writer.close()
 
     @staticmethod
-    async def _respond(writer: asyncio.StreamWriter, status: str, body: bytes | str, ctype: str) -> None:
+    async def _respond(writer: asyncio.StreamWriter, status: str, body: bytes | str, ctype: str,
+                       headers: str = "") -> None:
         data = body if isinstance(body, bytes) else body.encode()
-        writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}; charset=utf-8\r\n"
+        writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}; charset=utf-8\r\n{headers}"
                      f"Content-Length: {len(data)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
                      .encode() + data)
         await writer.drain()

@@ -488,3 +488,11 @@ def test_batch_size_limit_exactly_at_and_one_past():
     assert decode_telemetry(_binary(ts[:MAX_BATCH], {"a": ts[:MAX_BATCH]})).ts.size == MAX_BATCH
     with pytest.raises(ContractError, match=r"^telemetry\.rows: 100001 rows, must be 1-100000"):
         decode_telemetry(_binary(ts, {"a": ts}))
+
+
+@pytest.mark.parametrize("kind", ["state", "counts", "telemetry", "status"])
+def test_a_value_nested_a_thousand_levels_deep_is_a_contract_error(kind):
+    """orjson parses 1,024 levels; describing such a value for the error overflowed Python's stack, and the
+    gateway dead-lettered it as an internal error (found by the system fuzz, tests/chaos/test_fuzz.py)."""
+    with pytest.raises(ContractError, match=rf"^{kind}: a value is nested too deeply"):
+        decode(kind, b'{"v":' + b"[" * 1000 + b"1" + b"]" * 1000 + b"}")
