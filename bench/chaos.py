@@ -2,8 +2,8 @@
 machines with their edge publishers; faults injected at observable points; the simulators' ledger as ground
 truth) and prints one row per scenario. Run:
 
-    .venv/bin/python bench/chaos.py           # the CI version (each fault 2 times), about 3 minutes
-    .venv/bin/python bench/chaos.py --full    # each fault 5 times, longer runs
+    .venv/bin/python bench/chaos.py           # the CI subset (each fault twice), about 3.5 minutes
+    .venv/bin/python bench/chaos.py --full    # every scenario, each fault 5 times, longer runs (15-20 minutes)
 
 Exit code: pytest's (non-zero if any scenario failed its assertions; the table shows what was measured).
 """
@@ -38,7 +38,8 @@ def table(rows: list[dict]) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--full", action="store_true", help="each fault 5 times instead of 2, longer runs")
+    p.add_argument("--full", action="store_true", help="every scenario (tests/chaos/conftest.py FULL_ONLY too), each "
+                   "fault 5 times instead of 2, longer runs")
     p.add_argument("pytest_args", nargs="*", help="passed to pytest, e.g. -k broker")
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
