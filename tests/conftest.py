@@ -87,20 +87,30 @@ def site() -> str:
 
 
 class Recorder:
-    """A plain paho subscriber that keeps every message (topic, payload, retained)."""
+    """A plain paho client that keeps every message it receives (topic, payload, retained), and publishes with
+    QoS 1 (``publish``); without topics, a publisher only. It reconnects (and subscribes again) by itself."""
 
-    def __init__(self, url, topics):
+    def __init__(self, url, topics=()):
         self.messages: list[tuple[str, bytes, bool]] = []
         self._lock = threading.Lock()
         self._ready = threading.Event()
         c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"rec-{uuid.uuid4().hex[:8]}")
-        c.on_connect = lambda c, u, f, rc, p: c.subscribe([(t, 1) for t in topics])
+        c.reconnect_delay_set(0.1, 0.5)
+        c.on_connect = lambda c, u, f, rc, p: c.subscribe([(t, 1) for t in topics]) if topics else self._ready.set()
         c.on_subscribe = lambda *a: self._ready.set()
         c.on_message = self._on_message
         c.connect(url.host, url.port)
         c.loop_start()
         assert self._ready.wait(5), "subscriber did not get SUBACK"
         self.client = c
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        assert self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5) is None
+
+    def got(self, topic: str) -> list[dict]:
+        """The JSON payloads received on exactly this topic, in order."""
+        with self._lock:
+            return [json.loads(p) for t, p, _ in self.messages if t == topic]
 
     def _on_message(self, c, u, msg):
         with self._lock:

@@ -11,9 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import jsonschema
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 import contract
 from contract import Kind, MachineRef, encode_counts, encode_state, encode_status
@@ -21,10 +19,11 @@ from contract.errors import ServiceError
 from contract.topics import gateway_status_topic
 from gateway.http import HttpEndpoint
 from gateway.service import Gateway, default_client_id
+from tests.conftest import Recorder
 from tests.helpers import KeepLines, wait_until
 
-T0 = 1_800_000_000.0
-SCHEMAS = {p.stem: json.loads(p.read_text()) for p in (Path(contract.__file__).parent / "schemas").glob("*.json")}  # 2027-01-15: every time in these tests is a plausible Unix time
+T0 = 1_800_000_000.0  # 2027-01-15: every time in these tests is a plausible Unix time
+SCHEMAS = {p.stem: json.loads(p.read_text()) for p in (Path(contract.__file__).parent / "schemas").glob("*.json")}
 
 
 def get(url: str, timeout: float = 5):
@@ -35,40 +34,7 @@ def get(url: str, timeout: float = 5):
         return e.code, json.loads(e.read())
 
 
-class Client:
-    """A plain paho client: publishes with QoS 1, keeps what it receives (topic, payload, retained)."""
-
-    def __init__(self, port: int, topics=(), client_id: str = ""):
-        self.messages: list[tuple[str, bytes, bool]] = []
-        self._lock = threading.Lock()
-        done = threading.Event()
-        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
-        c.reconnect_delay_set(0.1, 0.5)
-        c.on_connect = lambda c, u, f, rc, p: c.subscribe([(t, 1) for t in topics]) if topics else done.set()
-        c.on_subscribe = lambda *a: done.set()
-        c.on_message = self._on_message
-        c.connect("127.0.0.1", port)
-        c.loop_start()
-        assert done.wait(5)
-        self.c = c
-
-    def _on_message(self, c, u, msg):
-        with self._lock:
-            self.messages.append((msg.topic, msg.payload, msg.retain))
-
-    def got(self, topic: str) -> list[dict]:
-        with self._lock:
-            return [json.loads(p) for t, p, _ in self.messages if t == topic]
-
-    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
-        assert self.c.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5) is None
-
-    def close(self):
-        self.c.disconnect()
-        self.c.loop_stop()
-
-
-def produce(pub: Client, ref: MachineRef, t: float, good: int) -> None:
+def produce(pub: Recorder, ref: MachineRef, t: float, good: int) -> None:
     """The machine runs from T0 and has made ``good`` parts by ``t``."""
     pub.publish(ref.topic(Kind.STATE), encode_state([T0], [4]))
     pub.publish(ref.topic(Kind.COUNTS), encode_counts([T0, t], [0, good], [0, 0], "p", 1.0))
@@ -82,7 +48,7 @@ async def test_broker_restart_does_not_freeze_the_kpis(own_mosquitto, site):
     await gw.start()
     pub = None
     try:
-        pub = Client(own_mosquitto.port)
+        pub = Recorder(own_mosquitto.url)
         produce(pub, ref, T0 + 100, 100)
         assert await wait_until(lambda: gw.rows and gw.rows[0]["good"] == 100)
         pub.close()
@@ -93,8 +59,8 @@ async def test_broker_restart_does_not_freeze_the_kpis(own_mosquitto, site):
         failures = gw.stats["tick_failures"]
         await asyncio.to_thread(own_mosquitto.start)  # (no persistence: what comes before we are back is gone)
         assert await wait_until(lambda: gw._client.is_connected() and gw.stats["mqtt_connects"] == 2, 15)
-        pub = Client(own_mosquitto.port)
-        sub = Client(own_mosquitto.port, [ref.topic(Kind.KPI)])
+        pub = Recorder(own_mosquitto.url)
+        sub = Recorder(own_mosquitto.url, [ref.topic(Kind.KPI)])
         pub.publish(ref.topic(Kind.COUNTS), encode_counts([T0 + 200], [200], [0], "p", 1.0))
         assert await wait_until(lambda: any(k["good"] == 200 for k in sub.got(ref.topic(Kind.KPI))), 15), \
             "KPIs never resumed after the broker restart"
@@ -110,10 +76,10 @@ async def test_broker_restart_does_not_freeze_the_kpis(own_mosquitto, site):
 async def test_status_only_machine_gets_no_kpi_message_without_time(mosquitto, site):
     """Defect 5: a machine known only from its status got KPI messages with "ts": null."""
     quiet, busy = MachineRef(site, "a", "l", "quiet"), MachineRef(site, "a", "l", "busy")
-    sub = Client(mosquitto.port, [f"fieldlab/v1/{site}/+/+/+/kpi"])
+    sub = Recorder(mosquitto.url, [f"fieldlab/v1/{site}/+/+/+/kpi"])
     gw = Gateway(mosquitto.url, site=site, publish_s=0.1, client_id=f"gw-{site}")
     await gw.start()
-    pub = Client(mosquitto.port)
+    pub = Recorder(mosquitto.url)
     try:
         pub.publish(quiet.topic(Kind.STATUS), encode_status(T0, "online"))
         produce(pub, busy, T0 + 60, 60)
@@ -140,7 +106,7 @@ async def test_a_will_is_stamped_when_it_arrives(mosquitto, site):
     sink = KeepLines()
     gw = Gateway(mosquitto.url, site=site, publish_s=0.1, client_id=f"gw-{site}", sinks=[sink])
     await gw.start()
-    pub = Client(mosquitto.port)
+    pub = Recorder(mosquitto.url)
     try:
         before = time.time()
         pub.publish(ref.topic(Kind.STATUS), encode_status(T0 + 500, "online"))
@@ -199,7 +165,7 @@ async def test_gateway_status_is_retained_with_its_health(mosquitto, site):
     topic = gateway_status_topic(cid)
     gw = Gateway(mosquitto.url, site=site, publish_s=0.1, client_id=cid, status_s=0.2)
     await gw.start()
-    sub = Client(mosquitto.port, [topic])
+    sub = Recorder(mosquitto.url, [topic])
     try:
         assert await wait_until(lambda: len(sub.got(topic)) >= 2)  # retained on subscribe, then the heartbeat
         doc = sub.got(topic)[-1]
@@ -247,7 +213,7 @@ async def test_machine_cap_dead_letters_the_rest(mosquitto, site):
     """Defect 9: no cap on machine ids (10,000 machines: 520 MB and 3 s ticks)."""
     gw = Gateway(mosquitto.url, site=site, publish_s=0.1, client_id=f"gw-{site}", max_machines=3)
     await gw.start()
-    pub = Client(mosquitto.port)
+    pub = Recorder(mosquitto.url)
     try:
         for i in range(5):
             pub.publish(MachineRef(site, "a", "l", f"m{i}").topic(Kind.STATE), encode_state([T0], [4]))
@@ -281,7 +247,7 @@ async def test_the_gateway_forgets_old_history_and_since_start_stays_exact(mosqu
     ref = MachineRef(site, "a", "l", "m1")
     gw = Gateway(mosquitto.url, site=site, publish_s=3600, client_id=f"gw-{site}")  # ticks when told
     await gw.start()
-    pub = Client(mosquitto.port)
+    pub = Recorder(mosquitto.url)
     try:
         pub.publish(ref.topic(Kind.STATE), encode_state([T0], [4]))
         pub.publish(ref.topic(Kind.COUNTS), encode_counts([T0], [0], [0], "p", 60.0))  # the baseline reading
