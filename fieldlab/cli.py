@@ -508,6 +508,10 @@ async def _sim(a) -> int:
         return await _inject(a)
     from simulators.opcua import SimClock, Simulation
 
+    from .memory import steady_malloc
+
+    steady_malloc()  # machines a fieldlab leaves running for days (fieldlab/memory.py)
+
     from simulators import scenario as scenarios
 
     from .demo import demo_machines
@@ -588,6 +592,9 @@ async def _publishers(sim, url, a, outbox: str) -> list:
 
 
 async def _edge(a) -> int:
+    from .memory import steady_malloc
+
+    steady_malloc()  # an agent on a Pi runs for months: RSS must not creep by fragmentation (fieldlab/memory.py)
     from contract import MachineRef
     from contract.mqtt import BrokerUrl
     from edge import config as edge_config
@@ -687,6 +694,9 @@ async def _gateway(a) -> int:
     from gateway.service import Gateway
 
     from . import table
+    from .memory import steady_malloc
+
+    steady_malloc()  # a service that runs for weeks: RSS must not creep by fragmentation (fieldlab/memory.py)
 
     from gateway.http import HttpEndpoint
 
@@ -809,6 +819,9 @@ async def _oee(a) -> int:
 
 async def _demo(a) -> int:
     from .demo import Demo
+    from .memory import steady_malloc
+
+    steady_malloc()  # a fieldlab leaves the demo running for days (fieldlab/memory.py)
 
     return await Demo(machines=a.machines, speed=a.speed, duration=a.duration, broker=a.broker,
                       broker_impl=a.broker_impl, mqtt_port=a.mqtt_port, opcua_port=a.opcua_port,
