@@ -36,6 +36,9 @@ def hold(path: str | Path, what: str, fix: str) -> Held:
         os.close(fd)
         raise ServiceError(f"{what} {path} is in use by another process (pid {holder}): two would corrupt it; "
                            f"{fix}") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError:  # the pid is only a hint: a full disk must not leave the lock held
+        pass
     return Held(lock, fd)

@@ -554,7 +554,8 @@ def _count_connect(client: _Client, url: BrokerUrl, connects: list[float]) -> No
         f"the MQTT broker at {url} dropped this client's connection {len(connects) - 1} times in "
         f"{COLLISION_WINDOW_S:g} s right after accepting it: another process most likely uses its client id "
         f"{client._client_id.decode(errors='replace')!r} (each takes the session over from the other); give each "
-        f"process its own client id")
+        f"process its own client id (or the broker drops it for another reason: a message over its size limit, "
+        f"its ACL; see the broker's log)")
     client.fieldlab_collision_at = now
     client.fieldlab_collisions += 1
     if first:

@@ -60,10 +60,14 @@ class EdgeAgent:
 
     async def start(self) -> None:
         status = self.machine.topic(Kind.STATUS)
-        self._client = await asyncio.to_thread(
-            connect, self.broker, self.client_id,
-            will=(status, encode_status(time.time(), "offline", reason="connection lost")),
-            on_connect=self._on_connect, retry=not self.wait_for_broker)
+        try:
+            self._client = await asyncio.to_thread(
+                connect, self.broker, self.client_id,
+                will=(status, encode_status(time.time(), "offline", reason="connection lost")),
+                on_connect=self._on_connect, retry=not self.wait_for_broker)
+        except BaseException:  # the broker refused us: the outbox and its lock are not left open
+            self._close_outbox()
+            raise
         self._client.on_publish = self._on_publish
         try:
             await self.source.start(self.batcher)

@@ -303,6 +303,8 @@ class Journal:
         self._syncer.start()
 
     def append(self, topic: str, payload: bytes) -> None:
+        if self._fd < 0:  # closed: never write into a descriptor number the process has reused since
+            raise OSError(f"journal {self.path} is closed")
         os.write(self._fd, record(topic, payload))  # in the page cache: survives a kill, not a power cut yet
         self._dirty = True
 
@@ -329,10 +331,13 @@ class Journal:
 
     def close(self) -> None:
         """Stop the thread, fsync what is left, close the file."""
+        if self._fd < 0:
+            return
         self._closing.set()
         self._syncer.join()
         self.sync()
-        os.close(self._fd)
+        fd, self._fd = self._fd, -1
+        os.close(fd)
 
 
 def replay(p: Path) -> list[tuple[str, bytes]]:

@@ -322,7 +322,7 @@ class HttpEndpoint:
             if method != "GET":
                 await self._respond(writer, "405 Method Not Allowed", "only GET\n", "text/plain", "Allow: GET\r\n")
                 return
-            elif url.path.endswith(("/timeline", "/timelines")):  # these wait for the engine's lock: not here
+            elif unquote(url.path).endswith(("/timeline", "/timelines")):  # they wait for the engine's lock: not here
                 try:
                     status, body, ctype = await asyncio.to_thread(self.route, url.path, query)
                 except ServiceError as e:  # the computation holds the state (it hangs, or is very slow)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import hashlib
 import json
@@ -136,7 +137,12 @@ class Gateway:
         self._tick_lock = threading.Lock()
         self._inbox: list = []  # (machine index, kind, decoded item) in arrival order, not yet folded
         self._client = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
+        self._status_task: asyncio.Task | None = None
+        # one thread of its own for the computation and the checkpoint: HTTP requests that wait for the
+        # machines' state (the default pool) cannot delay them, and they never run two at a time
+        self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fieldlab-kpi")
         self._pending: list = []
 
     # -- MQTT side (paho's network thread)
@@ -212,6 +218,7 @@ class Gateway:
 
     # -- lifecycle
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         for sink in self.sinks:
             await sink.start()
         self.restore()  # before subscribing: redelivered messages meet the state they were folded into
@@ -219,10 +226,10 @@ class Gateway:
             connect, self.broker, self.client_id, on_message=self._on_message, persistent=True,
             will=(self.status_topic, self._status_payload("offline")), on_connect=self._on_connect,
             subscriptions=[(f"{ROOT}/{s}/+/{k.value}", 1) for s in self.scope for k in INGEST_KINDS])
-        self._client.on_disconnect = self._on_disconnect
         self.ready, self._ready_mono = True, time.monotonic()
         self._publish_status(force=True)  # the one sent on connecting said "starting"
-        self._task = asyncio.create_task(self._loop())
+        self._task = asyncio.create_task(self._run())
+        self._status_task = asyncio.create_task(self._heartbeat())
         log.info("gateway up broker=%s client_id=%s instance=%s", self.broker, self.client_id, self.instance)
 
     # -- health: /healthz, the retained status and its last will (docs/RELIABILITY.md)
@@ -237,6 +244,7 @@ class Gateway:
         return json.dumps(doc, separators=(",", ":")).encode()
 
     def _on_connect(self, client) -> None:  # paho's thread, after every (re)connect
+        client.on_disconnect = self._on_disconnect  # (set here: before connect() returns, no drop goes unseen)
         self.stats["mqtt_connects"] += 1
         self.stats["client_id_collisions"] = client.fieldlab_collisions  # (contract.mqtt counts them)
         self._disconnected_since = None
@@ -249,8 +257,8 @@ class Gateway:
     def _publish_status(self, client=None, force: bool = False) -> None:
         now = time.monotonic()
         client = client or self._client
-        if client is None or not (force or now - self._status_at >= self.status_s):
-            return
+        if client is None or not client.is_connected() or not (force or now - self._status_at >= self.status_s):
+            return  # (while disconnected paho would queue them, and send stale ones after the reconnect)
         self._status_at = now
         client.publish(self.status_topic, self._status_payload("online", self.health()), qos=1, retain=True)
 
@@ -324,6 +332,15 @@ class Gateway:
                      len(self.machines), replayed)
         return restored
 
+    def _release_state(self) -> None:
+        """Close the journal and let go of the state file's lock (at stop, or after a failed start)."""
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        if self._state_hold is not None:
+            self._state_hold.release()
+            self._state_hold = None
+
     def _open_journal(self) -> None:
         self._journal = checkpoint.Journal(checkpoint.journal_path(self.checkpoint_path, self._journal_seq))
 
@@ -335,10 +352,15 @@ class Gateway:
                 self._checkpoint_seq += 1
                 seq = self._checkpoint_seq
                 rotated = self._journal is not None
-                if rotated:  # from here on, messages go to the next journal
-                    self._journal.close()
+                if rotated:  # from here on, messages go to the next journal (opened first: if that fails, for
+                    old = self._journal  # want of file descriptors say, the old one stays in use)
                     self._journal_seq += 1
-                    self._open_journal()
+                    try:
+                        self._open_journal()
+                    except OSError:
+                        self._journal_seq, self._journal = self._journal_seq - 1, old
+                        raise
+                    old.close()
                 journal = self._journal_seq - 1
                 items, self._inbox = self._inbox, []
                 n, status = len(self.machines), dict(self.status)
@@ -381,18 +403,24 @@ class Gateway:
                 if n <= doc.get("journal", 0):
                     path.unlink(missing_ok=True)
 
-    async def _loop(self) -> None:
+    async def _heartbeat(self) -> None:
+        """The retained status every status_s, on its own: a computation that hangs shows in it as failing."""
+        while True:
+            await asyncio.sleep(self.status_s)
+            self._publish_status()
+
+    async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.publish_s)
             try:  # off the event loop: /healthz and the page answer however long a computation takes
-                await asyncio.to_thread(self.tick)
+                await asyncio.get_running_loop().run_in_executor(self._worker, self.tick)
             except Exception:  # keep publishing next tick; the log says what went wrong, /healthz too
                 self.stats["tick_failures"] += 1
                 log.exception("KPI tick failed")
-            self._publish_status()
             if self.checkpoint_path and time.monotonic() - self._checkpointed_at >= self.checkpoint_s:
                 try:
-                    await asyncio.to_thread(self.checkpoint, self._capture())
+                    await asyncio.get_running_loop().run_in_executor(
+                        self._worker, lambda: self.checkpoint(self._capture()))  # not on the loop: it folds, copies
                 except Exception:  # KPIs go on without it; the next try is checkpoint_s later
                     log.exception("checkpoint failed")
 
@@ -499,8 +527,11 @@ class Gateway:
         if snap is not None and (wall - self._kpis_stored_at >= self.store_kpis_s or self._task is None):
             self._kpis_stored_at = wall
             out += storage.kpi_lines(machines, snap, now, line_refs, line_snap)
-        for sink in self.sinks:
-            sink.accept(out)
+        for sink in self.sinks:  # a sink takes lines on the event loop's thread; the tick runs in a worker
+            if self._loop is not None and not _on_loop(self._loop):
+                self._loop.call_soon_threadsafe(sink.accept, out)
+            else:
+                sink.accept(out)
 
     def _publish_kpi(self, ref: MachineRef | LineRef, row: dict) -> None:
         info = self._client.publish(ref.topic(Kind.KPI), encode_kpi(row), qos=QOS[Kind.KPI], retain=True)
@@ -519,13 +550,15 @@ class Gateway:
             await asyncio.sleep(quiet_s)
 
     async def stop(self) -> None:
-        if self._task:
-            await cancel_and_wait(self._task)
-            self._task = None
+        for task in (self._task, self._status_task):
+            if task:
+                await cancel_and_wait(task)
+        self._task = self._status_task = None
         if self._client is None:
+            self._release_state()
             return
-        try:
-            self.tick()
+        try:  # after a computation the cancelled loop may have left running, in the same worker
+            await asyncio.get_running_loop().run_in_executor(self._worker, self.tick)
         except Exception:  # the last KPIs are lost, not the state: the checkpoint below still holds it
             self.stats["tick_failures"] += 1
             log.exception("KPI tick failed")
@@ -544,14 +577,16 @@ class Gateway:
             self._store(rest)
         if self.checkpoint_path:  # after the last message came in: it holds everything acknowledged
             self.checkpoint(self._capture())
-        if self._journal is not None:
-            self._journal.close()
-            self._journal = None
-        if self._state_hold is not None:
-            self._state_hold.release()
-            self._state_hold = None
+        self._release_state()
         for sink in self.sinks:
             await sink.stop()
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:  # a worker thread
+        return False
 
 
 MAIN_FIELDS = ("planned_s", "run_s", "operating_s", "not_scheduled_s", "breakdown_s", "stopped_s", "setup_s",

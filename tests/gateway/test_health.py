@@ -283,3 +283,48 @@ async def test_a_second_gateway_over_the_same_state_file_is_refused(mosquitto, s
     again = Gateway(mosquitto.url, site=site, client_id=f"gw-{site}", state_dir=tmp_path)  # released at stop
     await again.start()
     await again.stop()
+
+
+async def test_the_retained_status_says_failing_while_the_computation_hangs(mosquitto, site):
+    """Review: the status was published after each computation, so a hung one left `ok: true` retained."""
+    gw = Gateway(mosquitto.url, site=site, publish_s=0.1, client_id=f"gw-{site}", status_s=0.3)
+    await gw.start()
+    sub = Recorder(mosquitto.url, [gw.status_topic])
+    release = threading.Event()
+    try:
+        real = gw.engine.snapshot
+        gw.engine.snapshot = lambda: (release.wait(30), real())[1]
+        assert await wait_until(lambda: any(d.get("ok") is False and "KPIs are stale" in d["reasons"][0]
+                                            for d in sub.got(gw.status_topic)), 15)
+    finally:
+        release.set()
+        sub.close()
+        await gw.stop()
+
+
+class ThreadOfAccept(KeepLines):
+    """A sink that notes on which thread it is handed lines (the InfluxDB sinks must be, on the loop's)."""
+
+    def __init__(self):
+        super().__init__()
+        self.threads = set()
+
+    def accept(self, lines):
+        self.threads.add(threading.get_ident())
+        super().accept(lines)
+
+
+async def test_sinks_take_lines_on_the_event_loop_thread(mosquitto, site):
+    """Review: with the computation in a worker thread, sinks were handed lines there, and the InfluxDB sinks'
+    asyncio.Event.set() from a worker thread may never wake their writer."""
+    sink = ThreadOfAccept()
+    gw = Gateway(mosquitto.url, site=site, publish_s=0.1, client_id=f"gw-{site}", sinks=[sink])
+    await gw.start()
+    pub = Recorder(mosquitto.url)
+    try:
+        produce(pub, MachineRef(site, "a", "l", "m1"), T0 + 60, 60)
+        assert await wait_until(lambda: any(ln.startswith("counts,") for ln in sink.lines))
+        assert sink.threads == {threading.get_ident()}
+    finally:
+        pub.close()
+        await gw.stop()

@@ -291,3 +291,17 @@ def test_a_checkpoint_whose_prune_cut_passes_the_data_is_refused(tmp_path):
     checkpoint.write(path, arrays, doc)
     with pytest.raises(checkpoint.CheckpointError, match=r"tl\.kept_from\[1\] = .* is after the machine's latest data"):
         checkpoint.read(path, KpiEngine())
+
+
+def test_a_closed_journal_refuses_to_write(tmp_path):
+    """Review: a closed journal kept its descriptor number, which the process may reuse for a socket; a write
+    after a failed rotation went there. Now it refuses, and closing twice closes nothing else."""
+    j = checkpoint.Journal(tmp_path / "gw.journal-00000001")
+    j.append("t", b"x")
+    j.close()
+    with pytest.raises(OSError, match="is closed"):
+        j.append("t", b"y")
+    other = os.open(tmp_path / "other", os.O_WRONLY | os.O_CREAT)  # likely the number the journal had
+    j.close()
+    os.write(other, b"still open")
+    os.close(other)
