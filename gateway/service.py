@@ -103,7 +103,6 @@ class Gateway:
         self.ready = False  # state restored and subscribed: /healthz says "starting" until then
         self._ready_mono: float | None = None
         self.last_tick_at: float | None = None  # monotonic time of the last tick that completed
-        self.last_tick_wall: float | None = None  # its wall-clock time (KPI messages carry it: tick_ts)
         self._disconnected_since: float | None = None
         self._sink_dropped: dict[int, tuple[int, float]] = {}  # sink index -> (dropped count, when it last grew)
         self._status_at = -float("inf")
@@ -471,7 +470,7 @@ class Gateway:
         self.line_rows = line_rows
         self.ticks += 1
         self.tick_seconds = time.perf_counter() - started
-        self.last_tick_at, self.last_tick_wall = time.monotonic(), wall
+        self.last_tick_at = time.monotonic()
         return rows
 
     def timeline(self, machine: MachineRef, start: float | None = None, end: float | None = None,
