@@ -38,10 +38,13 @@ import numpy as np
 from contract import MachineRef
 
 from .engine import CALENDAR_AHEAD, KpiEngine
+from .timeline import _ranges
 
 log = logging.getLogger("fieldlab.gateway")
 
-VERSION = 2  # 2: a CRC-32 of the document and every array (``crc32``); times checked on load
+VERSION = 3  # 2: a CRC-32 of the document and every array (``crc32``); times checked on load
+# 3: timeline rows stored compact (each machine's rows one after the other) instead of machines x capacity
+READS = (2, 3)  # a version-2 file is read (its rows compacted on load)
 ENGINE_ARRAYS = ("first_ts", "now_ts", "state_ts", "state_code", "state_model", "count_ts")
 # the engine's arrays of times, with the value they hold before a machine has any (KpiEngine._grow)
 ENGINE_TIMES = (("first_ts", np.nan), ("now_ts", np.nan), ("state_ts", -np.inf), ("count_ts", -np.inf))
@@ -69,12 +72,9 @@ def capture(engine: KpiEngine, machines: list[MachineRef], status: dict[int, str
     arrays.update({f"tl.{name}": getattr(tl, name).copy() for name, _, _ in tl.PER_MACHINE})
     arrays["tl.cal"] = tl.cal.copy()
     for r in ROWS:
-        rows = getattr(tl, r)
-        arrays[f"{r}.fill"] = rows.fill.copy()
-        arrays.update({f"{r}.{col}": getattr(rows, col).copy() for col in rows.spec})
+        arrays.update({f"{r}.{k}": a for k, a in getattr(tl, r).export().items()})
     doc = {"version": VERSION, "saved_at": time.time(), "n": engine.n, "capacity": engine.capacity,
            "calendar_span": list(engine._calendar_span) if engine._calendar_span else None,
-           "caps": {r: getattr(tl, r).cap for r in ROWS},
            "machines": [[m.site, m.area, m.line, m.machine] for m in machines],
            "status": {str(i): s for i, s in status.items()}}
     return arrays, doc
@@ -136,9 +136,9 @@ def read(path: Path | str, engine: KpiEngine) -> tuple[list[MachineRef], dict[in
         doc = json.loads(bytes(meta).decode())
     except Exception as e:
         raise CheckpointError(f"unreadable: {type(e).__name__}: {e}") from e
-    if not isinstance(doc, dict) or doc.get("version") != VERSION:
-        raise CheckpointError(f"format version {doc.get('version') if isinstance(doc, dict) else None!r}, "
-                              f"this gateway reads version {VERSION}")
+    version = doc.get("version") if isinstance(doc, dict) else None
+    if version not in READS:
+        raise CheckpointError(f"format version {version!r}, this gateway reads versions {READS}")
     stored, crc = data.pop("crc32", np.zeros(0, np.uint32)).tolist(), checksum({"meta": meta, **data})
     if stored != [crc]:
         raise CheckpointError(f"checksum mismatch: CRC-32 stored {stored}, of the content {crc}: the file was "
@@ -149,7 +149,7 @@ def read(path: Path | str, engine: KpiEngine) -> tuple[list[MachineRef], dict[in
         status = {int(i): str(s) for i, s in doc["status"].items()}
         span = doc["calendar_span"]
         span = None if span is None else (float(span[0]), float(span[1]))
-        caps = {r: int(doc["caps"][r]) for r in ROWS}
+        caps = {r: int(doc["caps"][r]) for r in ROWS} if version == 2 else None
         if not 0 <= n <= cap or cap < 1 or len(machines) != n or len(set(machines)) != n:
             raise ValueError(f"{n} machines, capacity {cap}, {len(machines)} listed")
         if any(not 0 <= i < n for i in status):
@@ -162,9 +162,18 @@ def read(path: Path | str, engine: KpiEngine) -> tuple[list[MachineRef], dict[in
         expect.update({f"tl.{name}": getattr(tl, name) for name, _, _ in tl.PER_MACHINE})
         for r in ROWS:
             rows = getattr(tl, r)
+            fill = data.get(f"{r}.fill")
             expect[f"{r}.fill"] = rows.fill
+            if fill is None or fill.shape != rows.fill.shape or fill.dtype != rows.fill.dtype:
+                continue  # reported below
+            if (fill < 0).any() or (caps is not None and (fill >= caps[r]).any()):
+                raise ValueError(f"{r}.fill out of range")
             for col, (shape, dtype, _) in rows.spec.items():
-                expect[f"{r}.{col}"] = np.empty((n, caps[r], *shape), dtype)
+                if caps is not None:  # version 2: machines x capacity; compacted here
+                    a = data.get(f"{r}.{col}")
+                    if a is not None and a.shape == (n, caps[r], *shape):
+                        data[f"{r}.{col}"] = a[np.repeat(np.arange(n), fill + 1), _ranges(np.zeros(n, np.int64), fill + 1)]
+                expect[f"{r}.{col}"] = np.empty((int((fill + 1).sum()), *shape), dtype)
         missing = set(expect) - set(data)
         if missing:
             raise ValueError(f"missing arrays {sorted(missing)}")
@@ -174,10 +183,6 @@ def read(path: Path | str, engine: KpiEngine) -> tuple[list[MachineRef], dict[in
         cal = data["tl.cal"]
         if cal.ndim != 1 or cal.dtype != np.float64:
             raise ValueError("tl.cal: not a 1-D float64 array")
-        for r in ROWS:
-            fill = data[f"{r}.fill"]
-            if (fill < 0).any() or (fill >= caps[r]).any():
-                raise ValueError(f"{r}.fill out of range")
         for name, none in ENGINE_TIMES:
             _check_times(f"engine.{name}", data[f"engine.{name}"], TS_MIN, TS_MAX, none)
         # the cut of KpiEngine.prune (a margin before a day's start) never passes the machine's now: one that did
@@ -206,9 +211,7 @@ def read(path: Path | str, engine: KpiEngine) -> tuple[list[MachineRef], dict[in
     tl.cal = cal
     for r in ROWS:
         rows = getattr(tl, r)
-        rows.cap, rows.fill = caps[r], data[f"{r}.fill"]
-        for col in rows.spec:
-            setattr(rows, col, data[f"{r}.{col}"])
+        rows.load(data[f"{r}.fill"], {col: data[f"{r}.{col}"] for col in rows.spec})
     return machines, status
 
 

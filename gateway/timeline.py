@@ -7,7 +7,8 @@ additive totals of any window for every machine with a vectorised binary search
 class serves the gateway (appending every tick) and ``fieldlab oee`` (``build``:
 everything at once), so both compute the same numbers.
 
-Each machine has a row per log, in 2-D arrays (machines × capacity):
+Each machine has rows per log, in a segment of its own (``_Rows``: one machine's long history
+costs only that machine's memory):
 - pieces: closed state intervals (start, category, reason) tiling the machine's
   time up to the open piece, split at the shift calendar, with prefix seconds per
   category. The open piece (the current state) runs from ``last_t`` to ``now``.
@@ -97,71 +98,157 @@ def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 
 
 class _Rows:
-    """Per-machine append-only rows in 2-D arrays; they grow by doubling."""
+    """Per-machine append-only rows, each machine in a segment of its own in flat pools (one per column).
+
+    A machine's segment holds ``cap[m]`` rows from ``off[m]``; when it needs more, it moves to the end of the
+    pool with twice the room (the pool itself grows by doubling), so one machine's long history costs only
+    that machine's memory. Space left behind by moves and by shrinking is reclaimed by compacting the pool
+    once it is more than half the pool. Address rows with ``at(m, j)``: row j of machine m.
+    """
+
+    MIN_CAP = 4
 
     def __init__(self, n: int, cap: int, **cols):
-        self.cap = max(cap, 4)
-        self.fill = np.zeros(n, np.int64)
+        self.min_cap = max(cap, self.MIN_CAP)
         self.spec = cols  # name -> (extra shape, dtype, fill value)
+        self.fill = np.zeros(0, np.int64)
+        self.cap = np.zeros(0, np.int64)
+        self.off = np.zeros(0, np.int64)
+        self.top = 0  # pool rows in use (live segments and garbage)
+        self.garbage = 0
         for name, (shape, dtype, fill) in cols.items():
-            setattr(self, name, np.full((n, self.cap, *shape), fill, dtype=dtype))
+            setattr(self, name, np.full((self.min_cap * max(n, 1), *shape), fill, dtype=dtype))
+        self.machines(n)
+
+    @property
+    def pool(self) -> int:
+        return len(getattr(self, next(iter(self.spec))))
+
+    def at(self, m, j):
+        """Flat pool index of row j of machine m."""
+        return self.off[m] + j
+
+    def _grow_pool(self, need: int) -> None:
+        """Room for ``need`` rows in the pool (compacting first when more than half of it is garbage)."""
+        if self.garbage > self.top // 2:
+            self._compact()
+        if need <= self.pool:
+            return
+        size = self.pool
+        while size < need:
+            size *= 2
+        for name, (shape, dtype, fill) in self.spec.items():
+            a = getattr(self, name)
+            b = np.full((size, *shape), fill, dtype=dtype)  # beyond a machine's ``fill`` is never read
+            b[: self.top] = a[: self.top]
+            setattr(self, name, b)
+
+    def _compact(self) -> None:
+        """Move every segment to the front, in machine order; give memory back when the pool is 4x too big."""
+        live = int(self.cap.sum())
+        size = self.pool
+        while size >= 4 * max(live, self.min_cap) and size > self.min_cap:
+            size //= 2
+        off = np.concatenate([[0], np.cumsum(self.cap)[:-1]]).astype(np.int64) if self.cap.size else self.off
+        src = _ranges(self.off, self.off + self.cap)
+        for name, (shape, dtype, fill) in self.spec.items():
+            a = getattr(self, name)
+            b = np.full((max(size, live), *shape), fill, dtype=dtype)
+            b[:live] = a[src]
+            setattr(self, name, b)
+        self.off, self.top, self.garbage = off, live, 0
 
     def machines(self, n: int) -> None:
         old = self.fill.size
         if n <= old:
             return
-        self.fill = np.concatenate([self.fill, np.zeros(n - old, np.int64)])
-        for name, (shape, dtype, fill) in self.spec.items():
-            a = getattr(self, name)
-            setattr(self, name, np.concatenate([a, np.full((n - old, self.cap, *shape), fill, dtype=dtype)]))
+        k = n - old
+        self._grow_pool(self.top + k * self.min_cap)
+        self.off = np.concatenate([self.off, self.top + self.min_cap * np.arange(k, dtype=np.int64)])
+        self.cap = np.concatenate([self.cap, np.full(k, self.min_cap, np.int64)])
+        self.fill = np.concatenate([self.fill, np.zeros(k, np.int64)])
+        self.top += k * self.min_cap
 
-    def _realloc(self, cap: int) -> None:
-        for name, (shape, dtype, _) in self.spec.items():
-            a = getattr(self, name)
-            b = np.empty((a.shape[0], cap, *shape), dtype=dtype)  # beyond ``fill`` is never read
-            keep = min(cap, self.cap)
-            b[:, :keep] = a[:, :keep]
-            setattr(self, name, b)
-        self.cap = cap
-
-    def reserve(self, need: int) -> None:
-        if need <= self.cap:
+    def reserve(self, m: np.ndarray, need: np.ndarray) -> None:
+        """At least ``need[i]`` rows for machine ``m[i]`` (indices ``0..need-1``); others are untouched."""
+        m, need = np.asarray(m, np.int64), np.asarray(need, np.int64)
+        short = need > self.cap[m]
+        if not short.any():
             return
-        cap = self.cap
-        while cap < need:
-            cap *= 2
-        self._realloc(cap)
+        m, need = m[short], need[short]
+        m, i = np.unique(m, return_inverse=True)  # a machine may be asked more than once: the most it needs
+        want = np.zeros(m.size, np.int64)
+        np.maximum.at(want, i, need)
+        cap = self.cap[m]
+        new = cap.copy()
+        while (new < want).any():
+            new = np.where(new < want, new * 2, new)
+        self._grow_pool(self.top + int(new.sum()))  # may compact: offsets are read after it
+        off = self.top + np.concatenate([[0], np.cumsum(new)[:-1]]).astype(np.int64)
+        src = _ranges(self.off[m], self.off[m] + cap)
+        dst = _ranges(off, off + cap)
+        for name in self.spec:
+            a = getattr(self, name)
+            a[dst] = a[src]
+        self.garbage += int(cap.sum())
+        self.off[m], self.cap[m] = off, new
+        self.top += int(new.sum())
 
     MOVE_ROWS = 1 << 18  # rows moved per step of ``drop``: bounds its temporary copies (about 20 MB)
 
     def drop(self, m: np.ndarray, k: np.ndarray) -> int:
-        """Forget the first k rows of machines m (distinct): the rest move to the front, machines in groups of
-        about MOVE_ROWS rows; then give memory back when a sixteenth of the capacity is enough. Rows dropped."""
+        """Forget the first k rows of machines m (distinct): the rest move to the front of each segment, machines
+        in groups of about MOVE_ROWS rows; a segment gives room back when a sixteenth of it is enough. Rows
+        dropped."""
         m, k = m[k > 0], k[k > 0]
         n = self.fill[m] - k
         move = n + 1  # and the row at ``fill``: the pieces' prefix of the next piece
         group = np.cumsum(move) // self.MOVE_ROWS
         for g in np.split(np.arange(m.size), np.flatnonzero(np.diff(group)) + 1):
-            mm = np.repeat(m[g], move[g])
-            dst = _ranges(np.zeros(g.size, np.int64), move[g])
+            dst = _ranges(self.off[m[g]], self.off[m[g]] + move[g])
             src = dst + np.repeat(k[g], move[g])
             for name in self.spec:
                 a = getattr(self, name)
-                a[mm, dst] = a[mm, src]
+                a[dst] = a[src]
         self.fill[m] = n
-        cap, need = self.cap, int(self.fill.max(initial=0)) + 2
-        while cap >= 16 * need and cap >= 8:  # not for the daily swing (about 6x): the room is needed again
-            cap //= 2
-        if cap < self.cap:
-            self._realloc(cap)
+        cap, need = self.cap[m].copy(), n + 2
+        shrink = (cap >= 16 * need) & (cap >= 8)  # not for the daily swing (about 6x): the room is needed again
+        while shrink.any():
+            cap = np.where(shrink, cap // 2, cap)
+            shrink = (cap >= 16 * need) & (cap >= 8)
+        self.garbage += int((self.cap[m] - cap).sum())  # the tail of a shrunk segment: reclaimed by compacting
+        self.cap[m] = cap
+        if self.garbage > self.top // 2:
+            self._compact()
         return int(k.sum())
 
     def search(self, values: np.ndarray, m: np.ndarray, q: np.ndarray, side: str) -> np.ndarray:
-        """Per (machine, query): like np.searchsorted within the machine's filled row (0..fill)."""
+        """Per (machine, query): like np.searchsorted within the machine's filled rows (0..fill)."""
         m = np.asarray(m, np.int64)
-        lo = m * self.cap
+        lo = self.off[m]
         hi = lo + self.fill[m]
-        return oee.segment_search(values.reshape(-1), lo, hi, np.asarray(q, np.float64), side) - lo
+        return oee.segment_search(values, lo, hi, np.asarray(q, np.float64), side) - lo
+
+    def export(self) -> dict:
+        """Compact copies for a checkpoint: ``fill`` and, per column, each machine's rows 0..fill (inclusive)."""
+        idx = _ranges(self.off, self.off + self.fill + 1)
+        return {"fill": self.fill.copy(), **{name: getattr(self, name)[idx] for name in self.spec}}
+
+    def load(self, fill: np.ndarray, cols: dict) -> None:
+        """The inverse of ``export`` (the arrays checked by the caller): each machine gets room for twice its rows."""
+        fill = np.asarray(fill, np.int64)
+        cap = np.maximum(self.min_cap, 2 ** np.ceil(np.log2(fill + 2)).astype(np.int64))
+        off = np.concatenate([[0], np.cumsum(cap)[:-1]]).astype(np.int64) if cap.size else np.zeros(0, np.int64)
+        top = int(cap.sum())
+        dst = _ranges(off, off + fill + 1)
+        for name, (shape, dtype, fillv) in self.spec.items():
+            a = np.full((max(top, self.min_cap), *shape), fillv, dtype=dtype)
+            a[dst] = cols[name]
+            setattr(self, name, a)
+        self.fill, self.cap, self.off, self.top, self.garbage = fill, cap, off, top, 0
+
+    def nbytes(self) -> int:
+        return sum(getattr(self, name).nbytes for name in self.spec)
 
 
 class Timeline:
@@ -200,7 +287,8 @@ class Timeline:
         """The state timeline of machine ``m`` between a and b: (start, end, category, reason) arrays,
         including the open piece up to the machine's now (for display: the built-in dashboard)."""
         n = int(self.p.fill[m])
-        s, c, r = self.p.t[m, :n], self.p.cat[m, :n].astype(np.int64), self.p.reason[m, :n]
+        o = int(self.p.off[m])
+        s, c, r = self.p.t[o:o + n], self.p.cat[o:o + n].astype(np.int64), self.p.reason[o:o + n]
         e = np.append(s[1:], self.last_t[m]) if n else s
         if not np.isnan(self.last_t[m]) and self.now[m] > self.last_t[m]:
             s, e = np.append(s, self.last_t[m]), np.append(e, self.now[m])
@@ -275,7 +363,8 @@ class Timeline:
             return
         rows = self.p
         pos = self._positions(rows, m)
-        rows.t[m, pos], rows.cat[m, pos], rows.reason[m, pos] = s, cat, reason
+        i = rows.at(m, pos)
+        rows.t[i], rows.cat[i], rows.reason[i] = s, cat, reason
         rows.fill += np.bincount(m, minlength=self.n)
         first, _ = oee.group_bounds(m)
         self._reprefix(m[first], pos[first])
@@ -286,7 +375,7 @@ class Timeline:
         start = np.flatnonzero(first)
         rank = np.arange(m.size) - np.repeat(start, np.diff(np.append(start, m.size)))
         pos = rows.fill[m] + rank
-        rows.reserve(int(pos.max()) + 2)
+        rows.reserve(m, pos + 2)
         return pos
 
     def _reprefix(self, m: np.ndarray, r0: np.ndarray) -> None:
@@ -297,16 +386,18 @@ class Timeline:
         mm = np.repeat(m, np.maximum(fill - r0, 0))
         if not mm.size:
             return
-        nxt = np.where(idx + 1 < rows.fill[mm], rows.t[mm, np.minimum(idx + 1, rows.cap - 1)], self.last_t[mm])
-        dur = nxt - rows.t[mm, idx]
+        rows.reserve(m, fill + 2)  # the row at ``fill`` holds the prefix of the next piece
+        ii = rows.at(mm, idx)
+        nxt = np.where(idx + 1 < rows.fill[mm], rows.t[np.minimum(ii + 1, rows.at(mm, rows.cap[mm] - 1))],
+                       self.last_t[mm])
+        dur = nxt - rows.t[ii]
         vals = np.zeros((mm.size, N_CAT))
-        vals[np.arange(mm.size), rows.cat[mm, idx].astype(np.int64)] = dur
+        vals[np.arange(mm.size), rows.cat[ii].astype(np.int64)] = dur
         cs = np.cumsum(vals, axis=0)
         first, _ = oee.group_bounds(mm)
         seg = np.cumsum(first) - 1
-        base = rows.pre[mm[first], idx[first]] - (cs[np.flatnonzero(first)] - vals[first])
-        rows.reserve(int(fill.max()) + 2)
-        rows.pre[mm, idx + 1] = cs + base[seg]
+        base = rows.pre[ii[first]] - (cs[np.flatnonzero(first)] - vals[first])
+        rows.pre[ii + 1] = cs + base[seg]
 
     def _make_small(self, m, s, e, cat) -> None:
         """Episodes [s, e) of machines m closed as small stops: their pieces become SMALL_STOP."""
@@ -316,8 +407,9 @@ class Timeline:
         idx = _ranges(r0, r1)
         mm = np.repeat(m, np.maximum(r1 - r0, 0))
         cc = np.repeat(cat, np.maximum(r1 - r0, 0))
-        hit = rows.cat[mm, idx] == cc  # calendar parts stay not scheduled
-        rows.cat[mm[hit], idx[hit]] = SMALL_STOP
+        ii = rows.at(mm, idx)
+        hit = rows.cat[ii] == cc  # calendar parts stay not scheduled
+        rows.cat[ii[hit]] = SMALL_STOP
         order = np.argsort(m, kind="stable")
         m, r0 = m[order], r0[order]
         first, _ = oee.group_bounds(m)
@@ -329,7 +421,7 @@ class Timeline:
         order = oee.sort_by_machine(m, t)
         m, t = m[order], t[order]
         pos = self._positions(rows, m)
-        rows.t[m, pos] = t
+        rows.t[rows.at(m, pos)] = t
         rows.fill += np.bincount(m, minlength=self.n)
 
     def append_counts(self, m, ts, good, reject, ideal) -> None:
@@ -356,10 +448,11 @@ class Timeline:
         cs = np.cumsum(vals, axis=0)
         seg = np.cumsum(first) - 1
         mf, pf = m[first], pos[first]
-        before = np.where((pf > 0)[:, None], rows.pre[mf, np.maximum(pf - 1, 0)], 0.0)
+        before = np.where((pf > 0)[:, None], rows.pre[rows.at(mf, np.maximum(pf - 1, 0))], 0.0)
         base = before - (cs[np.flatnonzero(first)] - vals[first])
-        rows.t[m, pos] = ts
-        rows.pre[m, pos] = cs + base[seg]
+        i = rows.at(m, pos)
+        rows.t[i] = ts
+        rows.pre[i] = cs + base[seg]
         rows.fill += np.bincount(m, minlength=self.n)
 
     # -- reading
@@ -372,10 +465,11 @@ class Timeline:
         j = rows.search(rows.t, m, tc, "right") - 1  # the closed piece containing tc
         inpiece = has & (j >= 0)
         jj = np.maximum(j, 0)
-        out[inpiece] = rows.pre[m[inpiece], jj[inpiece]]
-        nxt = np.where(jj + 1 < rows.fill[m], rows.t[m, np.minimum(jj + 1, rows.cap - 1)], self.last_t[m])
-        part = np.where(inpiece, np.clip(tc - rows.t[m, jj], 0.0, nxt - rows.t[m, jj]), 0.0)
-        np.add.at(out, (np.arange(m.size), rows.cat[m, jj].astype(np.int64)), part)
+        ij = rows.at(m, jj)
+        out[inpiece] = rows.pre[ij[inpiece]]
+        nxt = np.where(jj + 1 < rows.fill[m], rows.t[rows.at(m, np.minimum(jj + 1, rows.cap[m] - 1))], self.last_t[m])
+        part = np.where(inpiece, np.clip(tc - rows.t[ij], 0.0, nxt - rows.t[ij]), 0.0)
+        np.add.at(out, (np.arange(m.size), rows.cat[ij].astype(np.int64)), part)
         # the open piece, from last_t to t, split by the calendar
         lt = self.last_t[m]
         open_ = ~np.isnan(lt) & (t > lt)
@@ -439,7 +533,7 @@ class Timeline:
         # counts (a, b]: one search for both ends
         cab = self.c.search(self.c.t, np.concatenate([m, m]), np.concatenate([b, a]), "right")
         mm = np.concatenate([m, m])
-        pre = np.where((cab > 0)[:, None], self.c.pre[mm, np.maximum(cab - 1, 0)], 0.0)
+        pre = np.where((cab > 0)[:, None], self.c.pre[self.c.at(mm, np.maximum(cab - 1, 0))], 0.0)
         d = pre[: m.size] - pre[m.size:]
         out[:, oee.GOOD], out[:, oee.REJECT] = d[:, C_GOOD], d[:, C_REJECT]
         out[:, oee.IDEAL], out[:, oee.IDEAL_GOOD], out[:, oee.NO_IDEAL] = d[:, C_IDEAL], d[:, C_IDEAL_GOOD], d[:, C_NO_IDEAL]
@@ -459,7 +553,7 @@ class Timeline:
         qi = np.repeat(np.arange(m.size), cnt)  # one row per (query, setup end of its machine)
         um = m[qi]
         idx = _ranges(np.zeros(m.size, np.int64), cnt)
-        e = u.t[um, idx]
+        e = u.t[u.at(um, idx)]
         hi = e + self.conv.startup_s
         prev_hi = np.concatenate([[-np.inf], hi[:-1]])
         first, _ = oee.group_bounds(qi)
@@ -476,7 +570,7 @@ class Timeline:
         iu = c.search(c.t, um, top, "right")
         il = np.where(use_left, c.search(c.t, um, lo_excl, "left"), c.search(c.t, um, lo_excl, "right"))
         ok = top >= lo_excl
-        pre = lambda i: np.where((i > 0)[:, None], c.pre[um, np.maximum(i - 1, 0)], 0.0)  # noqa: E731
+        pre = lambda i: np.where((i > 0)[:, None], c.pre[c.at(um, np.maximum(i - 1, 0))], 0.0)  # noqa: E731
         d = np.where(ok[:, None], pre(iu) - pre(np.minimum(il, iu)), 0.0)
         out[:, oee.STARTUP_REJECT] += np.bincount(qi, d[:, C_REJECT], m.size)
         out[:, oee.IDEAL_STARTUP_REJECT] += np.bincount(qi, d[:, C_IDEAL] - d[:, C_IDEAL_GOOD], m.size)
@@ -515,9 +609,10 @@ class Timeline:
         j1 = rows.search(rows.t, mach, b, "left")
         m = np.repeat(mach, np.maximum(j1 - j0, 0))
         idx = _ranges(j0, np.maximum(j1, j0))
-        s = rows.t[m, idx]
-        e = np.where(idx + 1 < rows.fill[m], rows.t[m, np.minimum(idx + 1, rows.cap - 1)], self.last_t[m])
-        cat, reason = rows.cat[m, idx], rows.reason[m, idx]
+        ii = rows.at(m, idx)
+        s = rows.t[ii]
+        e = np.where(idx + 1 < rows.fill[m], rows.t[rows.at(m, np.minimum(idx + 1, rows.cap[m] - 1))], self.last_t[m])
+        cat, reason = rows.cat[ii], rows.reason[ii]
         openm = np.flatnonzero(~np.isnan(self.last_t) & (self.now > self.last_t))
         os_, oe_, inside, (om, oc, orr) = _split_at(self.cal, self.last_t[openm], self.now[openm], openm,
                                                     self.last_cat[openm], self.last_reason[openm])

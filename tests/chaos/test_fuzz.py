@@ -324,10 +324,9 @@ def test_fuzzed_messages_beside_a_good_machine(durable_broker, procs, report, tm
     """RSS bound at the end: the gateway starts at about 45 MB and levels off near 170-200 MB after some 30,000
     messages of this mix (the 40 machines' history in the live windows, caches, the allocator's arenas), unless
     the mix held a valid batch at the contract's limit (100,000 state changes or counter readings) for one
-    machine: the timeline keeps every machine's rows in arrays as long as the busiest machine's (gateway/
-    timeline.py), so that one batch grows all 40 machines' rows to 131,072 and RSS stays near 430 MB until
-    pruning gives the room back (docs/RELIABILITY.md, "Open": per-machine row storage would fix it). 700 MB at
-    the end is above that and still catches a leak of some 5 KiB per message over the full run. The peak (sampled
+    machine: until the timeline kept each machine's rows in a segment of its own (gateway/timeline.py ``_Rows``),
+    that one batch grew all 40 machines' rows to 131,072 and RSS stayed near 430 MB until pruning gave the room
+    back. 700 MB at the end also catches a leak of some 5 KiB per message over the full run. The peak (sampled
     once per 100 messages) is reported, not bounded (up to 1 GB measured)."""
     rng = random.Random(seed)
     site, http = f"f{uuid.uuid4().hex[:8]}", free_port()

@@ -142,7 +142,7 @@ def test_pruned_engine_equals_the_unpruned_one_over_five_days(seed, move_rows, m
         lo = t = hi
     c_pruned, c_full = pruned.timeline.c, full.timeline.c
     assert dropped > 0.6 * c_full.fill.sum()  # most of five days is gone ...
-    assert c_pruned.fill.max() < 0.45 * c_full.fill.max() and c_pruned.cap < c_full.cap  # ... memory too
+    assert c_pruned.fill.max() < 0.45 * c_full.fill.max() and c_pruned.pool < c_full.pool  # ... memory too
     assert (pruned.timeline.kept_from > T0 + (days - 2) * DAY).all()
 
 
@@ -261,9 +261,9 @@ def test_memory_is_given_back_after_a_long_unpruned_history():
     and the rows' capacity shrinks with them."""
     c = np.arange(T0, T0 + 5 * DAY + 8.5 * HOUR + 1, 10.0)
     e = engine_with([(T0, EXECUTE, 0)], [(t, i, i // 50) for i, t in enumerate(c)])
-    before, cap = e.snapshot(), e.timeline.c.cap
+    before, cap = e.snapshot(), e.timeline.c.pool
     assert e.prune() > 0
-    assert e.timeline.c.fill[0] == 4.5 * 360 + 1 and e.timeline.c.cap <= cap // 4
+    assert e.timeline.c.fill[0] == 4.5 * 360 + 1 and e.timeline.c.pool <= cap // 4
     after = e.snapshot()
     for window in before:
         np.testing.assert_allclose(after[window]["totals"], before[window]["totals"], rtol=1e-12, err_msg=window)

@@ -231,6 +231,29 @@ def test_checkpoint_round_trip(tmp_path):
         assert all(z[k].dtype != object for k in z.files)
 
 
+def test_a_version_2_checkpoint_is_read(tmp_path):
+    """Version 2 stored the timeline's rows as machines x capacity; an upgraded gateway reads it (compacted)."""
+    config = load(ROOT / "docs" / "examples" / "site.yaml")
+    e, _ = engine_with_data(config)
+    machines = [MachineRef("s", "a", "l", "m1"), MachineRef("s", "a", "l", "m2")]
+    arrays, doc = checkpoint.capture(e, machines, {0: "online"})
+    caps = {}
+    for r in checkpoint.ROWS:
+        rows = getattr(e.timeline, r)
+        fill = arrays[f"{r}.fill"]
+        caps[r] = cap = int(2 ** np.ceil(np.log2(fill.max() + 2)))
+        m, j = np.repeat(np.arange(fill.size), fill + 1), np.concatenate([np.arange(k + 1) for k in fill])
+        for col, (shape, dtype, fillv) in rows.spec.items():
+            dense = np.full((fill.size, cap, *shape), fillv, dtype)
+            dense[m, j] = arrays[f"{r}.{col}"]
+            arrays[f"{r}.{col}"] = dense
+    path = tmp_path / "old.checkpoint.npz"
+    checkpoint.write(path, arrays, {**doc, "version": 2, "caps": caps})
+    restored = KpiEngine(config)
+    assert checkpoint.load(path, restored) == (machines, {0: "online"})
+    assert_same(e.snapshot(), restored.snapshot())
+
+
 @pytest.mark.parametrize("content", ["garbage", "other_version"])
 async def test_bad_checkpoint_is_moved_aside_and_the_gateway_starts_fresh(mosquitto, site, tmp_path, caplog,
                                                                             content):
