@@ -24,6 +24,7 @@ import collections
 import http.client
 import itertools
 import logging
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -48,6 +49,8 @@ class BufferedSink:
         self._buffer: collections.deque[str] = collections.deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by start(): accept() hands lines over to it
+        self._loop_thread = 0
         self._inflight: asyncio.Future | None = None  # the batch being posted, in a worker thread
         self._inflight_n = self._inflight_dropped = 0
         self._warned_at = -float("inf")
@@ -59,9 +62,17 @@ class BufferedSink:
         return len(self._buffer)
 
     def accept(self, new_lines: list[str]) -> None:
-        """Queue lines for writing (the event loop's thread); the oldest go beyond ``max_lines``."""
+        """Queue lines for writing; the oldest go beyond ``max_lines``. From any thread: the buffer and the
+        writer's wake-up event belong to the event loop's thread, so a call from another thread is handed
+        over to it (an ``asyncio.Event`` set from another thread may leave the writer asleep)."""
         if not new_lines:
             return
+        if self._loop is not None and threading.get_ident() != self._loop_thread:
+            self._loop.call_soon_threadsafe(self._accept, list(new_lines))
+        else:
+            self._accept(new_lines)
+
+    def _accept(self, new_lines: list[str]) -> None:
         self._buffer.extend(new_lines)
         over = len(self._buffer) - self.max_lines
         if over > 0:
@@ -75,6 +86,7 @@ class BufferedSink:
         self._wake.set()
 
     async def start(self) -> None:
+        self._loop, self._loop_thread = asyncio.get_running_loop(), threading.get_ident()
         self._task = asyncio.create_task(self._run(), name="influx-writer")
 
     async def stop(self, drain_s: float = 10.0) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import concurrent.futures
 import contextlib
 import hashlib
 import json
@@ -25,7 +24,7 @@ import numpy as np
 
 from contract import (
     BINARY_MAGIC, DEADLETTER_TOPIC, QOS, ROOT, ContractError, Kind, LineRef, MachineRef, decode, encode_kpi,
-    parse_topic,
+    encode_status, parse_topic,
 )
 from contract.errors import ServiceError
 from contract.lockfile import hold
@@ -37,6 +36,7 @@ from . import checkpoint, oee, storage
 from .config import SiteConfig
 from .oee import plain
 from .engine import KpiEngine, state_name
+from .worker import DaemonWorker
 
 log = logging.getLogger("fieldlab.gateway")
 
@@ -44,6 +44,7 @@ INGEST_KINDS = (Kind.STATE, Kind.COUNTS, Kind.TELEMETRY, Kind.STATUS)
 MAX_MACHINES = 1000  # default cap on machines per gateway (docs/RELIABILITY.md: memory and tick time per machine)
 MQTT_GRACE_S = 30.0  # /healthz fails once MQTT has been down this long
 STATUS_S = 10.0  # the gateway's retained status is repeated this often (a heartbeat with its health)
+STOP_TICK_S = 15.0  # at stop, the last computation gets this long; a hung one is given up (gateway/worker.py)
 SINK_DROP_WINDOW_S = 60.0  # /healthz fails while a sink has dropped lines within this time
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -141,7 +142,8 @@ class Gateway:
         self._status_task: asyncio.Task | None = None
         # one thread of its own for the computation and the checkpoint: HTTP requests that wait for the
         # machines' state (the default pool) cannot delay them, and they never run two at a time
-        self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fieldlab-kpi")
+        self._worker = DaemonWorker("fieldlab-kpi")
+        self.stop_tick_s = STOP_TICK_S
         self._pending: list = []
 
     # -- MQTT side (paho's network thread)
@@ -156,15 +158,19 @@ class Gateway:
 
     def _ingest(self, topic: str, payload: bytes, journal: bool = True) -> None:
         """Decode and queue one message (paho's thread). Only the queueing holds the ingest lock; folding
-        into the machines' state happens in the tick (``_take_inbox``), which never holds up this thread."""
+        into the machines' state happens in the tick (``_take_inbox``), which never holds up this thread.
+        ``journal=False``: a replay of the journal at start (statuses in it are already stamped)."""
         ref, kind = parse_topic(topic)  # (cached: a plant has a bounded set of topics)
         if kind not in INGEST_KINDS:
             return
         item = decode(kind, payload)
-        if kind is Kind.STATUS:
+        if kind is Kind.STATUS and journal:
             # stamped on arrival: a last will carries the time its agent connected, not when it died, and
-            # third-party wills often say 0 (docs/contract.md, status); the sender's time is kept beside it
+            # third-party wills often say 0 (docs/contract.md, status); the sender's time is kept beside it.
+            # Journaled as stamped, so a replay after a crash keeps the time it arrived (and stores the same
+            # point again, not a new one at the restart)
             item.info["sent_ts"], item.ts = item.ts, time.time()
+            payload = encode_status(item.ts, item.status, **item.info)
         if kind is Kind.TELEMETRY:
             samples = item.ts.size * len(item.signals)
         else:
@@ -351,18 +357,19 @@ class Gateway:
                 self._checkpoint_seq += 1
                 seq = self._checkpoint_seq
                 rotated = self._journal is not None
+                old = self._journal
                 if rotated:  # from here on, messages go to the next journal (opened first: if that fails, for
-                    old = self._journal  # want of file descriptors say, the old one stays in use)
-                    self._journal_seq += 1
+                    self._journal_seq += 1  # want of file descriptors say, the old one stays in use)
                     try:
                         self._open_journal()
                     except OSError:
                         self._journal_seq, self._journal = self._journal_seq - 1, old
                         raise
-                    old.close()
                 journal = self._journal_seq - 1
                 items, self._inbox = self._inbox, []
                 n, status = len(self.machines), dict(self.status)
+            if rotated:  # a thread join and an fsync (on an SD card: long): not while paho's thread waits to
+                old.close()  # queue a message; nothing writes to the old journal any more
             self._inbox_taken(items, n)
             arrays, doc = checkpoint.capture(self.engine, self.machines[:n], status)
             if rotated:
@@ -556,8 +563,14 @@ class Gateway:
         if self._client is None:
             self._release_state()
             return
+        hung = False
         try:  # after a computation the cancelled loop may have left running, in the same worker
-            await asyncio.get_running_loop().run_in_executor(self._worker, self.tick)
+            await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self._worker, self.tick),
+                                   self.stop_tick_s)
+        except TimeoutError:
+            hung = True
+            log.error("the KPI computation has not finished in %.0f s: stopping without the last KPIs and "
+                      "without a checkpoint (the journal holds what arrived since the last one)", self.stop_tick_s)
         except Exception:  # the last KPIs are lost, not the state: the checkpoint below still holds it
             self.stats["tick_failures"] += 1
             log.exception("KPI tick failed")
@@ -569,12 +582,12 @@ class Gateway:
         self._client.disconnect()
         self._client.loop_stop()
         self._client = None
-        if self.sinks:  # what came in after the last tick still goes to storage
+        if self.sinks and not hung:  # what came in after the last tick still goes to storage
             with self._state_lock:
                 self._fold_inbox()
                 rest, self._to_store = self._to_store, []
             self._store(rest)
-        if self.checkpoint_path:  # after the last message came in: it holds everything acknowledged
+        if self.checkpoint_path and not hung:  # after the last message came in: it holds everything acknowledged
             self.checkpoint(self._capture())
         self._release_state()
         for sink in self.sinks:

@@ -2,8 +2,11 @@
 can stop the others' KPIs. Real Mosquitto, real HTTP; each test reproduces one defect of the issue."""
 import asyncio
 import json
+import logging
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -118,6 +121,38 @@ async def test_a_will_is_stamped_when_it_arrives(mosquitto, site):
         assert f"sent_ts={T0:g}" in sink.lines[-1] or f"sent_ts={T0}" in sink.lines[-1]
     finally:
         pub.close()
+        await gw.stop()
+
+
+async def test_a_replayed_status_keeps_the_time_it_arrived(mosquitto, site, tmp_path):
+    """After a crash the journal is replayed at start: a status in it was stamped with the restart time and
+    stored as a new point (a will replayed after the agent's later "online" made it look offline again)."""
+    ref = MachineRef(site, "a", "l", "m1")
+    first, again = KeepLines(), KeepLines()
+    gw = Gateway(mosquitto.url, site=site, publish_s=0.1, client_id=f"gw-{site}", sinks=[first], state_dir=tmp_path,
+                 checkpoint_s=3600)
+    await gw.start()
+    pub = Recorder(mosquitto.url)
+    try:
+        pub.publish(ref.topic(Kind.STATUS), encode_status(T0, "offline"))  # a will, stamped at connect
+        assert await wait_until(lambda: any(ln.startswith("agent,") for ln in first.lines))
+    finally:
+        pub.close()
+    stored = [ln for ln in first.lines if ln.startswith("agent,")]
+    # a crash: no clean stop, no checkpoint; only the journal is left
+    for task in (gw._task, gw._status_task):
+        task.cancel()
+    gw._client.disconnect()
+    gw._client.loop_stop()
+    gw._release_state()
+    await asyncio.sleep(0.2)
+    gw = Gateway(mosquitto.url, site=site, publish_s=0.1, client_id=f"gw-{site}", sinks=[again], state_dir=tmp_path)
+    await gw.start()
+    try:
+        assert await wait_until(lambda: any(ln.startswith("agent,") for ln in again.lines))
+        assert [ln for ln in again.lines if ln.startswith("agent,")] == stored  # the same point, stored again
+        assert gw.status == {0: "offline"}
+    finally:
         await gw.stop()
 
 
@@ -236,7 +271,7 @@ async def test_a_malformed_request_target_gets_an_answer(mosquitto, site):
         await writer.drain()
         answer = await asyncio.wait_for(reader.read(), 5)
         writer.close()
-        assert answer.startswith(b"HTTP/1.1 400 ")
+        assert answer.startswith(b"HTTP/1.") and answer.split(b" ", 2)[1] == b"400", answer[:100]
     finally:
         await http.stop()
 
@@ -300,6 +335,33 @@ async def test_the_retained_status_says_failing_while_the_computation_hangs(mosq
         release.set()
         sub.close()
         await gw.stop()
+
+
+async def test_a_hung_computation_does_not_hang_the_stop(mosquitto, site, tmp_path, caplog):
+    """Review: stop() waited for the last computation without a limit, so a hung one hung the clean stop too."""
+    gw = Gateway(mosquitto.url, site=site, publish_s=0.1, client_id=f"gw-{site}", state_dir=tmp_path)
+    gw.stop_tick_s = 1.0
+    await gw.start()
+    release = threading.Event()
+    try:
+        real = gw.engine.snapshot
+        gw.engine.snapshot = lambda: (release.wait(60), real())[1]
+        await asyncio.sleep(0.5)  # the computation is now waiting
+        t0 = time.monotonic()
+        with caplog.at_level(logging.ERROR, "fieldlab.gateway"):
+            await asyncio.wait_for(gw.stop(), 10)
+        assert time.monotonic() - t0 < 5
+        assert "has not finished in 1 s" in caplog.text
+    finally:
+        release.set()
+
+
+def test_the_computation_thread_does_not_keep_the_process_alive():
+    """A ThreadPoolExecutor's threads are joined at exit: a hung computation kept the process from exiting."""
+    code = ("import threading; from gateway.worker import DaemonWorker; w = DaemonWorker('kpi'); "
+            "f = w.submit(threading.Event().wait); g = DaemonWorker('x').submit(lambda: 42); print(g.result())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0 and out.stdout.strip() == "42", out
 
 
 class ThreadOfAccept(KeepLines):

@@ -1,5 +1,6 @@
 """Line protocol and the InfluxDB 1.x sink, against a real influxd: what is written reads back the same."""
 import asyncio
+import threading
 import uuid
 
 import numpy as np
@@ -223,3 +224,29 @@ async def test_an_overflow_while_a_batch_is_encoded_skips_no_line_and_writes_non
     await sink.stop()
     values = [v for _, v in influxdb.query('SELECT "v" FROM "m"', db)[0]["values"]]
     assert values == list(range(12))  # 0..2 were the batch on its way; nothing skipped, nothing twice
+
+
+class NotesThreads(InfluxV1Sink):
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.threads = set()
+
+    def _accept(self, new_lines):
+        self.threads.add(threading.get_ident())
+        super()._accept(new_lines)
+
+
+async def test_lines_accepted_from_another_thread_are_queued_on_the_loop(influxdb):
+    """Review: the sink's buffer and wake-up event belong to the loop's thread; lines handed over from the
+    computation's thread are queued there, and written."""
+    db = db_name()
+    sink = NotesThreads(influxdb.url, db, batch_lines=1000)
+    await sink.start()
+    try:
+        lines_ = [f"m,site=s v={i} {1_800_000_000_000 + i}" for i in range(500)]
+        await asyncio.to_thread(lambda: [sink.accept(lines_[i:i + 50]) for i in range(0, 500, 50)])
+        assert await wait_until(lambda: sink.stats["written"] == 500), sink.stats
+        assert sink.threads == {threading.get_ident()}
+        assert len(influxdb.query('SELECT "v" FROM "m"', db)[0]["values"]) == 500
+    finally:
+        await sink.stop()
