@@ -8,7 +8,10 @@ anything malformed with a ``ContractError`` that names the field and, where it
 helps, the index.
 
 The JSON Schema files in ``contract/schemas/`` describe the same rules for
-producers in other languages (Node-RED, Telegraf, a PLC); tests keep both in step.
+producers in other languages (Node-RED, Telegraf, a PLC), but for the few JSON
+Schema cannot express (equal lengths, times in order, total = good + reject:
+docs/contract.md, "Rules a schema cannot express"); tests keep both in step
+(tests/contract/test_schema_differential.py).
 """
 from __future__ import annotations
 
@@ -92,6 +95,17 @@ class Status:
 
 
 @dataclass
+class OperatorEntry:
+    """What a person (the operator terminal, Node-RED, an MES) enters about a machine (kind ``operator``): the
+    reason of the stop that started at ``ts``, or ``reject`` parts found bad by hand at ``ts``."""
+    ts: float  # the start of the stop (reason), or when the parts were made (reject): the machine's time
+    by: str  # who entered it
+    reason: int | None = None
+    reject: int | None = None
+    at: float | None = None  # when it was entered (wall clock), if the sender says
+
+
+@dataclass
 class Command:
     cmd: str
     args: dict[str, Any] = field(default_factory=dict)
@@ -164,6 +178,35 @@ def encode_status(ts: float, status: str, **info) -> bytes:
 
 def encode_command(cmd: str, **args) -> bytes:
     return _dumps({"v": VERSION, "cmd": cmd, "args": args})
+
+
+def encode_sim_machines(machines: list[str]) -> bytes:
+    """The retained list of a simulator's machines on ``sim_machines_topic``: {"v": 1, "machines": [...]}
+    (contract/schemas/sim-machines.json). An empty list (the simulator's clean stop and its last will): no
+    simulator listens there."""
+    return _dumps({"v": VERSION, "machines": list(machines)})
+
+
+def decode_sim_machines(data: bytes | str) -> list[str] | None:
+    """The machine names; None if no simulator listens (an empty list, or an empty retained payload);
+    ContractError if it is malformed."""
+    if not data:
+        return None
+    obj = _load(data, "sim machines")
+    machines = obj.get("machines")
+    if not isinstance(machines, list) or not all(isinstance(m, str) and m for m in machines):
+        raise ContractError("sim machines: field 'machines' must be a list of machine names")
+    return machines or None
+
+
+def encode_operator(ts: float, by: str, reason: int | None = None, reject: int | None = None,
+                    at: float | None = None) -> bytes:
+    """An operator entry (docs/contract.md, operator): a stop's reason, or rejects counted by hand."""
+    obj = {"v": VERSION, "ts": float(ts), "by": by}
+    obj.update({k: int(v) for k, v in (("reason", reason), ("reject", reject)) if v is not None})
+    if at is not None:
+        obj["at"] = float(at)
+    return _dumps(obj)
 
 
 def encode_kpi(kpi: dict) -> bytes:
@@ -519,17 +562,101 @@ def decode_command(data: bytes | str) -> Command:
     return Command(cmd, args)
 
 
+MAX_HAND_REJECTS = 1_000_000  # rejects in one operator entry
+_OPERATOR_KEYS = frozenset({"v", "ts", "by", "reason", "reject", "at"})
+
+
+def decode_operator(data: bytes | str) -> OperatorEntry:
+    """An operator entry: ``ts``, ``by`` and exactly one of ``reason`` (a stop's reason code) and ``reject``
+    (parts found bad by hand); ``at`` optional. Whether the site knows the reason is the gateway's check."""
+    k = "operator"
+    obj = _load(data, k)
+    extra = sorted(obj.keys() - _OPERATOR_KEYS)
+    if extra:
+        raise ContractError(f"{k}.{extra[0]}: not a field of this message (ts, by, reason or reject, at)")
+    ts = _time(obj, k)
+    by = obj.get("by")
+    if type(by) is not str or not 1 <= len(by) <= 128:
+        raise ContractError(f"{k}.by: required string of 1-128 characters (who entered it), got {by!r}")
+    at = obj.get("at")
+    if at is not None and not (_is_number(at) and TS_MIN <= at < TS_MAX):
+        raise ContractError(f"{k}.at: when it was entered, Unix time in seconds, got {at!r}")
+    if ("reason" in obj) == ("reject" in obj):
+        raise ContractError(f"{k}: give either reason (a stop's reason code) or reject (parts found bad), "
+                            f"not {'both' if 'reason' in obj else 'neither'}")
+    if "reason" in obj:
+        r = obj["reason"]
+        if not (_is_number(r) and 0 <= r < MAX_COUNTER and r == math.floor(r)):
+            raise ContractError(f"{k}.reason: must be a reason code (a whole number >= 0), got {r!r}")
+        return OperatorEntry(ts, by, reason=int(r), at=None if at is None else float(at))
+    n = obj["reject"]
+    if not (_is_number(n) and 1 <= n <= MAX_HAND_REJECTS and n == math.floor(n)):
+        raise ContractError(f"{k}.reject: must be a whole number of parts from 1 to {MAX_HAND_REJECTS}, got {n!r}")
+    return OperatorEntry(ts, by, reject=int(n), at=None if at is None else float(at))
+
+
+# The KPI message's shape (contract/schemas/kpi.json), checked field by field: (test, what it must be).
+_NUM = (_is_number, "a number")
+_NUM_OR_NULL = (lambda x: x is None or _is_number(x), "a number or null (undefined)")
+_COUNT = (lambda x: _is_number(x) and x >= 0 and x == math.floor(x), "a whole number >= 0")
+_KPI_MAIN = {"planned_s": _NUM, "run_s": _NUM, "operating_s": _NUM, "not_scheduled_s": _NUM, "breakdown_s": _NUM,
+             "stopped_s": _NUM, "setup_s": _NUM, "small_stop_s": _NUM, "external_s": _NUM, "good": _COUNT, "reject": _COUNT,
+             "total": _COUNT, "startup_reject": _COUNT, "ideal_s": _NUM_OR_NULL, "parts_without_ideal": _COUNT,
+             "availability": _NUM_OR_NULL, "performance": _NUM_OR_NULL, "quality": _NUM_OR_NULL,
+             "oee": _NUM_OR_NULL, "oee_simple": _NUM_OR_NULL, "utilisation": _NUM_OR_NULL, "teep": _NUM_OR_NULL,
+             "failures": _COUNT, "mtbf_s": _NUM_OR_NULL, "mttr_s": _NUM_OR_NULL}
+_KPI_BRIEF = {"start": _NUM, "end": _NUM, **{k: _KPI_MAIN[k] for k in (
+    "planned_s", "run_s", "good", "reject", "availability", "performance", "quality", "oee")}}
+_KPI_LOSSES = ("unplanned_stops", "external", "planned_stops", "small_stops", "slow_cycles", "production_rejects",
+               "startup_rejects")
+_KPI_LOSS = {"s": _NUM_OR_NULL, "pp": _NUM_OR_NULL}
+_KPI_STOP = {"category": (lambda x: x in ("breakdown", "stopped", "setup", "small_stop", "external"),
+                          "one of breakdown, stopped, setup, small_stop, external"),
+             "reason": _COUNT, "seconds": _NUM}
+_KPI_WINDOW = {"name": (lambda x: x == "since_start", '"since_start"'), "start": _NUM, "end": _NUM}
+
+
+def _fields(where: str, obj, spec: dict) -> None:
+    """An object with exactly the keys of ``spec``, each value passing its test (dicts: nested objects)."""
+    if type(obj) is not dict:
+        raise ContractError(f"{where}: must be an object")
+    if obj.keys() != spec.keys():
+        extra, missing = sorted(obj.keys() - spec.keys()), sorted(spec.keys() - obj.keys())
+        raise ContractError(f"{where}.{extra[0]}: not a field of this message" if extra else
+                            f"{where}.{missing[0]}: required")
+    for key, rule in spec.items():
+        if type(rule) is dict:
+            _fields(f"{where}.{key}", obj[key], rule)
+        elif not rule[0](obj[key]):
+            raise ContractError(f"{where}.{key}: must be {rule[1]}, got {obj[key]!r}")
+
+
 def decode_kpi(data: bytes | str) -> dict:
+    """A KPI message as the gateway publishes it (a machine's, or a line's with ``machines``): exactly the
+    fields of contract/schemas/kpi.json, no more and no fewer (docs/contract.md, kpi)."""
     k = "kpi"
     obj = _load(data, k)
     _time(obj, k)
-    for key in ("availability", "performance", "quality", "oee"):
-        v = obj.get(key, "missing")
-        if v is not None and not _is_number(v):
-            raise ContractError(f"{k}.{key}: required number or null (undefined), got {v!r}")
-    for key in ("good", "reject", "planned_s", "run_s"):
-        if not _is_number(obj.get(key)):
-            raise ContractError(f"{k}.{key}: required number")
+    line = "machines" in obj
+    windows = {"last_15min": _KPI_BRIEF, "last_1h": _KPI_BRIEF, "today": _KPI_BRIEF,
+               "shift": _KPI_BRIEF if line else {**_KPI_BRIEF, "stop_reasons": (
+                   lambda x: type(x) is list and len(x) <= 10, "an array of at most 10 stop reasons")}}
+    spec = {"v": _NUM, "ts": _NUM, "tick_ts": _NUM, "window": _KPI_WINDOW, **_KPI_MAIN,
+            "losses": dict.fromkeys(_KPI_LOSSES, _KPI_LOSS), "windows": windows}
+    if line:
+        spec["machines"] = (lambda x: type(x) is list and x and set(map(type, x)) == {str},
+                            "a non-empty array of machine names")
+        spec["n_machines"] = (lambda x: _COUNT[0](x) and x == len(obj["machines"]),
+                              "the number of machines in kpi.machines")
+        spec["bottleneck"] = (lambda x: x is None or type(x) is str, "a machine's name or null")
+    else:
+        spec["state"] = (lambda x: x is None or (_COUNT[0](x) and x <= max(PACKML)), "a state code or null")
+        spec["state_name"] = (lambda x: x is None or type(x) is str, "a string or null")
+        spec["status"] = (lambda x: x in ("online", "offline", None), '"online", "offline" or null')
+    _fields(k, obj, spec)
+    if not line:
+        for i, stop in enumerate(obj["windows"]["shift"]["stop_reasons"]):
+            _fields(f"{k}.windows.shift.stop_reasons[{i}]", stop, _KPI_STOP)
     return obj
 
 
@@ -540,6 +667,7 @@ DECODERS = {
     Kind.STATUS: decode_status,
     Kind.KPI: decode_kpi,
     Kind.CMD: decode_command,
+    Kind.OPERATOR: decode_operator,
 }
 
 

@@ -5,8 +5,10 @@ import pytest
 
 from contract import (
     ContractError, decode, decode_counts, decode_state, decode_status, decode_telemetry, encode_counts,
-    encode_state, encode_status, encode_telemetry,
+    Kind, encode_state, encode_status, encode_telemetry,
 )
+
+from .test_schemas import VALID
 
 T = 1764547200.0  # 2025-12-01T00:00:00Z: a plausible time (contract.TS_MIN to TS_MAX)
 
@@ -297,8 +299,7 @@ def _timed(kind, ts):
         "state": {"v": 1, "ts": ts, "state": [4] * n},
         "counts": {"v": 1, "ts": ts, "good": [1] * n, "reject": [0] * n},
         "status": {"v": 1, "ts": ts, "status": "online"},
-        "kpi": {"v": 1, "ts": ts, "good": 1, "reject": 0, "planned_s": 1, "run_s": 1,
-                "availability": 1, "performance": 1, "quality": 1, "oee": 1},
+        "kpi": {**VALID[Kind.KPI], "ts": ts},  # a whole KPI message (contract/schemas/kpi.json)
     }[kind])
 
 
