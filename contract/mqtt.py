@@ -421,7 +421,8 @@ def connect(url: BrokerUrl, client_id: str | None = None, *, will: tuple[str, by
     same one-line text as the errors above), or None; cleared on every successful (re)connect. It
     is set by paho's network thread and meant for status reports (heartbeats, health checks).
 
-    ``will`` is (topic, payload): published retained with QoS 1 by the broker if we vanish.
+    ``will`` is (topic, payload): published retained with QoS 1 by the broker if we vanish; (topic, payload,
+    False) for one that is not retained (Sparkplug B's NDEATH).
     ``on_connect(client)`` runs after every (re)connect. ``subscriptions`` (topic filter, QoS) are made
     on every (re)connect; the first time, ``connect`` returns only once the broker has confirmed them
     (SUBACK), so no message published after it returns is missed.
@@ -456,7 +457,7 @@ def connect(url: BrokerUrl, client_id: str | None = None, *, will: tuple[str, by
     if url.username:
         client.username_pw_set(url.username, url.password)
     if will:
-        client.will_set(will[0], will[1], qos=1, retain=True)
+        client.will_set(will[0], will[1], qos=1, retain=will[2] if len(will) > 2 else True)
     connected = threading.Event()
     subscribed = threading.Event()
     failure: list[str] = []
