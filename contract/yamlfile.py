@@ -39,9 +39,7 @@ class YamlFile:
             node = loader.get_single_node()
             data = loader.construct_document(node) if node is not None else None
         except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f"{path}:{mark.line + 1}" if mark else str(path)
-            raise ConfigError(f"{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+            raise yaml_error(path, e, text) from None
         finally:
             loader.dispose()
         lines: dict[str, int] = {}
@@ -61,6 +59,52 @@ class YamlFile:
         line = self.line(key)
         where = f"{self.path}:{line}" if line else self.path
         return ConfigError(f"{where}: {key}: {fix}" if key else f"{where}: {fix}")
+
+
+def yaml_error(path: str | Path, e: yaml.YAMLError, text: str | None = None) -> ConfigError:
+    """PyYAML's parser error as a ConfigError in words: ``file:line: not valid YAML: what is wrong; how to fix it``
+    and the line itself.
+
+    The parser notices a mistake where it cannot go on, often a line after it (a missing colon shows at the
+    next key): the message names the line that most likely holds the mistake and says what to look for."""
+    problem = str(getattr(e, "problem", None) or e)
+    context = str(getattr(e, "context", None) or "")
+    mark = getattr(e, "problem_mark", None)
+    start = getattr(e, "context_mark", None) or mark
+    if "'\\t'" in problem or "\t" in problem:
+        what = "a tab: YAML indents with spaces only; replace the tab by spaces"
+    elif "could not find expected ':'" in problem:
+        mark = start
+        what = "a key without its colon: write key: value (a space after the colon)"
+    elif "mapping values are not allowed" in problem:
+        what = ("a colon that YAML does not expect here: this line is indented deeper than the keys above it, or "
+                "the line before lacks its colon (key: value), or a value contains ': ' (put that value in quotes)")
+    elif "expected <block end>" in problem and "block sequence" in problem:
+        what = "bad indentation: this list item (-) does not line up with the items above it"
+    elif "expected <block end>" in problem or "expected <block mapping start>" in problem:
+        what = ("bad indentation: this line is indented differently from the keys above it; keys of one section "
+                "start in the same column (2 spaces per level)")
+    elif "quoted scalar" in context and "end of stream" in problem:
+        mark = start
+        what = "a quote (\" or ') opened here is never closed"
+    elif "flow mapping" in context:
+        mark = start
+        what = "in the { ... } that starts here: a comma or the closing } is missing"
+    elif "flow sequence" in context:
+        mark = start
+        what = "in the [ ... ] that starts here: a comma or the closing ] is missing"
+    elif "found undefined alias" in problem:
+        what = "a * (alias) without a matching & (anchor); put a value that starts with * in quotes"
+    elif "found character" in problem and "cannot start any token" in problem:
+        what = f"{problem.split('found ')[-1].split(' that')[0]} cannot start a value; put the value in quotes"
+    else:
+        what = problem
+    if mark is None:
+        return ConfigError(f"{path}: not valid YAML: {what}")
+    shown = ""
+    if text is not None and mark.line < len(lines := text.splitlines()):
+        shown = f"  [line {mark.line + 1}: {lines[mark.line].rstrip()!r}]"
+    return ConfigError(f"{path}:{mark.line + 1}: not valid YAML: {what}{shown}")
 
 
 def _walk(node, path: str, lines: dict[str, int]) -> None:

@@ -38,7 +38,12 @@ log = logging.getLogger("fieldlab.edge")
 class EdgeAgent:
     def __init__(self, machine: MachineRef, broker: BrokerUrl, source, buffer: str | Path, flush_s: float = 0.5,
                  max_buffer_bytes: int = 100 * 2**20, window: int = 100, wait_for_broker: bool = True,
-                 heartbeat_s: float = 30.0, batcher: Batcher | None = None, client_id: str | None = None):
+                 heartbeat_s: float = 30.0, batcher: Batcher | None = None, client_id: str | None = None,
+                 sparkplug=None, products=None):
+        """``sparkplug``: edge/sparkplug.py Settings to publish as a Sparkplug B edge node instead of the
+        fieldlab topics (``publish.format: sparkplug``). ``products``: edge/products.py Products, the ideal
+        cycle time (and product, switched by a set_product command on the machine's cmd topic) of a machine
+        that does not report it."""
         self.machine, self.broker, self.source, self.flush_s = machine, broker, source, flush_s
         self.batcher = batcher if batcher is not None else Batcher()  # (an empty Batcher is falsy)
         self.heartbeat_s = heartbeat_s
@@ -49,6 +54,11 @@ class EdgeAgent:
         self._outbox_lock = hold(buffer, "the edge agent's outbox", "stop the other agent for this machine, or give "
                                  "this one its own outbox (buffer.path in the mapping file, or --buffer)")
         self.queue = DiskQueue(buffer, max_buffer_bytes)
+        self.sparkplug = None
+        if sparkplug is not None:
+            from .sparkplug import SparkplugOut
+            self.sparkplug = SparkplugOut(sparkplug, self.batcher.model, Path(f"{buffer}.bdseq"))
+        self.products = products
         self.window, self.wait_for_broker = window, wait_for_broker
         self.stats = {"sent": 0, "acknowledged": 0, "reconnects": -1}
         self._client = None
@@ -60,11 +70,19 @@ class EdgeAgent:
 
     async def start(self) -> None:
         status = self.machine.topic(Kind.STATUS)
+        sp = self.sparkplug
+        self._loop = asyncio.get_running_loop()
+        subscriptions = list(sp.subscriptions()) if sp else []
+        if self.products is not None:
+            self.products.start(self.batcher)
+            if self.products.switchable:
+                subscriptions.append((self.machine.topic(Kind.CMD), QOS[Kind.CMD]))
         try:
             self._client = await asyncio.to_thread(
                 connect, self.broker, self.client_id,
-                will=(status, encode_status(time.time(), "offline", reason="connection lost")),
-                on_connect=self._on_connect, retry=not self.wait_for_broker)
+                will=sp.will() if sp else (status, encode_status(time.time(), "offline", reason="connection lost")),
+                on_connect=self._on_connect, retry=not self.wait_for_broker,
+                on_message=self._on_message if subscriptions else None, subscriptions=subscriptions)
         except BaseException:  # the broker refused us: the outbox and its lock are not left open
             self._close_outbox()
             raise
@@ -83,6 +101,15 @@ class EdgeAgent:
         log.info("edge agent up machine=%s broker=%s backlog=%d", self.machine.path, self.broker, len(self.queue))
 
     # -- paho's network thread
+    def _on_message(self, client, userdata, msg) -> None:
+        if self.products is not None and msg.topic == self.machine.topic(Kind.CMD):
+            try:  # the switch counts from now, not from when the loop gets to it
+                self._loop.call_soon_threadsafe(self._command, bytes(msg.payload), time.time())
+            except RuntimeError:  # the loop is closed: the agent is gone
+                pass
+        elif self.sparkplug is not None:
+            self.sparkplug.on_message(client, userdata, msg)
+
     def _on_connect(self, client) -> None:
         self._connected_again = True  # the pump (on the event loop) says "online" and resends
 
@@ -107,13 +134,27 @@ class EdgeAgent:
             "reconnects": max(self.stats["reconnects"], 0),
             "samples": sum(self.batcher.samples.values()), "rejected": sum(self.batcher.rejected.values()),
             "last_error": last_error,
+            **({"product": self.products.current, "ideal_cycle_s": self.products.ideal_cycle_s,
+                "commands_refused": self.products.refused} if self.products is not None else {}),
             **({"source": {k: v for k, v in source_stats.items() if isinstance(v, (int, float, str))}}
                if source_stats else {}),
         }
 
+    def _command(self, payload: bytes, ts: float) -> None:
+        """A command on the machine's cmd topic (on the loop): a product switch, or one for someone else."""
+        try:
+            done = self.products.command(payload, ts)
+        except ValueError as e:  # an unknown product, a malformed set_product: refused, nothing changes
+            self.products.refused += 1
+            log.warning("command refused machine=%s: %s", self.machine.path, e)
+            return
+        if done:
+            log.info("command machine=%s: %s", self.machine.path, done)
+            self.heartbeat()  # the status says the new product at once (fieldlab edge product waits for it)
+
     def heartbeat(self) -> None:
         client = self._client
-        if client is not None and client.is_connected():
+        if client is not None and client.is_connected() and self.sparkplug is None:
             self._publish_status(client)
 
     def _on_publish(self, client, userdata, mid, reason_code=None, properties=None) -> None:
@@ -131,6 +172,9 @@ class EdgeAgent:
     def flush(self) -> None:
         """Batches out of the Batcher and onto the disk outbox."""
         batches = self.batcher.drain()
+        if self.sparkplug is not None:
+            self.queue.put_many(self.sparkplug.to_outbox(batches))
+            return
         self.queue.put_many([(self.machine.topic(kind), payload, QOS[kind], False) for kind, payload in batches])
 
     def pump(self) -> None:
@@ -148,14 +192,20 @@ class EdgeAgent:
             self.stats["reconnects"] += 1
             self._inflight.clear()
             self._last_sent = (self.queue.first_id() or 1) - 1
-            if client is not None:
+            if self.sparkplug is not None:
+                self.sparkplug.connected()
+            elif client is not None:
                 self._publish_status(client)  # birth first, then the backlog
         if client is None or not client.is_connected():
+            return
+        if self.sparkplug is not None and not self.sparkplug.ready(client):  # births, a primary host offline
             return
         room = self.window - len(self._inflight)
         if room <= 0:
             return
         for row, topic, payload, qos, retain in self.queue.peek(self._last_sent, room):
+            if self.sparkplug is not None:
+                payload = self.sparkplug.outgoing(client, payload)
             info = client.publish(topic, payload, qos=qos, retain=retain)
             if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
                 self.stats["last_error"] = paho.error_string(info.rc)
@@ -192,9 +242,12 @@ class EdgeAgent:
         if len(self.queue):
             log.warning("edge agent stopping with %d messages kept on disk machine=%s", len(self.queue),
                         self.machine.path)
-        info = self._client.publish(self.machine.topic(Kind.STATUS), encode_status(time.time(), "offline",
-                                    reason="stopped"), qos=QOS[Kind.STATUS], retain=True)
-        await asyncio.to_thread(wait_published, [info], 5.0)
+        if self.sparkplug is not None:  # DDEATH, NDEATH
+            infos = self.sparkplug.deaths(self._client)
+        else:
+            infos = [self._client.publish(self.machine.topic(Kind.STATUS), encode_status(
+                time.time(), "offline", reason="stopped"), qos=QOS[Kind.STATUS], retain=True)]
+        await asyncio.to_thread(wait_published, infos, 5.0)
         self._client.disconnect()
         self._client.loop_stop()
         self._client = None

@@ -15,11 +15,16 @@ from collections import Counter
 from itertools import groupby
 
 from contract import (
-    STATE_MODELS, TS_MAX, TS_MIN, ContractError, Kind, encode_counts, encode_state, encode_telemetry,
+    MAX_BATCH, STATE_MODELS, TS_MAX, TS_MIN, ContractError, Kind, encode_counts, encode_state, encode_telemetry,
     encode_telemetry_binary,
 )
 
 log = logging.getLogger("fieldlab.edge")
+
+# A batch is cut into messages of at most this many bytes (and MAX_BATCH samples): a broker refuses a packet
+# above its max_packet_size (4 MiB in deploy/) by dropping the connection, and the same message sent again
+# after the reconnect would hold up the outbox behind it for ever.
+MAX_MESSAGE_BYTES = 256 * 1024
 
 ROLES = ("state", "reason", "good", "reject", "product", "ideal_cycle_s")
 
@@ -29,10 +34,12 @@ class Batcher:
     Values that cannot be sent (a state code outside the model, a negative or fractional counter) are
     counted in ``rejected`` and logged once per kind of problem, never sent."""
 
-    def __init__(self, model: str = "packml", state_map: dict[int, int] | None = None, encoding: str = "json"):
+    def __init__(self, model: str = "packml", state_map: dict[int, int] | None = None, encoding: str = "json",
+                 max_message_bytes: int = MAX_MESSAGE_BYTES):
         """``encoding``: of the telemetry batches, "json" (readable by any MQTT tool) or "binary" (the same
         batch as float64 arrays, far cheaper for the gateway to decode; docs/contract.md)."""
         self.model, self.state_map = model, dict(state_map) if state_map else None
+        self.max_message_bytes = max_message_bytes
         self._encode_telemetry = {"json": encode_telemetry, "binary": encode_telemetry_binary}[encoding]
         self._states = STATE_MODELS[model]
         self.rejected: Counter = Counter()  # role -> values not sent
@@ -118,6 +125,29 @@ class Batcher:
             return
         self._rows.setdefault(ts, {})[name] = number
 
+    def _telemetry(self, ts, signals, units) -> bytes:
+        try:
+            return self._encode_telemetry(ts, signals, units)
+        except ContractError as e:  # binary has limits JSON has not (signals, header size): send JSON
+            if ("encoding", str(e)) not in self._warned:
+                self._warned.add(("encoding", str(e)))
+                log.warning("telemetry sent as JSON, not binary: %s", e)
+            return encode_telemetry(ts, signals, units)
+
+    def _fit(self, kind: Kind, n: int, encode) -> list[tuple[Kind, bytes]]:
+        """Samples 0..n as messages of at most MAX_BATCH samples and ``max_message_bytes`` (halved until they
+        fit; a single sample goes as it is), in time order. ``encode(i, j)``: the message of samples i..j."""
+        out, todo = [], [(0, n)]
+        while todo:
+            i, j = todo.pop()
+            payload = encode(i, j) if j - i <= MAX_BATCH else None
+            if payload is None or (len(payload) > self.max_message_bytes and j - i > 1):
+                mid = (i + j) // 2
+                todo += [(mid, j), (i, mid)]  # the first half next: the messages stay in time order
+                continue
+            out.append((kind, payload))
+        return out
+
     def _asof(self, series: list, role: str, ts: list[float]) -> list:
         times = [t for t, _ in series]
         carry = self._carry.get(role)
@@ -131,7 +161,9 @@ class Batcher:
         if series["state"]:
             ts = [t for t, _ in series["state"]]
             reason = [r or 0 for r in self._asof(series["reason"], "reason", ts)]
-            out.append((Kind.STATE, encode_state(ts, [s for _, s in series["state"]], reason, self.model)))
+            codes = [s for _, s in series["state"]]
+            out += self._fit(Kind.STATE, len(ts),
+                             lambda i, j: encode_state(ts[i:j], codes[i:j], reason[i:j], self.model))
             self.samples[Kind.STATE] += len(ts)
 
         ts = sorted({t for r in ("good", "reject") for t, _ in series[r]})
@@ -142,9 +174,9 @@ class Batcher:
             # one batch per run of the same product, so every count is booked on the product that made it
             for (product, ideal), group in groupby(rows, key=lambda r: (r[3], r[4])):
                 t, g, rj, _, _ = zip(*group)
-                out.append((Kind.COUNTS, encode_counts(t, [int(x) for x in g], [int(x) for x in rj],
-                                                       None if product is None else str(product),
-                                                       None if ideal is None else float(ideal))))
+                g, rj = [int(x) for x in g], [int(x) for x in rj]
+                p, ict = None if product is None else str(product), None if ideal is None else float(ideal)
+                out += self._fit(Kind.COUNTS, len(t), lambda i, j: encode_counts(t[i:j], g[i:j], rj[i:j], p, ict))
                 self.samples[Kind.COUNTS] += len(t)
 
         for role, s in series.items():
@@ -157,13 +189,7 @@ class Batcher:
             signals = {n: [self._rows[t].get(n, float("nan")) for t in ts] for n in names}
             self._rows = {}
             units = {n: self.units[n] for n in names if n in self.units}
-            try:
-                payload = self._encode_telemetry(ts, signals, units)
-            except ContractError as e:  # binary has limits JSON has not (signals, header size): send JSON
-                if ("encoding", str(e)) not in self._warned:
-                    self._warned.add(("encoding", str(e)))
-                    log.warning("telemetry sent as JSON, not binary: %s", e)
-                payload = encode_telemetry(ts, signals, units)
-            out.append((Kind.TELEMETRY, payload))
+            out += self._fit(Kind.TELEMETRY, len(ts), lambda i, j: self._telemetry(
+                ts[i:j], {n: v[i:j] for n, v in signals.items()}, units))
             self.samples[Kind.TELEMETRY] += len(ts)
         return out

@@ -23,9 +23,11 @@ from contract.yamlfile import ConfigError, YamlFile, duration, size
 from .batcher import ROLES
 
 SOURCE_TYPES = ("opcua", "modbus", "gpio", "sim")
-TOP_KEYS = ("machine", "broker", "buffer", "publish", "state_model", "source", "tags")
+TOP_KEYS = ("machine", "broker", "buffer", "publish", "state_model", "source", "tags", "ideal_cycle_s", "products",
+            "product")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_NODEID = re.compile(r"^(ns=\d+;)?[isgb]=")  # as edge/opcua.py tells a NodeId from a browse path
 
 # keys each source type accepts (besides "type"), and its tags
 SOURCE_KEYS = {
@@ -74,6 +76,12 @@ class EdgeConfig:
     encoding: str = "json"  # of telemetry: "json" or "binary" (docs/contract.md)
     heartbeat_s: float = 30.0
     state_model: str = "packml"
+    notes: list[str] = field(default_factory=list)  # how the file was read where it could mean two things
+    sparkplug: object = None  # edge/sparkplug.py Settings with publish.format: sparkplug; None: fieldlab topics
+    # a machine that does not report its ideal cycle time (edge/products.py): one fixed, or a product table
+    ideal_cycle_s: float | None = None
+    products: dict[str, float] = field(default_factory=dict)
+    product: str | None = None  # the product at the first start
 
     @property
     def state_map(self) -> dict[int, int] | None:
@@ -99,6 +107,7 @@ def parse(doc: YamlFile, environ=os.environ) -> EdgeConfig:
     if model not in STATE_MODELS:
         raise doc.error("state_model", f"{model!r}: use one of {', '.join(STATE_MODELS)}")
     source = _mapping(doc, data["source"], "source")
+    _no_password(doc, source, "source")
     stype = source.get("type")
     if stype not in SOURCE_TYPES:
         raise doc.error("source.type", f"{stype!r}: use one of {', '.join(SOURCE_TYPES)}")
@@ -106,8 +115,18 @@ def parse(doc: YamlFile, environ=os.environ) -> EdgeConfig:
     src = _source(doc, stype, source, environ)
     if stype == "gpio" and model != "packml":
         raise doc.error("state_model", "a stack light's states are PackML states: leave state_model out")
-    tags = _tags(doc, stype, data.get("tags"), STATE_MODELS[model])
-    cfg = EdgeConfig(doc.path, machine, broker, stype, src, tags, state_model=model)
+    notes: list[str] = []
+    tags = _tags(doc, stype, data.get("tags"), STATE_MODELS[model], notes)
+    if stype == "opcua" and "namespace" not in src:  # else the agent could only find out when it connects
+        for i, tag in enumerate(tags):
+            node = tag.options["node"]
+            steps = [s for s in f"{src.get('root', '')}/{node}".split("/") if s]
+            if not _NODEID.match(node) and any(":" not in s for s in steps):
+                raise doc.error(f"tags[{i}].node", f"{node!r} is a browse path: give source.namespace (the URI of "
+                                                   "the machine's variables, 'fieldlab edge discover' shows it) or "
+                                                   "write each step as index:Name, e.g. 2:Counters/2:Good")
+    cfg = EdgeConfig(doc.path, machine, broker, stype, src, tags, state_model=model, notes=notes)
+    _products(doc, data, stype, tags, cfg)
 
     buf = _mapping(doc, data.get("buffer") or {}, "buffer")
     _no_unknown(doc, buf, "buffer", ("path", "max_size"))
@@ -117,7 +136,7 @@ def parse(doc: YamlFile, environ=os.environ) -> EdgeConfig:
         cfg.buffer_bytes = _need(doc, "buffer.max_size", size(buf["max_size"]), "write a size like 100MB or 2GB",
                                  lambda v: v >= 2**20, "at least 1MB")
     pub = _mapping(doc, data.get("publish") or {}, "publish")
-    _no_unknown(doc, pub, "publish", ("flush", "heartbeat", "encoding"))
+    _no_unknown(doc, pub, "publish", ("flush", "heartbeat", "encoding", "format", "sparkplug"))
     if "flush" in pub:
         cfg.flush_s = _need(doc, "publish.flush", duration(pub["flush"]), "write a duration like 500ms or 1s",
                             lambda v: 0.01 <= v <= 60, "between 10ms and 60s")
@@ -126,6 +145,14 @@ def parse(doc: YamlFile, environ=os.environ) -> EdgeConfig:
             raise doc.error("publish.encoding", f"{pub['encoding']!r}: use json (readable by any MQTT tool) or "
                                                 "binary (cheaper for the gateway at high rates)")
         cfg.encoding = pub["encoding"]
+    if pub.get("format", "fieldlab") not in ("fieldlab", "sparkplug"):
+        raise doc.error("publish.format", f"{pub['format']!r}: use fieldlab (the contract's topics, the default) or "
+                                          "sparkplug (Sparkplug B, docs/contract.md)")
+    if pub.get("format") == "sparkplug":
+        from .sparkplug import parse_settings
+        cfg.sparkplug = parse_settings(doc, pub, machine)
+    elif "sparkplug" in pub:
+        raise doc.error("publish.sparkplug", "only with format: sparkplug")
     if "heartbeat" in pub:
         cfg.heartbeat_s = _need(doc, "publish.heartbeat", duration(pub["heartbeat"]), "write a duration like 30s",
                                 lambda v: v >= 1, "at least 1s")
@@ -169,11 +196,18 @@ def _machine(doc: YamlFile, value) -> MachineRef:
     return MachineRef(*parts)
 
 
+def _no_password(doc: YamlFile, section: dict, key: str) -> None:
+    """A password written into the file: say where it goes instead (before any "unknown key")."""
+    if "password" in section:
+        raise doc.error(f"{key}.password", "do not write the password into this file (it is shared and versioned); "
+                                           "put it in a file readable only by the agent, e.g. /etc/fieldlab/"
+                                           "mqtt-password, and write password_file: /etc/fieldlab/mqtt-password "
+                                           "(or password_env: NAME of an environment variable)")
+
+
 def _secret(doc: YamlFile, section: dict, key: str, environ) -> str | None:
     """A password from password_file or password_env, never from the YAML itself."""
-    if "password" in section:
-        raise doc.error(f"{key}.password", "do not write passwords into this file; put it in a file readable only "
-                                           "by the agent and use password_file, or use password_env")
+    _no_password(doc, section, key)
     if "password_file" in section:
         p = Path(str(section["password_file"]))
         try:
@@ -198,6 +232,7 @@ def _file(doc: YamlFile, section: dict, key: str, name: str) -> str | None:
 
 
 def _broker(doc: YamlFile, b: dict, environ) -> BrokerUrl:
+    _no_password(doc, b, "broker")
     _no_unknown(doc, b, "broker", ("url", "username", "password_file", "password_env", "ca_file", "cert_file",
                                    "key_file"))
     if "url" not in b:
@@ -277,6 +312,43 @@ def _source(doc: YamlFile, stype: str, s: dict, environ) -> dict:
     return out
 
 
+def _products(doc: YamlFile, data: dict, stype: str, tags: list[Tag], cfg: EdgeConfig) -> None:
+    """``ideal_cycle_s`` (one product) or ``products`` with ``product`` (edge/products.py)."""
+    def seconds(key, v):
+        return _need(doc, key, duration(v), f"{v!r}: write the seconds per part at nameplate speed, more than 0, e.g. 2.5",
+                     lambda x: 0 < x <= 86400, "more than 0 and at most a day")
+
+    keys = [k for k in ("ideal_cycle_s", "products", "product") if k in data]
+    if keys and stype == "sim":
+        raise doc.error(keys[0], "a simulated machine brings its own products and ideal cycle times; leave it out")
+    if "ideal_cycle_s" in data:
+        if "products" in data or "product" in data:
+            raise doc.error("ideal_cycle_s", "use one: ideal_cycle_s for a machine that makes one product, or "
+                                             "products: {name: seconds} with product: name")
+        cfg.ideal_cycle_s = seconds("ideal_cycle_s", data["ideal_cycle_s"])
+    if "product" in data and "products" not in data:
+        raise doc.error("product", "name the products with their ideal cycle times, e.g. products: {cap: 2.5, "
+                                   "lid: 4}, then product: cap")
+    if "products" in data:
+        table = data["products"]
+        if not isinstance(table, dict) or not table:
+            raise doc.error("products", "write product -> seconds per part, e.g. {cap: 2.5, lid: 4}")
+        for name, v in table.items():
+            if isinstance(name, bool) or not str(name).strip() or len(str(name)) > 64:
+                raise doc.error("products", f"{name!r}: a product name of 1-64 characters, e.g. cap")
+            cfg.products[str(name)] = seconds(f"products.{name}", v)
+        reported = [t.name for t in tags if t.name in ("product", "ideal_cycle_s")]
+        if reported:
+            raise doc.error("products", f"the machine reports its {reported[0]} itself (tag {reported[0]}): "
+                                        "leave products out")
+        product = data.get("product")
+        if product is None:
+            raise doc.error("product", f"name the product running now: product: {next(iter(cfg.products))}")
+        if str(product) not in cfg.products:
+            raise doc.error("product", f"{product!r} is not in products; use one of {', '.join(cfg.products)}")
+        cfg.product = str(product)
+
+
 def _int(doc, s: dict, key: str, name: str, default: int, lo: int, hi: int) -> int:
     v = s.get(name, default)
     if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
@@ -316,7 +388,7 @@ def _bool(doc: YamlFile, key: str, value) -> bool:
     return value
 
 
-def _tags(doc: YamlFile, stype: str, items, table: dict[int, str]) -> list[Tag]:
+def _tags(doc: YamlFile, stype: str, items, table: dict[int, str], notes: list[str]) -> list[Tag]:
     if stype == "sim":
         if items:
             raise doc.error("tags", "a simulated machine brings its own tags; leave tags out")
@@ -355,7 +427,7 @@ def _tags(doc: YamlFile, stype: str, items, table: dict[int, str]) -> list[Tag]:
                 opts[k] = _number(doc, t, key, k, d)
         out.append(Tag(name, opts, None if unit is None else str(unit), smap))
     if stype == "modbus":
-        _modbus_registers(doc, out)
+        _modbus_registers(doc, out, notes)
     elif stype == "gpio":
         _gpio_pins(doc, out)
     if stype != "gpio" and "state" not in seen and not any(n in seen for n in ("good", "reject")):
@@ -365,14 +437,40 @@ def _tags(doc: YamlFile, stype: str, items, table: dict[int, str]) -> list[Tag]:
     return out
 
 
-def _modbus_registers(doc: YamlFile, tags: list[Tag]) -> None:
-    """Check each tag by building its edge.modbus.Register (that class knows the rules)."""
+#: the 1-based "Modicon" numbers of many manuals: first number of the range -> table
+MODICON = {30001: "input", 40001: "holding", 300001: "input", 400001: "holding"}
+
+
+def _modicon(address) -> tuple[str, int] | None:
+    """(table, 0-based address) for a manual's 3xxxx/4xxxx (or 3xxxxx/4xxxxx) number, else None."""
+    if isinstance(address, bool) or not isinstance(address, int):
+        return None
+    for first, table in MODICON.items():
+        if first <= address < first + (9999 if first < 100000 else 65536):
+            return table, address - first
+    return None
+
+
+def _modbus_registers(doc: YamlFile, tags: list[Tag], notes: list[str]) -> None:
+    """Check each tag by building its edge.modbus.Register (that class knows the rules).
+
+    An address like 40003 without ``table:`` is the manual's 1-based notation (4xxxx = holding registers,
+    3xxxx = input registers, counted from 1): it is read as holding address 2, and a note says so. With an
+    explicit ``table:`` the address is taken as it is (0-based protocol address, up to 65535)."""
     from .modbus import Register
 
     for i, t in enumerate(tags):
         o = dict(t.options)
         if "address" not in o:
             raise doc.error(f"tags[{i}].address", "the register's 0-based address (40001 is holding address 0)")
+        if "table" not in o and (m := _modicon(o["address"])):
+            table, address = m
+            line = doc.line(f"tags[{i}]")
+            notes.append(f"{doc.path}:{line}: tags[{i}] ({t.name}): address {o['address']} is read as the manual's "
+                         f"1-based {str(o['address'])[0]}xxxx notation: {table} register, 0-based address {address}. "
+                         f"To say so yourself (and silence this note): table: {table}, address: {address}")
+            o.update(table=table, address=address)
+            t.options.update(table=table, address=address)
         try:
             reg = Register(t.role, **o, unit=t.unit)
         except (TypeError, ValueError) as e:

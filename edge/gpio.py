@@ -43,6 +43,10 @@ until it stops blinking); wire such a lamp through an off-delay relay.
 
 Colours are "green", "orange" (also written "yellow" or "amber": the same lamp) and "red"; other
 colours (blue, white) work when ``states`` and ``priority`` name them.
+
+A classroom without hardware drives the mock pins from the keyboard: ``drive_from_keys`` (``fieldlab edge --config
+FILE --mock-keys``; ``key_action`` says what each key does). The ideal cycle time such a machine lacks comes from the
+mapping file (edge/products.py).
 """
 from __future__ import annotations
 
@@ -406,3 +410,94 @@ class GpioSource:
         self._batcher.record("reason", self._light_changed_at, 0)
         self.stats["state"] = state
         self.stats["states_recorded"] += 1
+
+
+# ------------------------------------------------------------------ mock pins from the keyboard (a classroom)
+
+#: printed when the keys start; what a trainee sees, so in English and Dutch
+KEYS_HELP = ("keys: p = a part passes the light barrier, x = a reject, g/o/r = green/orange/red lamp on/off, "
+             "q = quit",
+             "toetsen: p = een product door de lichtsluis, x = afkeur, g/o/r = groene/oranje/rode lamp aan/uit, "
+             "q = stoppen")
+_KEY_LAMPS = {"g": "green", "o": "orange", "y": "orange", "r": "red"}
+
+
+def key_action(key: str, counters: dict[str, int | str], lamps: dict[str, int | str]) -> tuple[str, object] | None:
+    """What a key does to the mock pins: ("pulse", pin) a part (p: good, x: reject), ("toggle", pin) a lamp
+    (g, o or y, r), ("quit", None) (q, Ctrl-C, Ctrl-D), or None (a key without a pin in this mapping file).
+    ``counters``: tag -> pin, ``lamps``: colour -> pin, as in the mapping file."""
+    k = key.lower()
+    if k in ("q", "\x03", "\x04"):
+        return "quit", None
+    if k in ("p", "x"):
+        pin = counters.get("good" if k == "p" else "reject")
+        return None if pin is None else ("pulse", pin)
+    if k in _KEY_LAMPS and _KEY_LAMPS[k] in lamps:
+        return "toggle", lamps[_KEY_LAMPS[k]]
+    return None
+
+
+def pins_line(source: GpioSource) -> str:
+    """One line: the counters, each lamp on or off, the state it gives."""
+    parts = [f"{c.tag} {source.counts[c.tag]}" for c in source.counters]
+    light = source.stack_light
+    if light is not None:
+        parts += [f"{colour} {'ON' if source.factory.pin(pin).state else 'off'}" for colour, pin in light.pins.items()]
+        state = source.stats["state"]
+        parts.append(f"state {PACKML.get(state, '-') if state is not None else '-'}")
+    return "  ".join(parts)
+
+
+async def drive_from_keys(source: GpioSource, fd: int, out, done: asyncio.Event | None = None) -> None:
+    """Drive a mock GpioSource's pins from the keys typed on terminal ``fd`` (key_action), showing the pins on
+    one line of ``out``, until q (or ``done`` is set, or the task is cancelled). The terminal is put in cbreak
+    mode (each key at once, no echo; Ctrl-C still interrupts) and restored on the way out, whatever the way."""
+    import os
+    import termios
+    import tty
+
+    counters = {c.tag: c.pin for c in source.counters}
+    active = {c.pin: c.active_state for c in source.counters}
+    lamps = dict(source.stack_light.pins) if source.stack_light else {}
+    hold = max([0.05] + [3 * (c.bounce_s or 0) for c in source.counters])
+    settle = (source.stack_light.settle_s if source.stack_light else 0) + 0.02
+    keys: asyncio.Queue[str] = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+
+    def readable() -> None:
+        data = os.read(fd, 64)
+        for ch in (data.decode(errors="replace") if data else "\x04"):  # end of input: as Ctrl-D
+            keys.put_nowait(ch)
+
+    saved = termios.tcgetattr(fd) if os.isatty(fd) else None
+    try:
+        if saved is not None:
+            tty.setcbreak(fd)
+        loop.add_reader(fd, readable)
+        out.write("\n".join(KEYS_HELP) + "\n" + pins_line(source))
+        out.flush()
+        while done is None or not done.is_set():
+            action = key_action(await keys.get(), counters, lamps)
+            if action is None:
+                continue
+            what, pin = action
+            if what == "quit":
+                break
+            mock = source.factory.pin(pin)
+            if what == "pulse":  # to the counter's active level and back
+                on, off = (mock.drive_high, mock.drive_low) if active[pin] else (mock.drive_low, mock.drive_high)
+                on()
+                await asyncio.sleep(hold)
+                off()
+                await asyncio.sleep(hold)
+            else:
+                mock.drive_low() if mock.state else mock.drive_high()
+                await asyncio.sleep(settle)
+            out.write("\r\x1b[K" + pins_line(source))
+            out.flush()
+    finally:
+        loop.remove_reader(fd)
+        if saved is not None:
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        out.write("\n")
+        out.flush()

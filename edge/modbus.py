@@ -21,6 +21,18 @@ decodes all values of one type with NumPy. A tag is handed to the Batcher only
 when it changed (process values: by more than their deadband). If the device
 goes away the source keeps trying (backoff up to 5 s) and data flows again when
 it is back, without a restart.
+
+What goes wrong on a first connection is said in words: a Modbus exception code
+becomes its likely cause (``explain``: 2 = the address does not exist, often the
+manual's 1-based or 4xxxx numbering; 4 or no answer = often a wrong unit id),
+and the first read of every block is checked for the signature of a wrong
+``word_order`` (``word_order_suspect``). An address the device refuses at start
+(exceptions 1-3) is a mistake in the mapping file: ``start`` raises
+``ModbusMappingError`` (exit 78). A refused request for several tags may be only
+the unmapped addresses between them (a device with holes in its map): those tags
+are then read one by one, and only a tag refused on its own counts. ``read_all``
+reads every register once without a Batcher, for ``fieldlab edge check --online``
+and ``fieldlab edge read``.
 """
 from __future__ import annotations
 
@@ -37,6 +49,7 @@ from pymodbus.exceptions import ModbusException
 
 from contract.errors import ServiceError
 from contract.tasks import cancel_and_wait
+from contract.yamlfile import ConfigError
 
 from .batcher import ROLES, Batcher
 
@@ -55,6 +68,79 @@ MAX_READ = {"coil": 2000, "discrete": 2000, "holding": 125, "input": 125}  # per
 MAX_GAP = {"coil": 32, "discrete": 32, "holding": 8, "input": 8}  # unused addresses read to save a request
 _FLOATS = ("float32", "float64")
 MAX_BACKOFF_S = 5.0
+MAPPING_EXCEPTIONS = (1, 2, 3)  # illegal function, data address, data value: the mapping, not the device's mood
+UNIT_EXCEPTIONS = (4, 10)  # device failure, gateway path unavailable: on a first connection most often the unit id
+
+
+class ModbusMappingError(ConfigError):
+    """The device refuses a register of the mapping file (Modbus exception 1-3 at start): exit 78."""
+
+
+def explain(code: int, table: str, first: int, last: int, unit_id: int) -> str:
+    """A Modbus exception code (spec 7) as its likely cause on a first connection, with the fix."""
+    span = f"{table} {first}" if first == last else f"{table} {first}-{last}"
+    fc = TABLES[table]
+    if code == 1:
+        return (f"Modbus exception 1 (illegal function) reading {span}: the device has no {table} table (FC{fc}); "
+                f"check table: (holding, input, coil, discrete) against the manual")
+    if code == 2:
+        hint = ""
+        if str(first)[0] in "34" and (30001 <= first < 50000 or 300001 <= first < 465537):
+            base = 10000 if first < 50000 else 100000
+            hint = (f"; {first} looks like the manual's 1-based 3xxxx/4xxxx number: write the address without "
+                    f"table: and fieldlab converts it, or table: {'input' if str(first)[0] == '3' else 'holding'} "
+                    f"and address: {first % base - 1}")
+        return (f"Modbus exception 2 (illegal data address) reading {span}: the device has no such register{hint}. "
+                f"fieldlab addresses are 0-based: a manual that counts from 1 (40001 = the first holding register) "
+                f"means address - 1; also check table: (holding or input) and type: (a uint32 spans 2 registers)")
+    if code == 3:
+        return (f"Modbus exception 3 (illegal data value) reading {span}: the device refuses to read this many "
+                f"registers at once or this type; check type: and the addresses of neighbouring tags")
+    if code in (4, 11):
+        what = "server device failure" if code == 4 else "gateway target device failed to respond"
+        return (f"Modbus exception {code} ({what}) reading {span}: most often a wrong unit_id ({unit_id}) - the "
+                f"device (or the device behind a Modbus gateway) with that unit id does not exist or failed; check "
+                f"source.unit_id against the device's settings (1 is usual, 255 or 0 for some TCP devices)")
+    if code == 10:
+        return (f"Modbus exception 10 (gateway path unavailable) reading {span}: the Modbus gateway has no route to "
+                f"unit {unit_id}; check source.unit_id and the gateway's serial settings")
+    if code == 6:
+        return f"Modbus exception 6 (device busy) reading {span}: the device is busy; it is retried"
+    return f"Modbus exception {code} reading {span} (FC{fc}); see the device's manual"
+
+
+def _plausible(type_: str, v: float) -> bool:
+    if type_ in _FLOATS:
+        return v == 0 or (math.isfinite(v) and 1e-6 <= abs(v) <= 1e15)
+    return abs(v) < 65536
+
+
+def word_order_suspect(reg: Register, value: float, other: float) -> str | None:
+    """A warning if ``value`` (read with the register's word order) looks like the other word order's ``other``:
+    a counter of 131072 that reads 2 the other way round, a float of 2e-41 that reads 21.5. One reading cannot
+    be sure (a counter's low word can be 0), so this warns, it does not refuse."""
+    if TYPES[reg.type] < 2 or reg.table in _BITS:
+        return None
+    if reg.type in _FLOATS:
+        if _plausible(reg.type, value) or not _plausible(reg.type, other):
+            return None
+    elif not (abs(value) >= 65536 and abs(other) < 65536):
+        return None
+    flip = "little" if reg.word_order == "big" else "big"
+    return (f"Modbus register '{reg.tag}' ({reg.table} {reg.address}, {reg.type}) reads {value:g}, which looks "
+            f"wrong: with word_order: {flip} it would read {other:g}. Check the tag's word_order key "
+            f"(now {reg.word_order}; the device's manual says which word comes first)")
+
+
+@dataclass
+class Reading:
+    """One register read once (``ModbusSource.read_all``): the raw and engineering value, or why it failed."""
+    register: Register
+    raw: float | bool | None = None
+    value: float | None = None
+    error: str | None = None
+    warning: str | None = None
+    kind: str | None = None  # of the error: "config" (fix the mapping file) or "unreachable" (device, network)
 
 
 @dataclass(frozen=True)
@@ -116,7 +202,10 @@ class _Block:
     groups: list[_Group]
 
 
-def _plan(registers: Sequence[Register]) -> list[_Block]:
+NO_MERGE = {table: -1 for table in TABLES}  # one request per register
+
+
+def _plan(registers: Sequence[Register], max_gap: dict[str, int] = MAX_GAP) -> list[_Block]:
     """Contiguous read blocks per table: neighbours merged across small gaps, within the spec's limits."""
     blocks = []
     for table in TABLES:
@@ -125,7 +214,7 @@ def _plan(registers: Sequence[Register]) -> list[_Block]:
         start = end = 0
         for r in regs:
             r_end = r.address + TYPES[r.type]
-            if runs and r.address - end <= MAX_GAP[table] and max(end, r_end) - start <= MAX_READ[table]:
+            if runs and r.address - end <= max_gap[table] and max(end, r_end) - start <= MAX_READ[table]:
                 runs[-1].append(r)
                 end = max(end, r_end)
             else:
@@ -181,6 +270,10 @@ class ModbusSource:
         self._failing = False  # inside an outage: warned once already
         self._backoff = 0.1
         self._next_connect = 0.0
+        self._starting = False
+        self._refused: list[tuple[_Block, str]] = []  # mapping errors seen by the first poll
+        self._checked: set[int] = set()  # blocks whose first read was checked for a wrong word order
+        self.warnings: dict[str, str] = {}  # tag -> what that check found (logged once each)
 
     @property
     def _where(self) -> str:
@@ -195,8 +288,26 @@ class ModbusSource:
                                f"is enabled on the device)")
         log.info("polling Modbus device=%s unit=%d registers=%d requests/poll=%d every %gs",
                  self._where, self.unit_id, len(self.registers), len(self.blocks), self.poll_s)
-        await self._poll_safely()
+        await self._first_poll()
+        merged = [b for b, _ in self._refused if sum(len(g.regs) for g in b.groups) > 1]
+        if merged:  # one request for several tags (and the gaps between them): which tag is it, or is it a gap?
+            alone = _plan([r for b in merged for g in b.groups for r in g.regs], NO_MERGE)
+            self.blocks = [b for b in self.blocks if b not in merged] + alone
+            log.info("Modbus device %s refuses a request for several tags: reading those %d tags one by one",
+                     self._where, len(alone))
+            await self._first_poll()
+        if self._refused:  # the device says these registers do not exist: retrying cannot help
+            self.client.close()
+            raise ModbusMappingError(f"the Modbus device at {self._where} (unit {self.unit_id}) refuses registers "
+                                     f"of the mapping file: " + "; ".join(why for _, why in self._refused))
         self._task = asyncio.create_task(self._run(), name=f"modbus-poll-{self._where}")
+
+    async def _first_poll(self) -> None:
+        self._starting, self._refused = True, []
+        try:
+            await self._poll_safely()
+        finally:
+            self._starting = False
 
     async def stop(self) -> None:
         self._stopping = True
@@ -267,7 +378,10 @@ class ModbusSource:
                 return
             if resp.isError():
                 # the device answered with a Modbus exception (e.g. 2: illegal data address): other blocks go on
-                self._error(f"reading {where}: Modbus exception {resp.exception_code} (FC{TABLES[block.table]})")
+                code = resp.exception_code
+                self._error(explain(code, block.table, block.address, block.address + block.count - 1, self.unit_id))
+                if self._starting and code in MAPPING_EXCEPTIONS:
+                    self._refused.append((block, self.stats["last_error"]))
                 continue
             self._report(ts, block, resp.bits[:block.count] if block.table in _BITS else resp.registers)
         if self._failing and self.stats["errors"] == errors:
@@ -275,15 +389,30 @@ class ModbusSource:
             self.stats["last_error"] = None  # the heartbeat reports current problems, not old ones
             log.info("Modbus device %s unit %d answers again", self._where, self.unit_id)
 
-    def _report(self, ts: float, block: _Block, data: list) -> None:
-        b = self._batcher
+    def _decode(self, block: _Block, data: list):
+        """(group, raw values, engineering values) per group of a block's answer; the first answer of each block is
+        checked for a wrong word order (logged once, kept in ``warnings``)."""
+        first = id(block) not in self._checked
+        self._checked.add(id(block))
         for g in block.groups:
             r0 = g.regs[0]
             if block.table in _BITS:
                 raw = np.asarray(data, dtype=bool)[g.index]
             else:
-                raw = _decode_words(np.asarray(data, dtype=np.uint16), g.index, r0.type, r0.word_order, r0.byte_order)
-            eng = raw.astype(np.float64) * g.scale + g.offset
+                words = np.asarray(data, dtype=np.uint16)
+                raw = _decode_words(words, g.index, r0.type, r0.word_order, r0.byte_order)
+                if first and TYPES[r0.type] > 1:
+                    flip = "little" if r0.word_order == "big" else "big"
+                    other = _decode_words(words, g.index, r0.type, flip, r0.byte_order)
+                    for reg, v, o in zip(g.regs, raw.tolist(), other.tolist()):
+                        if (why := word_order_suspect(reg, v, o)) and reg.tag not in self.warnings:
+                            self.warnings[reg.tag] = why
+                            log.warning("%s", why)
+            yield g, raw, raw.astype(np.float64) * g.scale + g.offset
+
+    def _report(self, ts: float, block: _Block, data: list) -> None:
+        b = self._batcher
+        for g, raw, eng in self._decode(block, data):
             for reg, r, e in zip(g.regs, raw.tolist(), eng.tolist()):
                 last = self._last.get(reg.tag)
                 if reg.tag.startswith("value:"):
@@ -303,3 +432,46 @@ class ModbusSource:
                 if v != last:
                     self._last[reg.tag] = v
                     b.record(reg.tag, ts, v)
+
+    async def read_all(self) -> list[Reading]:
+        """Read every register once, in mapping order (connecting if needed): raw and engineering values, or the
+        cause of a failure in words. No Batcher, nothing reported: for checks and ``fieldlab edge read``."""
+        out = {r: Reading(r) for r in self.registers}
+        if not self.client.connected and not await self.client.connect():
+            why = (f"cannot reach the Modbus device at {self._where}: connection refused or no answer within "
+                   f"{self.timeout_s:g} s (check host, port, network, and that Modbus TCP is enabled)")
+            for reading in out.values():
+                reading.error, reading.kind = why, "unreachable"
+            return list(out.values())
+        read = {"coil": self.client.read_coils, "discrete": self.client.read_discrete_inputs,
+                "holding": self.client.read_holding_registers, "input": self.client.read_input_registers}
+        todo = list(self.blocks)
+        while todo:
+            block = todo.pop(0)
+            regs = [r for g in block.groups for r in g.regs]
+            try:
+                resp = await read[block.table](block.address, count=block.count, device_id=self.unit_id)
+            except (ModbusException, OSError, asyncio.TimeoutError) as e:
+                self.client.close()  # a late answer must not be taken for the next request's
+                why = (f"no answer from unit {self.unit_id} reading {block.table} {block.address}"
+                       f"-{block.address + block.count - 1} within {self.timeout_s:g} s ({e or type(e).__name__}): "
+                       f"a wrong unit_id (some devices ignore requests for other units) or a device that is busy")
+                for r in regs:
+                    out[r].error, out[r].kind = why, "unreachable"
+                await self.client.connect()
+                continue
+            if resp.isError() and resp.exception_code in MAPPING_EXCEPTIONS and len(regs) > 1:
+                todo[:0] = _plan(regs, NO_MERGE)  # which of these tags is refused (or only the gaps between them)?
+                continue
+            if resp.isError():
+                code = resp.exception_code
+                why = explain(code, block.table, block.address, block.address + block.count - 1, self.unit_id)
+                kind = "config" if code in MAPPING_EXCEPTIONS + UNIT_EXCEPTIONS else "unreachable"
+                for r in regs:
+                    out[r].error, out[r].kind = why, kind
+                continue
+            for g, raw, eng in self._decode(block, resp.bits[:block.count] if block.table in _BITS
+                                            else resp.registers):
+                for reg, r, e in zip(g.regs, raw.tolist(), eng.tolist()):
+                    out[reg].raw, out[reg].value, out[reg].warning = r, e, self.warnings.get(reg.tag)
+        return list(out.values())

@@ -73,6 +73,9 @@ async def open_session(client: Client, endpoint: str, security: str | None = Non
             why += " (check the OPC UA username and password)"
         elif any(code in why for code in ("BadSecurity", "BadCertificate")):
             why += " (check source.security and the certificates; does the server trust ours?)"
+        elif "No matching endpoints" in why:  # the server does not offer the security mode we asked for
+            why += (" (check source.security: the server offers other security modes; "
+                    "'fieldlab edge discover' or UaExpert lists them)")
         raise ServiceError(f"cannot connect to the OPC UA server at {endpoint}: {why}") from None
 
 

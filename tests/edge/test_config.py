@@ -5,6 +5,7 @@ import pytest
 
 from contract.yamlfile import ConfigError, YamlFile
 from edge import config as edge_config
+from fieldlab.commands.edge import _describe
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "docs" / "examples").glob("edge-*.yaml"))
@@ -91,7 +92,27 @@ def test_mistakes_name_file_line_key_and_fix(tmp_path, line, text, where, says):
 
 def test_yaml_syntax_error_names_the_line(tmp_path):
     msg = error(MINIMAL.replace("  url: mqtt://localhost:1883", "  url: [mqtt://localhost:1883"), tmp_path)
-    assert f"{tmp_path / 'edge.yaml'}:" in msg and "not valid YAML" in msg
+    assert msg.startswith(f"{tmp_path / 'edge.yaml'}:3: not valid YAML: in the [ ... ] that starts here: "
+                          "a comma or the closing ]")
+
+
+@pytest.mark.parametrize("replace, text, line, says", [
+    (3, "\turl: mqtt://localhost:1883", 3, "a tab: YAML indents with spaces only"),
+    (3, "    url: mqtt://localhost:1883\n  username: p7", 4, "bad indentation: this line is indented differently"),
+    (7, "    namespace: urn:acme", 7, "a colon that YAML does not expect here: this line is indented deeper"),
+    (2, "broker", 2, "a key without its colon"),
+    (9, "  - {tag: state, node: State", 9, "in the { ... } that starts here: a comma or the closing } is missing"),
+    (10, " - {tag: good, node: Counters/Good}", 10, "bad indentation: this list item (-) does not line up"),
+    (1, 'machine: "acme/hall-1/line-1/press-07', 1, "a quote (\" or ') opened here is never closed"),
+])
+def test_yaml_mistakes_are_said_in_words_with_their_line(tmp_path, replace, text, line, says):
+    """Not PyYAML's "expected <block end>, but found '<block mapping start>'": what is wrong, where, and the line."""
+    lines = MINIMAL.splitlines()
+    lines[replace - 1] = text
+    msg = error("\n".join(lines) + "\n", tmp_path)
+    assert msg.startswith(f"{tmp_path / 'edge.yaml'}:{line}: not valid YAML: {says}"), msg
+    assert "<block" not in msg and "token" not in msg
+    assert f"[line {line}: " in msg  # the line itself, as it is in the file
 
 
 def test_missing_sections_and_empty_file(tmp_path):
@@ -103,7 +124,10 @@ def test_missing_sections_and_empty_file(tmp_path):
 def test_passwords_never_in_the_file(tmp_path):
     msg = error(MINIMAL.replace("  url: mqtt://localhost:1883", "  url: mqtt://localhost:1883\n  username: p7\n"
                                 "  password: secret"), tmp_path)
-    assert "broker.password" in msg and "password_file" in msg
+    assert "broker.password: do not write the password into this file" in msg and "password_file: " in msg
+    assert "unknown key" not in msg
+    opcua = MINIMAL.replace("  namespace: urn:acme", "  namespace: urn:acme\n  username: op\n  password: x")
+    assert "source.password: do not write the password" in error(opcua, tmp_path)
     msg = error(MINIMAL.replace("mqtt://localhost", "mqtt://p7:secret@localhost"), tmp_path)
     assert "broker.url" in msg and "password_file" in msg and "secret" not in msg
 
@@ -175,3 +199,41 @@ def test_gpio_states_are_packml_and_pins_take_booleans(tmp_path):
     assert "tags[1].map" in msg and "states:" in msg
     msg = error(base + "  - {tag: state, stack_light: {green: 22}, states: {green: Running}}\n", tmp_path)
     assert "tags[1].states.green" in msg and "Execute" in msg
+
+
+MODBUS = """\
+machine: acme/hall-1/line-1/press-07
+broker: {url: mqtt://localhost:1883}
+source: {type: modbus, host: 10.0.0.20}
+tags:
+"""
+
+
+@pytest.mark.parametrize("tag, table, address, note", [
+    ("{tag: good, address: 40003, type: uint32}", "holding", 2, "address 40003 is read as the manual's 1-based "
+     "4xxxx notation: holding register, 0-based address 2. To say so yourself (and silence this note): "
+     "table: holding, address: 2"),
+    ("{tag: good, address: 30010}", "input", 9, "1-based 3xxxx notation: input register, 0-based address 9"),
+    ("{tag: good, address: 400001}", "holding", 0, "1-based 4xxxx notation: holding register, 0-based address 0"),
+    ("{tag: good, address: 40003, table: holding}", "holding", 40003, None),  # with a table: as written
+    ("{tag: good, address: 2}", "holding", 2, None),
+])
+def test_modbus_4xxxx_and_3xxxx_addresses_are_the_manuals_numbers(tmp_path, tag, table, address, note):
+    cfg = load(MODBUS + f"  - {tag}\n", tmp_path)
+    reg = cfg.tags[0].options["register"]
+    assert (reg.table, reg.address) == (table, address)
+    if note is None:
+        assert cfg.notes == []
+    else:
+        assert len(cfg.notes) == 1 and cfg.notes[0].startswith(f"{tmp_path / 'edge.yaml'}:5: tags[0] (good): ")
+        assert note in cfg.notes[0]
+        assert f"  note      {cfg.notes[0]}" in _describe(cfg)  # fieldlab edge --check shows it
+
+
+def test_a_browse_path_without_namespace_is_refused_when_the_file_is_read(tmp_path):
+    """Otherwise the agent would find out only when it connects (and stop with a less helpful message)."""
+    msg = error(MINIMAL.replace("  namespace: urn:acme\n", ""), tmp_path)
+    assert msg.startswith(f"{tmp_path / 'edge.yaml'}:8: tags[0].node: 'State' is a browse path: give source.namespace")
+    cfg = load(MINIMAL.replace("  namespace: urn:acme\n", "").replace("node: State", "node: 'ns=2;s=State'")
+               .replace("node: Counters/Good", "node: 2:Counters/2:Good"), tmp_path)
+    assert [t.options["node"] for t in cfg.tags] == ["ns=2;s=State", "2:Counters/2:Good"]

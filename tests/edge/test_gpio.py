@@ -291,3 +291,99 @@ async def test_agent_publishes_the_pulses(mosquitto, site, recorder, tmp_path):
     states = [int(s) for p in (decode(Kind.STATE, p) for t, p, _ in rec.messages if t == ref.topic(Kind.STATE))
               for s in p.state]
     assert states == [2, 4]
+
+
+def test_a_pi_installs_lgpio_with_the_edge_extra():
+    """gpiozero's pin library on a Pi 5 is lgpio (RPi.GPIO does not work there). PyPI has lgpio 0.2.2.0 wheels for
+    aarch64, cp39-cp312, manylinux_2_34 (64-bit Pi OS Bookworm: Python 3.11, glibc 2.36); none for 32-bit Arm or
+    Python 3.13, where pip would have to build it (swig, liblgpio-dev): there the docs say apt install python3-lgpio."""
+    import tomllib
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
+    (lg,) = [Requirement(r) for r in project["optional-dependencies"]["edge"] if r.startswith("lgpio")]
+    assert lg.specifier.contains("0.2.2.0")
+    for machine, python, wanted in (("aarch64", "3.11", True), ("aarch64", "3.12", True), ("x86_64", "3.11", False),
+                                    ("armv7l", "3.11", False), ("aarch64", "3.13", False)):
+        assert lg.marker.evaluate({"platform_machine": machine, "python_version": python}) is wanted, (machine, python)
+
+
+def test_keys_drive_the_pins_of_the_mapping():
+    from edge.gpio import key_action
+
+    counters, lamps = {"good": 17, "reject": 18}, {"green": 22, "orange": 27, "red": 23}
+    assert key_action("p", counters, lamps) == ("pulse", 17)
+    assert key_action("X", counters, lamps) == ("pulse", 18)
+    assert [key_action(k, counters, lamps) for k in "gory"] == [("toggle", 22), ("toggle", 27), ("toggle", 23),
+                                                                ("toggle", 27)]
+    assert [key_action(k, counters, lamps) for k in ("q", "\x03", "\x04")] == [("quit", None)] * 3
+    assert key_action("x", {"good": 17}, {"green": 22}) is None  # no reject barrier in this mapping
+    assert key_action("r", {"good": 17}, {"green": 22}) is None
+    assert key_action("z", counters, lamps) is None
+
+
+async def test_keys_from_a_terminal_count_parts_and_switch_lamps_and_the_terminal_is_restored():
+    """A pty stands in for the trainee's terminal: cbreak mode while the keys run, the old mode afterwards."""
+    import io
+    import os
+    import pty
+    import termios
+
+    from edge.gpio import drive_from_keys, pins_line
+
+    master, slave = pty.openpty()
+    before = termios.tcgetattr(slave)
+    src = GpioSource([CounterPin("good", GOOD), CounterPin("reject", REJECT)],
+                     StackLight({"green": GREEN, "orange": ORANGE, "red": RED}, settle_s=0.02), pin_factory="mock")
+    b = Batcher()
+    out = io.StringIO()
+    await src.start(b)
+    try:
+        task = asyncio.create_task(drive_from_keys(src, slave, out))
+        await asyncio.sleep(0.05)
+        during = termios.tcgetattr(slave)
+        assert not during[3] & (termios.ICANON | termios.ECHO) and during[3] & termios.ISIG  # Ctrl-C still works
+        os.write(master, b"gppxz")
+        await asyncio.sleep(0.6)
+        assert src.counts == {"good": 2, "reject": 1} and src.stats["state"] == 4
+        assert pins_line(src) == "good 2  reject 1  green ON  orange off  red off  state Execute"
+        os.write(master, b"rq")
+        await asyncio.wait_for(task, 2)
+        assert termios.tcgetattr(slave) == before
+        task = asyncio.create_task(drive_from_keys(src, slave, out))  # again, and cancelled as on Ctrl-C
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert termios.tcgetattr(slave) == before
+    finally:
+        await src.stop()
+        os.close(master)
+        os.close(slave)
+    text = out.getvalue()
+    assert text.startswith("keys: p = a part") and "toetsen:" in text
+    assert "green ON  orange off  red ON  state Held" in text
+    got = drained(b)
+    assert got["good"][-1] == 2 and got["reject"][-1] == 1 and got["state"] == [2, 4, 15]
+
+
+def test_the_wiring_sketch_shows_the_pins_of_the_example_mapping():
+    """docs/img/gpio-wiring(.nl).svg: well-formed, linked from docs/edge-on-a-pi.md, and wired to the pins that
+    docs/examples/edge-gpio.yaml reads (a changed example must change the sketch)."""
+    import re
+    import xml.etree.ElementTree as ET
+    from pathlib import Path
+
+    import yaml
+
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    example = yaml.safe_load((docs / "examples" / "edge-gpio.yaml").read_text())
+    pins = {t["tag"]: t["pin"] for t in example["tags"] if "pin" in t}
+    pins.update(next(t["stack_light"] for t in example["tags"] if t["tag"] == "state"))
+    guide = (docs / "edge-on-a-pi.md").read_text()
+    for name in ("gpio-wiring.svg", "gpio-wiring.nl.svg"):
+        text = " ".join(ET.parse(docs / "img" / name).getroot().itertext())
+        shown = {int(n) for n in re.findall(r"GPIO(\d+) \(pin \d+\)", text)}
+        assert set(pins.values()) <= shown, (name, pins, shown)
+        assert f"(img/{name})" in guide

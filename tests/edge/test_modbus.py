@@ -17,8 +17,9 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from contract import Kind, decode
 from contract.errors import ServiceError
+from contract.yamlfile import ConfigError
 from edge.batcher import Batcher
-from edge.modbus import TYPES, ModbusSource, Register
+from edge.modbus import TYPES, ModbusMappingError, ModbusSource, Register, explain
 from fieldlab.broker import free_port
 
 FC = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
@@ -266,6 +267,7 @@ async def test_device_restart_is_survived_and_data_flows_again(plc, caplog):
 
 
 async def test_modbus_exception_skips_only_that_block(plc, caplog):
+    """At run time (after a good start: the PLC's program changed), a refused block costs only that block."""
     caplog.set_level(logging.INFO, logger="fieldlab.edge.modbus")
     await plc.set("holding", 0, [42])
     await plc.set("input", 5, [43])
@@ -273,17 +275,115 @@ async def test_modbus_exception_skips_only_that_block(plc, caplog):
     # blocks are read coil, discrete, holding, input: the one after the failing block must still be read
     regs = [Register("value:before", 0), Register("value:missing", 500), Register("value:after", 5, table="input")]
     src = ModbusSource("127.0.0.1", plc.port, regs, poll_s=0.03)
-    await src.start(b)
+    src._batcher = b  # as after start(): polls that meet the missing register go on
+    assert await src.client.connect()
     try:
-        await polls(src, 3)
+        for _ in range(3):
+            await src.poll()
         tel, = drain(b)[Kind.TELEMETRY]
         assert {n: v.tolist() for n, v in tel.signals.items()} == {"before": [42.0], "after": [43.0]}
         assert src.stats["errors"] >= 3 and "exception 2" in src.stats["last_error"]
         warnings = [r.getMessage() for r in caplog.records
                     if r.name == "fieldlab.edge.modbus" and r.levelno >= logging.WARNING]
-        assert len(warnings) == 1 and "holding 500-500: Modbus exception 2" in warnings[0], warnings
+        assert len(warnings) == 1 and "Modbus exception 2 (illegal data address) reading holding 500" in warnings[0]
     finally:
         await src.stop()
+
+
+async def test_a_register_refused_at_start_is_a_mapping_error(plc):
+    """Exceptions 1-3 at start: the mapping file is wrong, retrying cannot help (exit 78 via ConfigError)."""
+    src = ModbusSource("127.0.0.1", plc.port, [Register("good", 0), Register("reject", 399, type="uint32")])
+    with pytest.raises(ModbusMappingError, match=r"refuses registers of the mapping file: Modbus exception 2 "
+                                                 r"\(illegal data address\) reading holding 399-400") as e:
+        await src.start(Batcher())
+    assert isinstance(e.value, ConfigError) and "type: (a uint32 spans 2 registers)" in str(e.value)
+    assert not src.client.connected and src._task is None
+    await src.stop()
+
+
+@pytest.fixture
+async def gapped():
+    """A device whose holding registers are 0-1 and 5-6 only: a request across 2-4 is refused (exception 2)."""
+    port = free_port()
+    bits = [SimData(0, values=[False] * 8, datatype=DataType.BITS)]
+    words_ = [SimData(0, values=[7, 8], datatype=DataType.REGISTERS),
+              SimData(5, values=[9, 10], datatype=DataType.REGISTERS)]
+    server = ModbusTcpServer(SimDevice(UNIT, simdata=(bits, bits, words_, [SimData(0, values=[0] * 4,
+                                                                                   datatype=DataType.REGISTERS)])),
+                             address=("127.0.0.1", port))
+    await server.serve_forever(background=True)
+    yield port
+    await server.shutdown()
+
+
+async def test_tags_merged_across_a_gap_the_device_refuses_are_read_one_by_one(gapped):
+    """Neighbouring tags are read with one request, gaps included; a device with holes in its map refuses that.
+    Start tries the tags one by one: all there, so the agent runs (reading them separately), and the check agrees."""
+    regs = [Register("good", 0), Register("reject", 5)]
+    b = Batcher()
+    src = ModbusSource("127.0.0.1", gapped, regs, poll_s=10)
+    assert len(src.blocks) == 1  # merged: 0-5
+    await src.start(b)
+    try:
+        counts, = drain(b)[Kind.COUNTS]
+        assert (counts.good.tolist(), counts.reject.tolist()) == ([7], [9])
+        assert len(src.blocks) == 2
+    finally:
+        await src.stop()
+    again = ModbusSource("127.0.0.1", gapped, regs)
+    readings = await again.read_all()
+    again.client.close()
+    assert [(r.raw, r.error) for r in readings] == [(7, None), (9, None)]
+
+
+async def test_a_missing_tag_among_merged_ones_is_named_alone(gapped):
+    regs = [Register("good", 0), Register("reject", 3), Register("state", 5)]
+    src = ModbusSource("127.0.0.1", gapped, regs, poll_s=10)
+    with pytest.raises(ModbusMappingError) as e:
+        await src.start(Batcher())
+    assert "reading holding 3: the device has no such register" in str(e.value)
+    assert "holding 0" not in str(e.value) and "holding 5" not in str(e.value)
+    await src.stop()
+    again = ModbusSource("127.0.0.1", gapped, regs)
+    readings = await again.read_all()
+    again.client.close()
+    assert [(r.raw, r.kind) for r in readings] == [(7, None), (None, "config"), (9, None)]
+
+
+@pytest.mark.parametrize("code, says", [
+    (1, "the device has no coil table (FC1)"), (2, "0-based: a manual that counts from 1"),
+    (3, "refuses to read this many"), (4, "most often a wrong unit_id (9)"), (10, "no route to unit 9"),
+    (11, "most often a wrong unit_id (9)"),
+])
+def test_exception_codes_say_the_likely_cause(code, says):
+    assert says in explain(code, "coil", 3, 3, 9)
+    assert "1-based 3xxxx/4xxxx" in explain(2, "holding", 40003, 40004, 1)
+    assert "table: input and address: 9" in explain(2, "input", 30010, 30010, 1)
+    assert "3xxxx" not in explain(2, "holding", 20000, 20000, 1)
+
+
+async def test_a_counter_read_with_the_wrong_word_order_is_warned_about_once(plc, caplog):
+    """The device sends 2 high word first ([0, 2]); read word-swapped it is 131072: the warning names the key."""
+    caplog.set_level(logging.WARNING, logger="fieldlab.edge.modbus")
+    await plc.set("holding", 10, [0, 2] + words(21.5, "float32") + words(70_000, "uint32"))
+    regs = [Register("good", 10, type="uint32", word_order="little"),
+            Register("value:temp", 12, type="float32", word_order="little"),
+            Register("value:ok", 14, type="uint32")]  # right order, a large value: no warning
+    src = ModbusSource("127.0.0.1", plc.port, regs, poll_s=0.03)
+    await src.start(Batcher())
+    try:
+        await polls(src, 3)
+        readings = {r.register.tag: r for r in await src.read_all()}
+    finally:
+        await src.stop()
+    assert set(src.warnings) == {"good", "value:temp"}
+    assert "reads 131072, which looks wrong: with word_order: big it would read 2" in src.warnings["good"]
+    assert "word_order: big it would read 21.5" in src.warnings["value:temp"]
+    assert "Check the tag's word_order key" in src.warnings["good"]
+    logged = [r.getMessage() for r in caplog.records if "word_order" in r.getMessage()]
+    assert len(logged) == 2  # once each, not once per poll
+    assert readings["good"].raw == 131072 and readings["good"].warning == src.warnings["good"]
+    assert readings["value:ok"].value == 70_000 and readings["value:ok"].warning is None
 
 
 async def test_unreachable_device_at_start_is_a_service_error():
