@@ -1,7 +1,9 @@
 """The REST API and the built-in dashboard, the page checked in a real headless Chromium."""
 import asyncio
+import contextlib
 import json
 import os
+import re
 import shutil
 import threading
 import urllib.request
@@ -11,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from contract import Kind, MachineRef, encode_counts, encode_state, encode_status
+from gateway.config import parse
 from gateway.http import HttpEndpoint, openapi
 from gateway.service import Gateway
 from tests.helpers import wait_until
@@ -23,7 +26,13 @@ T0 = 1_800_000_000.0
 @pytest.fixture
 async def served(mosquitto, site, publisher):
     """A gateway with two machines' hand-made history, its HTTP service on a free port."""
-    gw = Gateway(mosquitto.url, site=site, publish_s=3600)  # ticks only when the test says so
+    async with serve(mosquitto, site, publisher) as x:
+        yield x
+
+
+@contextlib.asynccontextmanager
+async def serve(mosquitto, site, publisher, config=None):
+    gw = Gateway(mosquitto.url, site=site, publish_s=3600, config=config)  # ticks only when the test says so
     await gw.start()
     http = HttpEndpoint(gw, "127.0.0.1", 0, sse_poll_s=0.05)
     await http.start()
@@ -35,11 +44,13 @@ async def served(mosquitto, site, publisher):
     publisher(press.topic(Kind.COUNTS), encode_counts([T0, T0 + 600], [0, 90], [0, 10], "cap", 3.0))
     publisher(lathe.topic(Kind.STATE), encode_state([T0, T0 + 400], [4, 12], [0, 201]))
     publisher(lathe.topic(Kind.COUNTS), encode_counts([T0, T0 + 400], [0, 39], [0, 1], "shaft", 8.0))
-    assert await wait_until(lambda: gw.stats["messages"] == 5), gw.stats
-    gw.tick()
-    yield gw, http, press, lathe
-    await http.stop()
-    await gw.stop()
+    try:
+        assert await wait_until(lambda: gw.stats["messages"] == 5), gw.stats
+        gw.tick()
+        yield gw, http, press, lathe
+    finally:
+        await http.stop()
+        await gw.stop()
 
 
 async def get(http, path):
@@ -88,7 +99,7 @@ async def test_openapi_describes_every_route(served):
     assert spec == json.loads(json.dumps(openapi())) and spec["openapi"].startswith("3.")
     for path in spec["paths"]:
         concrete = path.replace("{id}", press.path)
-        if concrete == "/api/events":
+        if concrete == "/api/events" or "get" not in spec["paths"][path]:  # a stream; the writes (test_auth.py)
             continue
         status, _, _ = await get(http, concrete)
         assert status == 200, path
@@ -100,16 +111,21 @@ async def test_events_stream_after_every_computation(served):
     writer.write(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
     await writer.drain()
 
-    async def next_event():
+    async def next_event(kind="machines"):  # each computation sends machines, then lines
         lines = []
         while True:
             line = (await asyncio.wait_for(reader.readline(), 5)).decode().rstrip("\r\n")
             if line == "" and any(x.startswith("data:") for x in lines):
-                return lines
+                if f"event: {kind}" in lines:
+                    return lines
+                lines = []
+                continue
             lines.append(line)
 
     first = await next_event()
     assert "event: machines" in first
+    lines = json.loads(next(x for x in await next_event("lines") if x.startswith("data:"))[5:])
+    assert {r["id"] for r in lines} == {f"{press.site}/hall-1/line-1", f"{press.site}/hall-1/line-2"}
     gw.tick()
     second = await next_event()
     data = json.loads(next(x for x in second if x.startswith("data:"))[5:])
@@ -161,8 +177,9 @@ async def test_dashboard_in_headless_chromium(served, tmp_path):
     args = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--no-first-run", "--hide-scrollbars", f"--user-data-dir={tmp_path}/p",
             "--enable-logging=stderr", "--v=0", "--virtual-time-budget=4000", "--window-size=1600,900"]
-    # ?poll: no open event stream, so Chromium's virtual time can run out and it dumps the page
-    page = http.url + "/?poll"
+    # ?poll: no open event stream, so Chromium's virtual time can run out and it dumps the page; the digits are
+    # compared in English
+    page = http.url + "/?lang=en&poll"
     proc = await asyncio.create_subprocess_exec(*args, "--dump-dom", page, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.PIPE)
     try:
@@ -201,13 +218,78 @@ async def test_dashboard_in_headless_chromium(served, tmp_path):
     assert shot.stat().st_size > 10_000
 
 
+def chromium_args(tmp_path, *more) -> list[str]:
+    return [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--no-first-run", "--hide-scrollbars", f"--user-data-dir={tmp_path}/p",
+            "--window-size=1600,900", *more]
+
+
+async def run_chromium(args) -> str:
+    proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return out.decode()
+
+
+def pct_nl(v):
+    return "–" if v is None else f"{100 * v:.1f}".replace(".", ",") + " %"
+
+
+async def test_dashboard_in_dutch(mosquitto, site, publisher, tmp_path):
+    """Issue 14, item 3: the page in Dutch (?lang=nl): Dutch words, decimal commas, the site's own reason names
+    (site configuration 'reasons:'), and a screenshot kept as a test artifact."""
+    config = parse({"reasons": {101: {"en": "bearing failure", "nl": "lagerschade"}}})
+    async with serve(mosquitto, site, publisher, config) as (gw, http, press, lathe):
+        dom = await run_chromium(chromium_args(tmp_path, "--virtual-time-budget=4000", "--dump-dom",
+                                               http.url + "/?lang=nl&poll"))
+        assert '<html lang="nl">' in dom
+        dom = re.sub(r"<script.*?</script>", "", dom, flags=re.S)  # what is shown (the catalogues are in the page)
+        for dutch in ("Deze ploeg", "Beschikbaarheid", "Kwaliteit", "Storingen", "goed", "afkeur",
+                      "Stops deze ploeg: lagerschade 3 min", "Produceren"):
+            assert dutch in dom, dutch
+        assert "This shift" not in dom and "Availability" not in dom
+        cards = Cards()
+        cards.feed(dom)
+        _, _, body = await get(http, "/api/machines")
+        for row in json.loads(body):
+            shown, shift = cards.cards[row["id"]], row["windows"]["shift"]
+            assert (shown["oee"], shown["availability"]) == (pct_nl(shift["oee"]), pct_nl(shift["availability"]))
+        assert "," in cards.cards[press.path]["oee"]  # 45,0 %: a decimal comma
+        _, _, names = await get(http, "/api/reasons")  # the site's names, for any page or client
+        assert json.loads(names) == {"101": {"en": "bearing failure", "nl": "lagerschade"}}
+        assert cards.cards[press.path]["loss:unplanned_stops"] == "33,3 pp"
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shot = ARTIFACTS / "dashboard-nl.png"
+        await run_chromium(chromium_args(tmp_path, "--virtual-time-budget=4000", f"--screenshot={shot}",
+                                         http.url + "/?lang=nl&poll"))
+        assert shot.stat().st_size > 10_000
+
+
+async def test_a_plain_headless_screenshot_shows_figures(served, tmp_path):
+    """Issue 14: `chromium --headless --screenshot URL` showed only "connecting…": the page now carries the latest
+    figures itself, so they are drawn before any request (no ?poll, no virtual time)."""
+    gw, http, press, lathe = served
+    dom = await run_chromium(chromium_args(tmp_path, "--dump-dom", http.url + "/"))
+    cards = Cards()
+    cards.feed(dom)
+    assert set(cards.cards) == {press.path, lathe.path}
+    assert cards.cards[press.path]["oee"] not in ("", "–")
+    assert re.search(r'<span class="meta" id="status">2 machines · updated [^<]+</span>', dom), dom[:3000]
+    # the browser's language (English here) when nothing else is said
+    assert '<html lang="en">' in dom and '<button data-lang="en" aria-pressed="true">' in dom
+
+
 async def test_oversized_or_slow_requests_do_not_hurt_the_gateway(served):
     gw, http, press, _ = served
     reader, writer = await asyncio.open_connection("127.0.0.1", http.port)
-    writer.write(b"GET /" + b"x" * 70_000 + b" HTTP/1.1\r\n\r\n")  # a request line over the 64 KiB limit
+    writer.write(b"GET /" + b"x" * 70_000 + b" HTTP/1.1\r\n\r\n")  # a request line over the limit (8 KiB)
     await writer.drain()
     answer = await asyncio.wait_for(reader.read(), 5)
-    assert answer.startswith(b"HTTP/1.1 431")
+    assert answer.split(b" ", 2)[1] == b"400", answer[:100]  # aiohttp refuses it as a bad request
     writer.close()
     slow_r, slow_w = await asyncio.open_connection("127.0.0.1", http.port)
     slow_w.write(b"GET /api/machines HTTP/1.1\r\n")  # and then nothing more: it is closed, not served forever

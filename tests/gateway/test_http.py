@@ -110,3 +110,41 @@ async def test_all_timelines_in_one_request_equal_each_machines_own(mosquitto, s
     finally:
         await http.stop()
         await gw.stop()
+
+
+def test_the_route_table_is_the_openapi_document():
+    """One route table (make_app) and the document the fuzz test reads (openapi()) name the same paths."""
+    from gateway.http import API_ROUTES, openapi
+
+    http = HttpEndpoint(None, port=0)
+    table, spec = http.app[API_ROUTES], openapi()["paths"]
+    assert sorted(table) == sorted(spec)
+    routes = {(r.method, r.resource.canonical) for r in http.app.router.routes()}
+    for path, ops in spec.items():
+        for method in ops:
+            if "{id}" in path:  # one route takes every machine id (with its slashes): /api/machines/{rest}
+                assert (method.upper(), "/api/machines/{rest}") in routes, routes
+            else:
+                assert (method.upper(), path) in routes, (method, path)
+
+
+async def test_errors_are_json_sentences():
+    http = HttpEndpoint(None, port=0)
+    await http.start()
+    try:
+        for method, path, code in (("GET", "/nope", 404), ("POST", "/api/machines", 405), ("DELETE", "/healthz", 405),
+                                   ("GET", "/i18n/de.json", 404)):
+            def ask():
+                try:
+                    with urllib.request.urlopen(urllib.request.Request(http.url + path, method=method), timeout=5) as r:
+                        return r.status, r.headers, r.read()
+                except urllib.error.HTTPError as e:
+                    return e.code, e.headers, e.read()
+            status, headers, body = await asyncio.to_thread(ask)
+            assert status == code and headers["Content-Type"] == "application/json; charset=utf-8", (path, status)
+            error = json.loads(body)["error"]
+            assert error and "\n" not in error and error.count(". ") == 0, error  # one sentence
+            if code == 405:
+                assert "GET" in headers["Allow"].split(","), headers  # says what is allowed
+    finally:
+        await http.stop()
