@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .table import pct, sim_time
 
-LOSSES = (("unplanned_stops", "unplanned"), ("planned_stops", "setup"), ("small_stops", "small"),
+LOSSES = (("unplanned_stops", "unplanned"), ("external", "external"), ("planned_stops", "setup"), ("small_stops", "small"),
           ("slow_cycles", "slow"), ("production_rejects", "rejects"), ("startup_rejects", "start-up"))
 
 

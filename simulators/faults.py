@@ -137,10 +137,13 @@ class CommandListener:
     ``topics`` maps each cmd topic to its machine's name. A bad command is logged and ignored, never
     raised: the simulation keeps running. paho delivers in its own thread; injection happens on the
     asyncio loop that called ``start``, between two ticks, at the simulated time it arrives there.
+    ``announce`` (topic, payload): published retained on every (re)connect, and an empty list at ``stop`` or
+    by the broker as the last will: the machines this simulator has, so that ``fieldlab sim inject`` can
+    refuse a machine that is not there (contract ``sim_machines_topic``, ``encode_sim_machines``).
     """
 
-    def __init__(self, url, topics: dict[str, str], inject):
-        self.url, self.topics, self._inject = url, dict(topics), inject
+    def __init__(self, url, topics: dict[str, str], inject, announce: tuple[str, bytes] | None = None):
+        self.url, self.topics, self._inject, self.announce = url, dict(topics), inject, announce
         self.accepted = self.ignored = 0
         self.last_error: str | None = None
         self._client = None
@@ -148,10 +151,18 @@ class CommandListener:
 
     async def start(self) -> None:
         from contract.mqtt import connect
+        from contract.payloads import encode_sim_machines
 
         self._loop = asyncio.get_running_loop()
+        a = self.announce
+
+        def on_connect(client):
+            if a:
+                client.publish(a[0], a[1], qos=1, retain=True)
+
         self._client = await asyncio.to_thread(connect, self.url, subscriptions=[(t, 1) for t in self.topics],
-                                               on_message=self._on_message)
+                                               on_message=self._on_message, on_connect=on_connect,
+                                               will=(a[0], encode_sim_machines([])) if a else None)
         log.info("listening for commands on %s (%d machines)", self.url, len(self.topics))
 
     def _on_message(self, client, userdata, msg) -> None:  # paho's thread
@@ -180,6 +191,12 @@ class CommandListener:
     async def stop(self) -> None:
         c, self._client = self._client, None
         if c is not None:
+            if self.announce:  # no simulator listens here any more
+                from contract.mqtt import wait_published
+                from contract.payloads import encode_sim_machines
+
+                info = c.publish(self.announce[0], encode_sim_machines([]), qos=1, retain=True)
+                await asyncio.to_thread(wait_published, [info], 3.0)
             c.disconnect()
             await asyncio.to_thread(c.loop_stop)
 

@@ -21,7 +21,8 @@ All machines of a line advance together (``Line.advance``), one event at a time 
 machines, so a part put at t is available downstream at t, and the result does not depend on the tick:
 the same seed gives the same events at any ``--speed``. Each ``LineMachine`` is an ordinary ``Machine``
 to its driver (``advance(t)`` returns its own events), so OPC UA, Modbus, the edge feed, scenarios and
-the ledger work unchanged. Scripted scenario events are injected by the line at their exact time.
+the ledger work unchanged. Scripted scenario events sit in each machine's own fault queue
+(``Machine.inject`` with a future time) and are received at their exact time like any other event.
 """
 from __future__ import annotations
 
@@ -103,6 +104,14 @@ class LineMachine(Machine):
         events, self._out = self._out, []
         return events
 
+    def process_values(self, dt: float) -> dict[str, float]:
+        """The machine's process values and, with an input buffer, its level and capacity in parts
+        (``buffer_in``, ``buffer_in_capacity``: telemetry signals, docs/simulators.md "A line with buffers")."""
+        pv = super().process_values(dt)
+        if self.inbuf is not None:
+            pv["buffer_in"], pv["buffer_in_capacity"] = float(self.inbuf.level), float(self.inbuf.capacity)
+        return pv
+
     def ledger_now(self) -> Ledger:
         led = super().ledger_now()
         now = self.clock
@@ -158,13 +167,12 @@ class LineMachine(Machine):
 class Line:
     """Machines in sequence with a buffer of ``capacities[i]`` parts between machine i and i + 1.
 
-    ``fill``: initial buffer levels (default 0, an empty line that fills at the start). ``scripts``: per
-    machine name a list of (time, fault, params) injected at their exact time (course scenarios).
+    ``fill``: initial buffer levels (default 0, an empty line that fills at the start). Faults, live or
+    scripted, go to a machine with ``machine.inject(fault, at, **params)``.
     """
 
     def __init__(self, specs: list[MachineSpec], t0: float, seeds: list[int], capacities: list[int],
-                 fill: list[int] | None = None, *, name: str = "line", scripts: dict | None = None,
-                 keep_parts: bool = False, keep_history: bool = False):
+                 fill: list[int] | None = None, *, name: str = "line", keep_parts: bool = False, keep_history: bool = False):
         if len(specs) < 2:
             raise ValueError("a line needs at least two machines")
         if len(capacities) != len(specs) - 1:
@@ -180,11 +188,6 @@ class Line:
                         for a, b, cap, lvl in zip(specs, specs[1:], capacities, fill)]
         for i, b in enumerate(self.buffers):
             self.machines[i].outbuf, self.machines[i + 1].inbuf = b, b
-        by_name = {m.spec.name: m for m in self.machines}
-        self.script = sorted(((at, k, by_name[who], fault, params)
-                              for k, (who, items) in enumerate((scripts or {}).items())
-                              for at, fault, params in items), key=lambda e: (e[0], e[1]))
-        self._script_i = 0
         self._started = False
 
     # ------------------------------------------------------------------ coupling
@@ -217,7 +220,7 @@ class Line:
     # ------------------------------------------------------------------ time
     def advance(self, t: float) -> None:
         """Run every machine of the line to ``t``, event by event in time order across the machines (ties:
-        machines in line order; a scripted event after the machines' events at its time)."""
+        machines in line order)."""
         if t <= self.clock and self._started:
             return
         ms = self.machines
@@ -232,13 +235,6 @@ class Line:
                 w = m._next()[0]
                 if w < when:
                     when, who = w, m
-            if self._script_i < len(self.script) and self.script[self._script_i][0] < when:
-                at, _, m, fault, params = self.script[self._script_i]
-                if at > t:
-                    break
-                self._script_i += 1
-                m.inject(fault, at, **params)
-                continue
             if when > t:
                 break
             who._out += base(who, when)

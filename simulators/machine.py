@@ -4,8 +4,10 @@ Event-driven in simulated time: ``advance(t)`` processes every event (part finis
 jam, material shortage, changeover, each step of a PackML path) up to ``t`` with its exact
 timestamp. Every event time is computed at the previous event, never at a tick, so results do not
 depend on how often the driver ticks: the same seed gives the same events at any ``--speed``.
-Production events come from one seeded RNG, the slow process disturbance from a second and
-process-value noise from a third.
+Each kind of random event has its own seeded RNG (parts: cycle time and reject draw; breakdowns;
+material shortages; micro-stops; changeovers), the slow process disturbance another and process-value
+noise another, so the k-th breakdown is the same breakdown (same work done before it, same repair time)
+whatever else happened: an injected stop delays the machine's own events, it never reshuffles them.
 
 States use the PackML numbers of the contract (OPC 30060). Every state change goes through the
 PackML transition table (``simulators.packml``), which refuses illegal ones. The paths
@@ -20,10 +22,11 @@ Losses: breakdowns, micro-stops, shortages, changeovers with setup time, reduced
 changeover, and a reject probability that rises with the temperature above its setpoint.
 
 Faults on cue (``inject``, ``simulators.faults``): a trainer's breakdown, burst of jams, slow-down,
-quality problem or material shortage enters the event queue at the simulated time it was received,
-walks the same PackML paths, and is booked in the ledger (``faults``, and ``injected`` stops).
-Injected faults draw no random numbers, so the machine's own events keep their order and run-time
-spacing (docs/simulators.md, "Faults on cue").
+quality problem or material shortage goes into the machine's one time-ordered queue of faults, fed by
+live injections and by a scenario's script alike (``inject`` with a future time); it is received
+(booked in the ledger's ``faults``) at its simulated time, walks the same PackML paths, and its stops
+are booked as ``injected``. Injected faults draw no random numbers, so the machine's own events keep
+their order and their spacing in work done (docs/simulators.md, "Faults on cue").
 """
 from __future__ import annotations
 
@@ -171,7 +174,9 @@ class Ledger:
 class Machine:
     def __init__(self, spec: MachineSpec, t0: float, seed: int, *, keep_parts: bool = False):
         s = self.spec = spec
-        self._rng = random.Random(seed)  # production events
+        self._rng = random.Random(seed)  # parts: cycle-time jitter and the reject draw
+        #: one stream per kind of own loss: the k-th of each is the same in every run of this seed
+        self._rngs = {k: random.Random(f"{seed}/{k}") for k in ("breakdown", "shortage", "micro", "changeover")}
         self._noise = random.Random(seed ^ 0x5EED)  # process-value noise (never affects production)
         self._thermal = random.Random(seed ^ 0x7E4D)  # the slow process disturbance
         self.clock = t0
@@ -184,9 +189,9 @@ class Machine:
         self.parts: list[tuple[float, float, bool, bool]] | None = [] if keep_parts else None
         # Execute timers: absolute due times while in Execute, remaining run time while stopped
         self._due = {"part": t0 + self._cycle(),
-                     "breakdown": t0 + self._draw(s.mtbf_s),
-                     "shortage": t0 + self._draw(s.mtbs_s),
-                     "micro": t0 + self._draw(s.mtbms_s),
+                     "breakdown": t0 + self._draw(s.mtbf_s, "breakdown"),
+                     "shortage": t0 + self._draw(s.mtbs_s, "shortage"),
+                     "micro": t0 + self._draw(s.mtbms_s, "micro"),
                      "changeover": t0 + (s.changeover_every_s or INF),
                      "burst": INF}  # the next jam of an injected burst
         self._left: dict[str, float] = {}
@@ -203,7 +208,11 @@ class Machine:
         self._ripple_phase = self._thermal.uniform(0.0, 2 * math.pi)
         self.temperature = s.temp_setpoint_c  # as last measured by process_values (with its noise)
         # injected faults (``inject``)
-        self._pending: list[tuple[float, int, dict]] = []  # (due, sequence, ledger entry), in order
+        #: the fault queue: (due, sequence, ledger entry) in order. ``_incoming``: not yet received (a
+        #: scenario's script, or a live injection stamped ahead of the machine's clock); ``_pending``: received
+        #: (in the ledger), waiting to apply (a stopping fault waits for Execute)
+        self._incoming: list[tuple[float, int, dict]] = []
+        self._pending: list[tuple[float, int, dict]] = []
         self._seq = 0
         self._reject_override: float | None = None  # reject rate of an injected quality problem
         self._excursion = 0.0  # degC added to the setpoint by an injected temperature excursion
@@ -215,8 +224,9 @@ class Machine:
     def state(self) -> int:
         return self._sm.state
 
-    def _draw(self, mean: float) -> float:
-        return self._rng.expovariate(1.0 / mean) if mean > 0 else INF
+    def _draw(self, mean: float, kind: str) -> float:
+        """Run time to the next own loss of ``kind``: a drawn amount of work, at the current speed."""
+        return self._rngs[kind].expovariate(1.0 / mean) / self._slow if mean > 0 else INF
 
     def _cycle(self) -> float:
         jitter = self._rng.lognormvariate(0.0, 0.03)
@@ -272,7 +282,7 @@ class Machine:
             self._startup_until = now + self.spec.startup_s
             self._run_since_changeover = 0.0
             self._due["part"] = now + self._cycle()  # the new order's first part
-            self._due["changeover"] = now + self.spec.changeover_every_s
+            self._due["changeover"] = now + self.spec.changeover_every_s / self._slow
         self._resumed(stop[3], events)
 
     def _leave_wait(self, now: float) -> None:
@@ -322,7 +332,7 @@ class Machine:
         s, now, led = self.spec, self.clock, self.ledger
         if now >= self._due["changeover"]:  # the order is complete: change over before the next part
             led.changeovers += 1
-            total = self._rng.uniform(*s.setup_s)
+            total = self._rngs["changeover"].uniform(*s.setup_s)
             a = s.acting_s
             self._due["part"] = INF
             self._begin_stop([(SC, a), (SC, a), (RESET, a), (SC, total - 5 * a), (START, a), (SC, None)],
@@ -334,22 +344,22 @@ class Machine:
     def _breakdown(self, events: list) -> None:
         s = self.spec
         self.ledger.breakdowns += 1
-        held = self._rng.expovariate(1.0 / s.mttr_s) if s.mttr_s > 0 else 0.0
-        self._due["breakdown"] = self.clock + self._draw(s.mtbf_s)
+        held = self._rngs["breakdown"].expovariate(1.0 / s.mttr_s) if s.mttr_s > 0 else 0.0
+        self._due["breakdown"] = self.clock + self._draw(s.mtbf_s, "breakdown")
         self._hold_or_suspend(HELD, held, REASON_BREAKDOWN, events)
 
     def _micro_stop(self, events: list) -> None:
         s = self.spec
         self.ledger.micro_stops += 1
-        total = self._rng.uniform(*s.micro_stop_s)
-        self._due["micro"] = self.clock + self._draw(s.mtbms_s)
+        total = self._rngs["micro"].uniform(*s.micro_stop_s)
+        self._due["micro"] = self.clock + self._draw(s.mtbms_s, "micro")
         self._hold_or_suspend(HELD, total - 2 * s.acting_s, REASON_JAM, events)
 
     def _shortage(self, events: list) -> None:
         s = self.spec
         self.ledger.shortages += 1
-        waiting = self._rng.uniform(*s.shortage_s)
-        self._due["shortage"] = self.clock + self._draw(s.mtbs_s)
+        waiting = self._rngs["shortage"].uniform(*s.shortage_s)
+        self._due["shortage"] = self.clock + self._draw(s.mtbs_s, "shortage")
         self._hold_or_suspend(SUSPENDED, waiting, REASON_MATERIAL, events)
 
     def _drift(self, events: list) -> None:
@@ -364,14 +374,16 @@ class Machine:
         """The next event: (time, which); ties in a fixed order (the machine's own events first)."""
         if self.state == EXECUTE:
             d = self._due
-            best = min((d["part"], 0), (d["breakdown"], 1), (d["shortage"], 2), (d["micro"], 3), (d["burst"], 8))
+            best = min((d["part"], 0), (d["breakdown"], 1), (d["shortage"], 2), (d["micro"], 3), (d["burst"], 9))
         else:
             best = (self._state_due, 4)
         best = min(best, (self._drift_due, 5))
+        if self._incoming:
+            best = min(best, (max(self._incoming[0][0], self.clock), 6))
         if self._pending:
-            best = min(best, (self._pending_due(), 6))
+            best = min(best, (self._pending_due(), 7))
         if self._expiry:
-            best = min(best, (min(end for end, _ in self._expiry.values()), 7))
+            best = min(best, (min(end for end, _ in self._expiry.values()), 8))
         return best
 
     def advance(self, t: float) -> list[tuple]:
@@ -381,7 +393,7 @@ class Machine:
         """
         events: list[tuple] = []
         handlers = (self._part, self._breakdown, self._shortage, self._micro_stop, self._step, self._drift,
-                    self._apply_fault, self._expire, self._burst_jam)
+                    self._receive, self._apply_fault, self._expire, self._burst_jam)
         while True:
             when, which = self._next()
             if when > t:
@@ -398,10 +410,12 @@ class Machine:
 
         ``fault`` is one of ``simulators.faults.FAULTS``: breakdown (minutes), microstops (count, seconds,
         every), slow (factor, minutes), quality (reject_rate or temp_c, minutes), material (minutes), reset.
-        Missing parameters take their defaults. The fault takes effect during ``advance`` at ``at`` (or now,
-        if ``at`` is in the machine's past); a stopping fault that finds the machine stopped starts when it
-        is back in Execute. Returns its ledger entry (``ledger.faults``): fault, params, received, applied
-        (None until it is), until. ValueError for an unknown fault or a bad parameter.
+        Missing parameters take their defaults. The fault goes into the machine's fault queue: it is received
+        (appended to ``ledger.faults``) and takes effect during ``advance`` at ``at`` (or now, if ``at`` is in
+        the machine's past), so a scenario scripts its events by injecting them all at the start; a stopping
+        fault that finds the machine stopped starts when it is back in Execute. Faults at the same time keep
+        the order of their injection. Returns its ledger entry: fault, params, received, applied (None until
+        it is), until. ValueError for an unknown fault or a bad parameter.
         """
         fault, params = _faults.check(fault, params)
         if fault == "microstops" and params["seconds"] < 2 * self.spec.acting_s:
@@ -410,11 +424,19 @@ class Machine:
         if isinstance(at, bool) or not isinstance(at, (int, float)) or not math.isfinite(at):
             raise ValueError(f"{fault}: the time must be a finite number (Unix seconds), got {at!r}")
         entry = {"fault": fault, "params": params, "received": float(at), "applied": None, "until": None}
-        self.ledger.faults.append(entry)
         self._seq += 1
-        self._pending.append((max(float(at), self.clock), self._seq, entry))
-        self._pending.sort(key=lambda p: p[:2])
+        self._incoming.append((float(at), self._seq, entry))
+        self._incoming.sort(key=lambda p: p[:2])
+        if at <= self.clock:  # now or in the past: received now
+            self._receive([])
         return entry
+
+    def _receive(self, events: list) -> None:
+        """The next fault of the queue arrives: booked in the ledger, waiting to apply."""
+        due, seq, entry = self._incoming.pop(0)
+        self.ledger.faults.append(entry)
+        self._pending.append((max(due, self.clock), seq, entry))
+        self._pending.sort(key=lambda p: p[:2])
 
     @property
     def active_faults(self) -> list[str]:
@@ -428,11 +450,11 @@ class Machine:
         return out
 
     def _pending_index(self) -> int:
-        """The next pending fault that can apply now: stopping faults only in Execute."""
-        if self.state == EXECUTE:
-            return 0
+        """The next pending fault that can apply now: stopping faults only in Execute, and a burst of jams
+        only when the previous burst is done (it would cut that one short)."""
         for i, (_, _, entry) in enumerate(self._pending):
-            if entry["fault"] not in _faults.STOPS:
+            fault = entry["fault"]
+            if fault not in _faults.STOPS or (self.state == EXECUTE and not (fault == "microstops" and self._burst)):
                 return i
         return -1
 
@@ -441,7 +463,7 @@ class Machine:
         return INF if i < 0 else max(self._pending[i][0], self.clock)
 
     def _apply_fault(self, events: list) -> None:
-        _, _, entry = self._pending.pop(self._pending_index())
+        due, seq, entry = self._pending.pop(self._pending_index())
         now, p = self.clock, entry["params"]
         entry["applied"] = now
         fault = entry["fault"]
@@ -470,7 +492,7 @@ class Machine:
             self._expiry["quality"] = (now + p["minutes"] * 60, entry)
             entry["until"] = self._expiry["quality"][0]
         else:  # reset
-            self._reset(entry)
+            self._reset(entry, (due, seq))
 
     def _burst_jam(self, events: list) -> None:
         left, seconds, entry = self._burst
@@ -482,12 +504,18 @@ class Machine:
         self._hold_or_suspend(HELD, seconds - 2 * a, REASON_JAM, events, entry)
 
     def _set_slow(self, factor: float) -> None:
-        """Change the speed; the part in progress finishes its rest at the new speed (exact, no draw)."""
+        """Change the speed; the part in progress finishes its rest at the new speed (exact, no draw). The own
+        timers count work (run time at normal speed), so they stretch with it: a slowed machine is slower to
+        its next breakdown, shortage, jam and changeover, and does the same work before each."""
         scale, self._slow = self._slow / factor, factor
+        timers = [k for k in self._due if k != "burst"]  # a burst's spacing is run time (docs/simulators.md)
         if self.state == EXECUTE:
-            self._due["part"] = self.clock + (self._due["part"] - self.clock) * scale
-        elif "part" in self._left:
-            self._left["part"] *= scale
+            for k in timers:
+                self._due[k] = self.clock + (self._due[k] - self.clock) * scale
+        else:
+            for k in timers:
+                if k in self._left:
+                    self._left[k] *= scale
 
     def _end_quality(self) -> None:
         self._reject_override, self._excursion = None, 0.0
@@ -501,13 +529,16 @@ class Machine:
         else:
             self._end_quality()
 
-    def _reset(self, entry: dict) -> None:
-        """Clear every injected fault now; an injected stop ends now by its normal way back to Execute."""
+    def _reset(self, entry: dict, key: tuple[float, int]) -> None:
+        """Clear every injected fault received before the reset (``key``: its time and place in the queue) now:
+        one in effect ends (an injected stop by its normal way back to Execute), one waiting is dropped. Faults
+        not yet received (scripted later), or received at the same time after it, are not touched."""
         now = self.clock
         entry["until"] = now
-        for _, _, waiting in self._pending:
-            waiting["until"] = now  # never applied
-        self._pending.clear()
+        for due, seq, waiting in self._pending:
+            if (due, seq) < key:
+                waiting["until"] = now  # never applied
+        self._pending = [p for p in self._pending if p[:2] > key]
         for end_entry in self._expiry.values():
             end_entry[1]["until"] = now
         if "slow" in self._expiry:

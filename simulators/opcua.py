@@ -13,6 +13,8 @@ without types. Browse names a person reads, NodeIds made from them (``ns=2;s=cnc
                      /Product        String
                      /IdealCycleTime Double  seconds per part
                      /Process/Temperature, /Process/Power, /Process/Vibration  Double
+                     /Process/BufferIn, /Process/BufferInCapacity  Double  (a machine in a line with an input
+                                     buffer: its level and capacity in parts)
                      /SpindleSpeed ... (typed: the kind's own values)
                      /InjectBreakdown(minutes), /InjectMicroStops(count), /SlowDown(factor, minutes),
                      /QualityProblem(reject_rate, minutes), /TemperatureExcursion(temp_c, minutes),
@@ -20,15 +22,25 @@ without types. Browse names a person reads, NodeIds made from them (``ns=2;s=cnc
 
 Every value carries its simulated time as SourceTimestamp, so an edge agent
 reading it stamps samples with machine time, not with when it heard of them.
+
+Security: by default security None, anyone in. With ``UaSecurity`` (``fieldlab sim --opcua-security``)
+Basic256Sha256 Sign and/or SignAndEncrypt with a generated certificate, and one user with a password.
 """
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hmac
 import logging
+import os
+import socket
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 from asyncua import Server, ua
+from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.user_managers import UserManager
 
 from contract import PACKML, MachineRef
 from contract.errors import ServiceError
@@ -39,6 +51,8 @@ from .machine import EXECUTE, UNITS, Machine
 from .modbus import ModbusMachineServer
 
 NAMESPACE = "urn:fieldlab:sim"
+#: process values of a machine in a line (simulators.line.LineMachine) -> browse name under Process
+BUFFER_NODES = {"buffer_in": "BufferIn", "buffer_in_capacity": "BufferInCapacity"}
 log = logging.getLogger("fieldlab.sim")
 
 for _name in ("asyncua", "asyncua.server", "asyncua.client"):
@@ -67,15 +81,108 @@ class SimClock:
         return self.t0 + (time.monotonic() - self._wall0) * self.speed
 
 
+#: ``fieldlab sim --opcua-security`` names -> asyncua's endpoint types
+SECURITY_MODES = {"sign": ua.SecurityPolicyType.Basic256Sha256_Sign,
+                  "sign-encrypt": ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt}
+
+
+@dataclass(frozen=True)
+class UaSecurity:
+    """Who may connect (``fieldlab sim --opcua-security``; docs/simulators.md, "Security").
+
+    ``modes``: ``sign`` and/or ``sign-encrypt``, each a Basic256Sha256 endpoint with the certificate kept in
+    ``cert_dir`` (made on the first start, reused after); the None endpoint only with ``allow_none``. Any client
+    certificate is accepted. ``user``: the one user let in with ``password`` (anonymous refused); without a
+    user, anonymous sessions only."""
+    modes: tuple[str, ...]
+    cert_dir: Path
+    user: str | None = None
+    password: str | None = None
+    allow_none: bool = False
+
+    def __post_init__(self):
+        wrong = [m for m in self.modes if m not in SECURITY_MODES]
+        if wrong or not self.modes:
+            raise ServiceError(f"--opcua-security {','.join(self.modes)}: write sign, sign-encrypt or both "
+                               "(sign,sign-encrypt)")
+        if self.user and not self.password:
+            raise ServiceError(f"--opcua-user {self.user} needs a password: --opcua-password-file FILE or "
+                               "$FIELDLAB_OPCUA_PASSWORD")
+
+    @property
+    def application_uri(self) -> str:
+        """The servers' ApplicationUri, also in the certificate (OPC 10000-6 6.2.2: they must agree)."""
+        return f"urn:fieldlab:sim:{socket.gethostname()}"
+
+    @property
+    def certificate(self) -> Path:
+        return self.cert_dir / "server-cert.der"
+
+    @property
+    def private_key(self) -> Path:
+        return self.cert_dir / "server-key.pem"
+
+    async def ensure_certificate(self) -> None:
+        """Make the self-signed certificate and key unless valid ones are there (asyncua remakes a certificate
+        that expired or names another URI or host); the key readable by its owner only."""
+        from asyncua.crypto.cert_gen import setup_self_signed_certificate
+        from cryptography.x509.oid import ExtendedKeyUsageOID
+
+        try:
+            self.cert_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            await setup_self_signed_certificate(
+                self.private_key, self.certificate, self.application_uri, socket.gethostname(),
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+                {"commonName": "fieldlab simulator", "organizationName": "fieldlab"})
+            os.chmod(self.private_key, 0o600)
+        except OSError as e:
+            raise ServiceError(f"cannot keep the OPC UA certificate in {self.cert_dir}: {e.strerror or e} "
+                               "(choose a writable directory with --opcua-cert-dir)") from None
+        except ValueError as e:
+            raise ServiceError(f"cannot read the OPC UA certificate or key in {self.cert_dir} ({e}): delete "
+                               f"{self.certificate.name} and {self.private_key.name} there, and a new pair is made "
+                               "at the next start") from None
+
+
+class SessionGuard(UserManager):
+    """Who may open a session on a secured server; counts (and logs) the refusals.
+
+    Only over a signed or encrypted channel unless ``allow_none``: asyncua 2.1 keeps an unsecured channel open
+    for discovery (GetEndpoints) even when no None endpoint is offered, and would activate a session on it; the
+    channel's client certificate (``certificate`` here) is empty exactly on such a channel. With a configured
+    user only that user with its password (compared in constant time); without one, anonymous sessions (the
+    server offers no other token then)."""
+
+    def __init__(self, sec: UaSecurity):
+        self.allow_none = sec.allow_none
+        self._user = sec.user.encode() if sec.user else None
+        self._password = (sec.password or "").encode()
+        self.refused = 0
+
+    def get_user(self, iserver, username=None, password=None, certificate=None):
+        known = self._user is None or (username is not None and hmac.compare_digest(username.encode(), self._user)
+                                       and hmac.compare_digest((password or "").encode(), self._password))
+        if not certificate and not self.allow_none:
+            why = "security None is not offered"
+        elif not known:
+            why = "wrong user or password"
+        else:
+            return User(role=UserRole.User, name=username)
+        self.refused += 1
+        log.warning("OPC UA session refused: %s user=%r refused=%d", why, username, self.refused)
+        return None
+
+
 class SharedServer:
     """One OPC UA server for several machines (``Simulation(..., shared=True)``): every machine is an object
     below Objects on the same endpoint. Saves asyncua's standard address space (about 40 MiB and 1.7 s of
     start-up) per machine after the first (docs/PERFORMANCE.md, "Simulator footprint")."""
 
-    def __init__(self, host: str, port: int, typed: bool):
-        self.host, self.port, self.typed = host, port, typed
+    def __init__(self, host: str, port: int, typed: bool, security: UaSecurity | None = None):
+        self.host, self.port, self.typed, self.security = host, port, typed, security
         self.endpoint = f"opc.tcp://{host}:{port}/fieldlab/"
-        self.server = Server()
+        self.users = SessionGuard(security) if security else None
+        self.server = Server(user_manager=self.users)
         self.idx: int | None = None
         self.types: dict[str, ua.NodeId] = {}
 
@@ -86,11 +193,25 @@ class SharedServer:
         await self.server.init()
         self.server.set_endpoint(self.endpoint)
         self.server.set_server_name(name)
-        self.server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        if self.security:
+            await self._secure(self.security)
+        else:  # the default: security None, and any user (or none) is let in
+            self.server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
         self.idx = await self.server.register_namespace(NAMESPACE)
         if self.typed:
             self.types = await uamodel.build_types(self.server, self.idx, faults.METHODS,
                                                    MachineServer._add_type_method)
+
+    async def _secure(self, sec: UaSecurity) -> None:
+        """Basic256Sha256 endpoints with the simulator's certificate; only the configured user, or anonymous."""
+        await sec.ensure_certificate()
+        await self.server.set_application_uri(sec.application_uri)
+        await self.server.load_certificate(str(sec.certificate))
+        await self.server.load_private_key(str(sec.private_key))
+        # None last: a password sent on the None endpoint is then encrypted with the first SignAndEncrypt policy
+        self.server.set_security_policy([SECURITY_MODES[m] for m in sec.modes]
+                                        + ([ua.SecurityPolicyType.NoSecurity] if sec.allow_none else []))
+        self.server.set_identity_tokens([ua.UserNameIdentityToken] if sec.user else [ua.AnonymousIdentityToken])
 
     async def start(self) -> None:
         try:
@@ -122,12 +243,12 @@ class MachineServer:
     simulated time at which an injected fault is received (default: the machine's own clock)."""
 
     def __init__(self, machine: Machine, host: str, port: int, now=None, *, typed: bool = True,
-                 shared: SharedServer | None = None):
+                 shared: SharedServer | None = None, security: UaSecurity | None = None):
         self.machine, self.host, self.port, self.typed = machine, host, port, typed
         self.now = now or (lambda: machine.clock)
-        self.shared = shared
+        self.shared, self.security = shared, security
         self._own = shared is None
-        self._box = shared or SharedServer(host, port, typed)
+        self._box = shared or SharedServer(host, port, typed, security)
         self.endpoint = self._box.endpoint
         self.server = self._box.server
         self._vars: dict[str, object] = {}
@@ -135,6 +256,7 @@ class MachineServer:
         self.last_pv: dict[str, float] = {}  # the latest process values (for the Modbus view)
         #: called after every advance with (events, t, process values): simulators.feed.SimulationTap
         self.listeners: list = []
+        self.live = 0  # faults injected live (OPC UA method, MQTT command): a scenario's expected KPIs are void
 
     async def start(self) -> None:
         m = self.machine
@@ -157,6 +279,10 @@ class MachineServer:
         folder = await obj.get_child(f"{idx}:Process")
         ranges = uamodel.process_range(m)
         for key in self.last_pv:
+            if key in BUFFER_NODES:  # a machine in a line: its input buffer (not part of the machine types)
+                nodes[key] = await folder.add_variable(ua.NodeId(f"{name}.Process.{BUFFER_NODES[key]}", idx),
+                                                       ua.QualifiedName(BUFFER_NODES[key], idx), 0.0, V.Double)
+                continue
             node = nodes[key] = await folder.get_child(f"{idx}:{key.capitalize()}")
             if self.typed:
                 low, high = ranges[key.capitalize()]
@@ -214,6 +340,7 @@ class MachineServer:
         """Inject a fault at the simulated time now; a one-line status. ValueError if the fault is wrong."""
         m, t = self.machine, self.now()
         entry = m.inject(fault, t, **params)
+        self.live += 1
         what = ", ".join(f"{k} {v:g}" for k, v in entry["params"].items())
         stamp = _utc(max(t, m.clock)).strftime("%Y-%m-%d %H:%M:%S")
         text = f"{m.spec.name}: {fault}{' (' + what + ')' if what else ''} at {stamp} UTC simulated time"
@@ -264,7 +391,7 @@ class MachineServer:
         self._vars = {}
         await self._box.stop()
         await asyncio.sleep(down_s)
-        self._box = SharedServer(self.host, self.port, self.typed)
+        self._box = SharedServer(self.host, self.port, self.typed, self.security)
         self.server = self._box.server
         await self.start()
 
@@ -279,19 +406,25 @@ class Simulation:
 
     def __init__(self, machines: list[Machine], clock: SimClock, host: str = "127.0.0.1",
                  base_port: int = 4840, tick_s: float = 0.1, *, modbus_base_port: int | None = None,
-                 end: float | None = None, typed: bool = True, shared: bool = False):
+                 end: float | None = None, typed: bool = True, shared: bool = False,
+                 security: UaSecurity | None = None):
         self.clock, self.tick_s = clock, tick_s
         #: simulated time at which the machines stop (a scenario's end): the last tick advances them to exactly
         #: ``end``, ``finished`` is set, and ``freeze`` never goes past it. None: run until frozen.
         self.end = end
         self.finished = asyncio.Event()
-        self.shared = SharedServer(host, base_port, typed) if shared else None
+        self.shared = SharedServer(host, base_port, typed, security) if shared else None
         self.servers = [MachineServer(m, host, base_port + (0 if shared else i), now=clock.now, typed=typed,
-                                      shared=self.shared) for i, m in enumerate(machines)]
+                                      shared=self.shared, security=security) for i, m in enumerate(machines)]
         self.modbus_servers = ([] if modbus_base_port is None else
                                [ModbusMachineServer(m, host, modbus_base_port + i) for i, m in enumerate(machines)])
         self._task: asyncio.Task | None = None
         self.commands: faults.CommandListener | None = None
+
+    @property
+    def live_injections(self) -> int:
+        """Faults injected live into any machine so far (a scenario's script not included)."""
+        return sum(s.live for s in self.servers)
 
     def inject(self, machine: str, fault: str, **params) -> str:
         """Inject a fault into the named machine at the simulated time now; ValueError if anything is wrong."""
@@ -303,9 +436,13 @@ class Simulation:
     async def listen(self, url, site: str, area: str, line: str) -> dict[str, str]:
         """Take fault commands from MQTT: fieldlab/v1/<site>/<area>/<line>/<machine>/cmd for every machine
         (payload ``{"v": 1, "cmd": "breakdown", "args": {"minutes": 5}}``); returns {topic: machine}."""
+        from contract.payloads import encode_sim_machines
+        from contract.topics import sim_machines_topic
+
         topics = {MachineRef(site, area, line, s.machine.spec.name).topic("cmd"): s.machine.spec.name
                   for s in self.servers}
-        self.commands = faults.CommandListener(url, topics, self.inject)
+        announce = (sim_machines_topic(site, area, line), encode_sim_machines(list(self.endpoints)))
+        self.commands = faults.CommandListener(url, topics, self.inject, announce)
         await self.commands.start()
         return topics
 
@@ -383,4 +520,5 @@ class Simulation:
         return {s.machine.spec.name: s.endpoint for s in self.modbus_servers}
 
 
-__all__ = ["NAMESPACE", "UNITS", "MachineServer", "SharedServer", "SimClock", "Simulation"]
+__all__ = ["NAMESPACE", "SECURITY_MODES", "UNITS", "MachineServer", "SessionGuard", "SharedServer", "SimClock",
+           "Simulation", "UaSecurity"]

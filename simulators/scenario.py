@@ -6,16 +6,20 @@ A scenario (docs/simulators.md, "Scenarios for courses") names demo machines (wi
 trainer knows the answer before the course.
 
 ``load(name_or_path)`` reads and validates a file (ConfigError naming file:line: key and the fix);
-``Scenario.machines(t0)`` builds ``ScriptedMachine``s, which inject each event at its exact simulated
-time from inside ``advance``, so the same machines serve a headless run (``run_headless``) and a live
-``simulators.opcua.Simulation`` at any ``--speed`` and tick, with identical events.
+``Scenario.machines(t0)`` builds the machines with every event already in its machine's fault queue
+(``Machine.inject`` with a future time), received and applied at its exact simulated time inside
+``advance``, so the same machines serve a headless run (``run_headless``) and a live
+``simulators.opcua.Simulation`` at any ``--speed`` and tick, with identical events; live injections join
+the same queue. ``expected_block`` computes the ``expected:`` block of a new scenario. ``Announcer``
+publishes a running simulation's scenario message and takes presenter mode's command to start another
+scenario (contract/sim.py).
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import re
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +28,7 @@ from contract.yamlfile import ConfigError, YamlFile
 from . import faults as _faults
 from .machine import DEMO_MACHINES, Ledger, Machine, MachineSpec
 
+_log = logging.getLogger("fieldlab.sim")
 SCENARIO_DIR = Path(__file__).with_name("scenarios")
 SPECS = {s.name: s for s in DEMO_MACHINES}
 RATIOS = ("oee", "availability", "performance", "quality")
@@ -81,18 +86,21 @@ class Scenario:
     line: dict | None = None  # {"buffers": [...], "fill": [...]}: the machines are a line in this order
 
     def machines(self, t0: float) -> list[Machine]:
-        """The scenario's machines starting at ``t0``, machine i with seed ``seed + i``, events scripted.
-        With ``line`` they are the ``LineMachine``s of one ``simulators.line.Line``, which injects the events."""
+        """The scenario's machines starting at ``t0``, machine i with seed ``seed + i``, every event in its
+        machine's fault queue (file order at the same time). With ``line`` they are the ``LineMachine``s of
+        one ``simulators.line.Line``."""
+        seeds = [self.seed + i for i in range(len(self.specs))]
         if self.line:
             from .line import Line
 
-            scripts = {spec.name: [(t0 + e.at_s, e.fault, e.params) for e in self.events if e.machine == spec.name]
-                       for spec in self.specs}
-            return Line(list(self.specs), t0, [self.seed + i for i in range(len(self.specs))], self.line["buffers"],
-                        self.line.get("fill"), name=self.name, scripts=scripts).machines
-        return [ScriptedMachine(spec, t0, self.seed + i,
-                                [(t0 + e.at_s, e.fault, e.params) for e in self.events if e.machine == spec.name])
-                for i, spec in enumerate(self.specs)]
+            machines = Line(list(self.specs), t0, seeds, self.line["buffers"], self.line.get("fill"),
+                            name=self.name).machines
+        else:
+            machines = [Machine(spec, t0, seed) for spec, seed in zip(self.specs, seeds)]
+        by_name = {m.spec.name: m for m in machines}
+        for e in self.events:
+            by_name[e.machine].inject(e.fault, t0 + e.at_s, **e.params)
+        return machines
 
     def check(self, actual: dict) -> list[str]:
         """Compare KPIs ``{machine or "line": {kpi: value}}`` with ``expected``; one line per miss."""
@@ -104,29 +112,6 @@ class Scenario:
                 if kpi not in got or abs(got[kpi] - value) > tol + 1e-9:
                     misses.append(f"{who} {kpi}: expected {value} +- {tol:g}, got {got.get(kpi)}")
         return misses
-
-
-class ScriptedMachine(Machine):
-    """A machine that injects its scenario's events itself, each at its exact simulated time.
-
-    ``advance(t)`` runs to each due event's time, injects it (``Machine.inject``) and runs on, so the
-    result does not depend on how often the driver ticks. A scripted ``reset`` acts like a trainer's reset
-    at that moment: it ends every fault in effect or waiting then (everything scripted before it, and at
-    the same time earlier in the file); faults scripted after it have not happened yet and run in full.
-    """
-
-    def __init__(self, spec: MachineSpec, t0: float, seed: int, script: list[tuple[float, str, dict]], **kw):
-        super().__init__(spec, t0, seed, **kw)
-        self.script = deque(sorted(script, key=lambda e: e[0]))
-
-    def advance(self, t: float) -> list[tuple]:
-        events: list[tuple] = []
-        while self.script and self.script[0][0] <= t:
-            at, fault, params = self.script.popleft()
-            events += super().advance(at)
-            self.inject(fault, at, **params)
-        events += super().advance(t)
-        return events
 
 
 def run_headless(scenario: Scenario, t0: float = 0.0, step_s: float | None = None) -> dict[str, Ledger]:
@@ -159,12 +144,13 @@ def resolve(name_or_path: str) -> Path:
                       f"(shipped: {', '.join(available())}; or give the path of a .yaml file)")
 
 
-def load(name_or_path: str | Path) -> Scenario:
-    """Read and validate a scenario: a shipped name (``normal-shift``) or a file path."""
-    return parse(YamlFile.load(resolve(str(name_or_path))))
+def load(name_or_path: str | Path, *, need_expected: bool = True) -> Scenario:
+    """Read and validate a scenario: a shipped name (``normal-shift``) or a file path. ``need_expected=False``:
+    the ``expected:`` block may be missing (a new scenario whose KPIs ``fieldlab sim expected`` computes)."""
+    return parse(YamlFile.load(resolve(str(name_or_path))), need_expected=need_expected)
 
 
-def parse(doc: YamlFile) -> Scenario:
+def parse(doc: YamlFile, *, need_expected: bool = True) -> Scenario:
     d = doc.data
     if not isinstance(d, dict):
         raise doc.error("", "a scenario is a mapping with name, description, seed, duration, machines, events "
@@ -173,7 +159,7 @@ def parse(doc: YamlFile) -> Scenario:
         if k not in TOP_KEYS:
             raise doc.error(str(k), f"unknown key; a scenario has {', '.join(TOP_KEYS)}")
     for k in TOP_KEYS:
-        if k not in d and k not in OPTIONAL_KEYS:
+        if k not in d and k not in OPTIONAL_KEYS and (need_expected or k != "expected"):
             raise doc.error(k, "missing; add it (docs/simulators.md, \"Scenarios for courses\")")
     name, description = d["name"], d["description"]
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
@@ -189,7 +175,7 @@ def parse(doc: YamlFile) -> Scenario:
     specs = _machines(doc, d["machines"])
     names = [s.name for s in specs]
     events = _events(doc, d.get("events") or [], names, duration, specs)
-    expected, tol, ctol = _expected(doc, d["expected"], names)
+    expected, tol, ctol = _expected(doc, d["expected"], names) if "expected" in d else ({}, 0.02, 0)
     line = _line(doc, d["line"], len(specs)) if "line" in d else None
     return Scenario(name, description.strip(), doc.path, seed, duration, specs, events, expected, tol, ctol, line)
 
@@ -334,12 +320,152 @@ def describe(s: Scenario) -> str:
     return "\n".join(lines)
 
 
-def describe_expected(s: Scenario) -> str:
+def listing(width: int = 100) -> str:
+    """The shipped scenarios for ``--list-scenarios``: name, duration, machines, and the whole description
+    wrapped to ``width`` (never cut off)."""
+    import textwrap
+
+    out = []
+    for name in available():
+        s = load(name)
+        out.append(f"{name}  ({format_time(s.duration_s)} simulated; {', '.join(sp.name for sp in s.specs)}"
+                   f"{', a line' if s.line else ''})")
+        text = " ".join(s.description.split())
+        out += textwrap.wrap(text, width=width, initial_indent="    ", subsequent_indent="    ")
+        out.append("")
+    out.append("run one: --scenario NAME; your own: --scenario FILE.yaml (docs/simulators.md, Scenarios)")
+    return "\n".join(out)
+
+
+def describe_expected(s: Scenario, live: int = 0) -> str:
+    """The expected KPIs after a run; after ``live`` injections they no longer apply, and it says so instead."""
+    if live:
+        n = f"{live} live injection{'s' if live != 1 else ''}"
+        return (f"expected (scenario {s.name}): no longer applies: {n} changed the run; the numbers above are "
+                f"this run's own\nverwacht (scenario {s.name}): geldt niet meer: {live} live ingevoerde "
+                f"storing{'en' if live != 1 else ''} veranderde{'n' if live != 1 else ''} de run; de cijfers "
+                "hierboven zijn van deze run")
     lines = [f"expected (scenario {s.name}, ratios +- {s.tolerance:g}, parts +- {s.count_tolerance}):"]
     for who, kpis in s.expected.items():
         lines.append(f"  {who}: " + ", ".join(f"{k} {v}" for k, v in kpis.items()))
     return "\n".join(lines)
 
 
-__all__ = ["Event", "Scenario", "ScriptedMachine", "available", "describe", "describe_expected", "load",
-           "parse", "parse_time", "run_headless"]
+def offered() -> list[dict]:
+    """The shipped scenarios a simulator starts on command: [{name, description}] (the scenario message's
+    ``scenarios``, contract/sim.py), the name being what ``load`` takes."""
+    return [{"name": name, "description": " ".join(load(name).description.split())} for name in available()]
+
+
+class Announcer:
+    """A running simulation's scenario message (contract/sim.py), retained, about once a second, on one MQTT
+    connection; with ``on_start(name, by)`` also the command to start another scenario
+    (contract ``sim_command_topic``): only a name of ``offered()`` is taken, and ``on_start`` is called on the
+    asyncio loop that called ``start``. A bad command is logged and ignored. ``show`` says what runs
+    (``show(None)`` pauses the messages while the simulation restarts); ``forget`` asks the gateway to drop
+    machines' history (docs/contract.md, cmd ``forget``); ``stop(t)`` sends the last message (running false)."""
+
+    def __init__(self, url, site: str, area: str, line: str, speed: float, on_start=None):
+        self.url, self.site, self.area, self.line, self.speed = url, site, area, line, speed
+        self.on_start = on_start
+        self.offered = offered() if on_start else None
+        self._run: tuple | None = None  # (scenario or None, t0, machine names)
+        self._client = self._task = self._loop = None
+
+    def show(self, scenario: Scenario | None, t0: float | None = None, machines: list[str] = ()) -> None:
+        self._run = None if t0 is None else (scenario, t0, list(machines))
+
+    def message(self, now: float, running: bool = True) -> bytes | None:
+        from contract.sim import encode_scenario
+
+        if self._run is None:
+            return None
+        s, t0, machines = self._run
+        upcoming = [{"ts": t0 + e.at_s, "machine": e.machine, "fault": e.fault, "args": e.params}
+                    for e in (s.events if s else ()) if t0 + e.at_s > now]
+        return encode_scenario(ts=now, speed=self.speed, running=running, site=self.site, area=self.area,
+                               line=self.line, machines=machines, name=s.name if s else None,
+                               description=s.description if s else None, start=t0,
+                               end=t0 + s.duration_s if s else None, next=upcoming, scenarios=self.offered)
+
+    async def start(self, now) -> None:
+        """Connect and announce every second; ``now()`` gives the simulated time."""
+        import asyncio
+
+        from contract.mqtt import connect
+        from contract.sim import sim_command_topic
+
+        self._loop = asyncio.get_running_loop()
+        subs = [(sim_command_topic(self.site), 1)] if self.on_start else []
+        self._client = await asyncio.to_thread(connect, self.url, retry=True, subscriptions=subs,
+                                               on_message=self._on_message if subs else None)
+        self._task = asyncio.create_task(self._announce(now))
+
+    async def _announce(self, now) -> None:
+        import asyncio
+
+        from contract.sim import scenario_topic
+
+        while True:
+            payload = self.message(now())
+            if payload is not None:
+                self._client.publish(scenario_topic(self.site), payload, qos=1, retain=True)
+            await asyncio.sleep(1.0)
+
+    def _on_message(self, client, userdata, msg) -> None:  # paho's thread
+        from contract.errors import ContractError
+        from contract.payloads import decode_command
+        from contract.sim import START
+
+        try:
+            cmd = decode_command(bytes(msg.payload))
+        except ContractError as e:
+            _log.warning("simulator command ignored: %s", e)
+            return
+        name = cmd.args.get("scenario")
+        by = "".join(c for c in str(cmd.args.get("by", "?"))[:128] if c.isprintable()) or "?"  # printed as it is
+        names = [o["name"] for o in self.offered]
+        if cmd.cmd != START or name not in names:
+            _log.warning("simulator command ignored: %s %r: send start with a scenario of %s", cmd.cmd, name,
+                         ", ".join(names))
+            return
+        try:
+            self._loop.call_soon_threadsafe(self.on_start, name, by)
+        except RuntimeError:  # the loop is closed: we are shutting down
+            pass
+
+    async def forget(self, machines: list[str], by: str) -> bool:
+        """The gateway's ``forget`` for each machine of this line (QoS 1); whether the broker took them all."""
+        import asyncio
+
+        from contract import Kind, MachineRef, encode_command
+        from contract.mqtt import wait_published
+
+        infos = [self._client.publish(MachineRef(self.site, self.area, self.line, m).topic(Kind.CMD),
+                                      encode_command("forget", by=by), qos=1) for m in machines]
+        return await asyncio.to_thread(wait_published, infos, 5.0)
+
+    async def stop(self, t_end: float | None = None) -> None:
+        """Stop announcing; with ``t_end`` send the last message first (running false, at that time)."""
+        import asyncio
+
+        from contract.mqtt import wait_published
+        from contract.sim import scenario_topic
+
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        client, self._client = self._client, None
+        if client is None:
+            return
+        payload = None if t_end is None else self.message(t_end, running=False)
+        if payload is not None:
+            await asyncio.to_thread(wait_published, [client.publish(scenario_topic(self.site), payload, qos=1,
+                                                                    retain=True)], 5.0)
+        client.disconnect()
+        await asyncio.to_thread(client.loop_stop)
+
+
+__all__ = ["Announcer", "Event", "Scenario", "available", "describe", "describe_expected", "listing", "load",
+           "offered", "parse", "parse_time", "run_headless"]

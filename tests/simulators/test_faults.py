@@ -253,7 +253,46 @@ async def test_cli_inject_over_opcua_and_over_mqtt(sim, mosquitto, site):
     assert json.loads(json.dumps(sim.ledgers()))["cnc-01"]["stops"][-1]["injected"] is True
 
     rc, out, err = await cli("nope-01", "reset", "--opcua", sim.servers[0].endpoint)
-    assert rc == 2 and "no machine 'nope-01'" in err and "cnc-01" in err
+    assert rc == 1 and "unknown machine nope-01; machines here" in err and "cnc-01" in err
+
+
+async def test_cli_inject_over_mqtt_refuses_a_machine_the_simulator_does_not_have(sim, mosquitto, site):
+    """Issue 14: `sim inject cnc-1 ...` printed "sent" and exited 0 while nothing happened. The listening
+    simulator says which machines it has (retained, contract sim_machines_topic); inject checks it."""
+    from contract.payloads import decode_sim_machines
+    from contract.topics import sim_machines_topic
+
+    where = ("--broker", str(mosquitto.url), "--site", site, "--area", "hall", "--line", "line")
+    rc, out, err = await cli("cnc-01", "breakdown", *where)  # nobody listens yet
+    assert rc == 1 and "no simulator takes commands for" in err and out == ""
+    await sim.listen(mosquitto.url, site, "hall", "line")
+    rc, out, err = await cli("cnc-1", "breakdown", *where)
+    assert rc == 1 and err.strip() == "fieldlab sim: error: unknown machine cnc-1; machines here: cnc-01", err
+    assert out == "" and sim.commands.accepted == sim.commands.ignored == 0  # nothing was sent
+    rc, out, err = await cli("cnc-01", "breakdown", *where)
+    assert rc == 0, err
+    assert await wait_until(lambda: sim.commands.accepted == 1)
+    # a stopped simulator clears its list: nothing listens there any more
+    await sim.commands.stop()
+    sim.commands = None
+    rec = await asyncio.to_thread(retained, mosquitto.url, sim_machines_topic(site, "hall", "line"))
+    assert json.loads(rec) == {"v": 1, "machines": []} and decode_sim_machines(rec) is None
+    rc, out, err = await cli("cnc-01", "breakdown", *where)
+    assert rc == 1 and "no simulator takes commands" in err
+
+
+def retained(url, topic: str):
+    """The retained message on a topic, or None."""
+    import threading
+
+    got, seen = [], threading.Event()
+    client = connect(url, subscriptions=[(topic, 1)], on_message=lambda c, u, m: (got.append(m.payload), seen.set()))
+    try:
+        seen.wait(1.0)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return got[-1] if got else None
 
 
 def test_cli_refuses_options_that_do_not_fit_the_fault(capsys):
@@ -305,7 +344,7 @@ def test_fieldlab_sim_publish_sends_every_part_straight_to_mqtt(mosquitto, site,
     ledger = tmp_path / "ledger.json"
     rec = recorder(mosquitto.url, f"fieldlab/v1/{site}/+/+/+/counts", f"fieldlab/v1/{site}/+/+/+/state")
     r = subprocess.run([sys.executable, "-m", "fieldlab", "sim", "--machines", "2", "--speed", "600", "--duration", "4",
-                        "--opcua-port", str(free_port(count=2)), "--publish", str(mosquitto.url), "--site", site,
+                        "--seed", "2", "--opcua-port", str(free_port(count=2)), "--publish", str(mosquitto.url), "--site", site,
                         "--ledger", str(ledger)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert f"publishing: fieldlab/v1/{site}/hall-1/line-1/<machine>/..." in r.stdout
@@ -316,7 +355,7 @@ def test_fieldlab_sim_publish_sends_every_part_straight_to_mqtt(mosquitto, site,
         return msgs[-1] if msgs else None
 
     for name, truth in led.items():
-        assert truth["good"] > 10 and truth["transitions"] > 0  # seed 1: 40 simulated minutes with stops
+        assert truth["good"] > 10 and truth["transitions"] > 0  # seed 2: 40 simulated minutes with stops
         assert rec.wait_for(lambda r: (c := last(name, Kind.COUNTS)) is not None
                             and (int(c.good[-1]), int(c.reject[-1])) == (truth["good"], truth["reject"]), 15), name
         # every state change, each once (plus the state at the start)

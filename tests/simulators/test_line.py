@@ -86,8 +86,8 @@ def test_an_upstream_breakdown_longer_than_the_buffer_starves_downstream_booked_
     downstream machine empties the buffer, is starved (Suspended, reason 202, caused by the upstream
     breakdown) until the upstream machine puts its next part in, and is back in Execute acting_s later."""
     up, down = plain("mould", 10.0), plain("pack", 30.0)
-    line = Line([up, down], T0, [5, 6], [5], keep_history=True,
-                scripts={"mould": [(T0 + 3600, "breakdown", {"minutes": 20})]})
+    line = Line([up, down], T0, [5, 6], [5], keep_history=True)
+    line.machines[0].inject("breakdown", T0 + 3600, minutes=20)
     events = run(line, T0 + 2 * 3600, step=7.0)
     m_up, m_down = line.machines
     fault = m_up.ledger.faults[0]
@@ -118,8 +118,8 @@ def test_an_upstream_breakdown_longer_than_the_buffer_starves_downstream_booked_
 
 def test_a_downstream_stop_blocks_upstream_and_the_chain_names_its_root():
     a, b, c = plain("a", 10.0), plain("b", 10.0), plain("c", 10.0)
-    line = Line([a, b, c], T0, [1, 2, 3], [4, 4], keep_history=True,
-                scripts={"c": [(T0 + 3600, "breakdown", {"minutes": 30})]})
+    line = Line([a, b, c], T0, [1, 2, 3], [4, 4], keep_history=True)
+    line.machines[2].inject("breakdown", T0 + 3600, minutes=30)
     run(line, T0 + 2 * 3600)
     ma, mb, mc = line.machines
     bd = [s for s in mc.ledger.stops if s[4] is not None][0]
@@ -202,8 +202,8 @@ def test_line_is_deterministic_and_does_not_depend_on_the_tick():
 
 def test_gateway_books_starved_and_blocked_time_as_the_ledger_says():
     """The engine, fed a line's events, agrees with the ledgers to the millisecond: starved and blocked are
-    Suspended (a "stopped" episode, or a small stop under 2 minutes; docs/oee.md)."""
-    conv = oee.Conventions(reasons={REASON_CHANGEOVER: oee.SETUP})
+    Suspended with reason 202 or 203: external time, whatever its length, never a small stop (docs/oee.md)."""
+    conv = oee.Conventions(reasons={**oee.DEFAULT_REASONS, REASON_CHANGEOVER: oee.SETUP})
     engine = KpiEngine(SiteConfig(conventions=conv))
     specs = list(DEMO_MACHINES)
     line = Line(specs, T0, [40, 41, 42, 43], [2, 2, 5])
@@ -219,8 +219,10 @@ def test_gateway_books_starved_and_blocked_time_as_the_ledger_says():
             assert truth["starved_s"] > 600, m.spec.name
         for key in ("good", "reject", "failures"):
             assert int(k[key][i]) == want[key], (m.spec.name, key)
-        for key in ("run_s", "small_stop_s", "breakdown_s", "stopped_s", "setup_s"):
+        for key in ("run_s", "small_stop_s", "breakdown_s", "stopped_s", "setup_s", "external_s"):
             assert k[key][i] == pytest.approx(want[key], abs=1e-3), (m.spec.name, key)
+        if i > 0:
+            assert k["external_s"][i] >= truth["starved_s"] > 0, m.spec.name
 
 
 @pytest.mark.parametrize("text, n, want", [("20", 3, [20, 20]), ("20,5", 3, [20, 5]), ("1", 2, [1])])

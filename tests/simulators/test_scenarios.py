@@ -7,14 +7,11 @@ simulated times.
 """
 import asyncio
 
-import numpy as np
 import pytest
 
 from contract.yamlfile import ConfigError
 from fieldlab.broker import free_port
-from tests.helpers import advance_machines, start_machines
-from gateway.config import SiteConfig
-from gateway.engine import KpiEngine
+from fieldlab.demo import expected_block, scenario_kpis
 from simulators import scenario as sc
 
 T0 = 1_800_000_000.0
@@ -22,25 +19,10 @@ KPIS = sc.RATIOS + sc.COUNTS
 
 
 def engine_kpis(s: sc.Scenario, t0: float = T0, step_s: float = 3600.0) -> dict:
-    """Run the scenario headless, feeding every machine's events into the gateway's engine (default site
-    configuration, as `fieldlab demo` without --config); KPIs since the start per machine and for the line."""
-    engine = KpiEngine(SiteConfig())
-    machines = s.machines(t0)
-    ids = start_machines(engine, machines, t0)
-    end, t = t0 + s.duration_s, t0
-    while t < end:
-        t = min(end, t + step_s)
-        advance_machines(engine, ids, machines, t)
-        engine.fold()
-    k = engine.snapshot()["since_start"]
-    line = engine.line_snapshot(np.zeros(len(machines), np.int64), 1)["since_start"]
-
-    def pick(src, j):
-        return {kpi: (int(src[kpi][j]) if kpi in sc.COUNTS else round(float(src[kpi][j]), 3)) for kpi in KPIS}
-
-    out = {m.spec.name: pick(k, i) for i, m in enumerate(machines)}
-    out["line"] = pick(line, 0)
-    return out, machines
+    """The scenario run headless through the gateway's engine (default site configuration, as `fieldlab demo`
+    without --config): KPIs since the start per machine and for the line; the code behind
+    `fieldlab sim expected`, so what it writes into a file is what this test checks."""
+    return scenario_kpis(s, t0, step_s)
 
 
 @pytest.mark.parametrize("name", sc.available())
@@ -135,8 +117,15 @@ async def test_live_simulation_applies_the_events_at_their_simulated_times():
         while clock.now() < T0 + last + 300:
             await asyncio.sleep(0.05)
         await sim.freeze()
+        assert sim.live_injections == 0 and "no longer applies" not in sc.describe_expected(s, sim.live_injections)
+        sim.inject(s.specs[0].name, "reset")  # a trainer's live command (after the freeze: the ledgers stay as run)
     finally:
         await sim.stop()
+    # after a live injection the file's expected KPIs are void, and the final table says so
+    assert sim.live_injections == 1
+    text = sc.describe_expected(s, sim.live_injections)
+    assert "no longer applies: 1 live injection changed the run" in text and "geldt niet meer" in text
+    assert str(s.expected[s.specs[0].name]["good"]) not in text
     ledgers = sim.ledgers()
     for name, led in ledgers.items():
         want = [(T0 + e.at_s, e.fault) for e in s.events if e.machine == name]
@@ -176,3 +165,43 @@ def test_a_scripted_reset_clears_what_is_active_at_its_time_and_nothing_scripted
     assert second["applied"] == T0 + 5400 and second["until"] == T0 + 5400 + 600 + 2 * 2.0
     stops = m.ledger_now().to_dict()["stops"]
     assert [round(st["duration_s"], 6) for st in stops] == [1200 + 2.0, 600 + 4.0]  # Holding, Held to the reset, Unholding
+
+
+def test_sim_expected_computes_the_block_of_a_new_scenario(tmp_path, capsys):
+    """`fieldlab sim expected FILE`: a trainer's own scenario without expected: gets its block printed; pasted in,
+    the file passes the same check as the shipped ones (and a shipped file reproduces its own numbers)."""
+    from fieldlab.cli import main
+
+    p = tmp_path / "mine.yaml"
+    p.write_text("name: mine\ndescription: my own\nseed: 5\nduration: 2h\n"
+                 "machines: {filler-01: {}, cnc-01: {mtbf_s: 1800}}\n"
+                 "events:\n  - {at: 30m, machine: cnc-01, fault: breakdown, minutes: 20}\n")
+    with pytest.raises(ConfigError, match="expected: missing"):
+        sc.load(p)  # a run still needs the answers
+    assert main(["sim", "expected", str(p)]) == 0
+    block = capsys.readouterr().out
+    assert block.startswith("expected:") and "cnc-01: {oee: " in block and "line: {" in block
+    p.write_text(p.read_text() + block)
+    s = sc.load(p)
+    assert set(s.expected) == {"filler-01", "cnc-01", "line"} and s.count_tolerance == 0
+    got, _ = engine_kpis(s)
+    assert s.check(got) == [] and s.expected == {k: v for k, v in got.items()}
+    # a shipped file: its own numbers, its own tolerances
+    assert main(["sim", "expected", "bottleneck-line"]) == 0
+    shipped = sc.load("bottleneck-line")
+    q = tmp_path / "copy.yaml"
+    q.write_text(sc.resolve("bottleneck-line").read_text().split("\nexpected:")[0] + "\n" + capsys.readouterr().out)
+    assert sc.load(q).expected == shipped.expected and sc.load(q).tolerance == shipped.tolerance
+
+
+@pytest.mark.parametrize("command", ["sim", "demo"])
+def test_list_scenarios_shows_every_description_whole(command, capsys):
+    from fieldlab.cli import main
+
+    assert main([command, "--list-scenarios"]) == 0
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 100
+    words = " ".join(out.split())
+    for name in sc.available():
+        s = sc.load(name)
+        assert name in out and " ".join(s.description.split()) in words  # wrapped, never cut off
