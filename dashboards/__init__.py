@@ -2,7 +2,7 @@
 
 - ``model``: plain builders for the pieces of Grafana's dashboard JSON (panels, InfluxQL targets,
   template variables, a grid layout);
-- ``overview``, ``machine``, ``losses``, ``shift``: one function per dashboard;
+- ``overview``, ``machine``, ``losses``, ``shift``, ``lines``: one function per dashboard;
 - ``build``: every dashboard as canonical JSON, written to ``dashboards/json`` (``fieldlab dashboards build``);
 - ``push``: upload them to a running Grafana with grafana-client (``fieldlab dashboards push``).
 

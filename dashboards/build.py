@@ -4,12 +4,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import losses, machine, overview, shift
+from . import lines, losses, machine, overview, shift
 
 JSON_DIR = Path(__file__).resolve().parent / "json"
 PROVISIONING_DIR = Path(__file__).resolve().parent / "provisioning"
 #: file name (without .json) -> builder; the order is the order of the dashboards in docs/dashboards.md
-BUILDERS = {"overview": overview.build, "machine": machine.build, "losses": losses.build, "shift": shift.build}
+BUILDERS = {"overview": overview.build, "machine": machine.build, "losses": losses.build, "shift": shift.build,
+            "lines": lines.build}
 REGENERATE = "fieldlab dashboards build   (or: .venv/bin/fieldlab dashboards build)"
 
 

@@ -17,20 +17,22 @@ REASONS = {code: name for code, name in CONTRACT_REASONS.items() if code}  # the
 def six_losses_per_machine(window: str) -> str:
     """The six big losses (docs/oee.md) in seconds per machine, from the stored kpi fields.
 
-    Stored directly: setup_s, small_stop_s. Derived, with operating = availability x planned and
-    Σ(ideal x parts) = performance x operating: unplanned stops = planned - operating - setup; slow
+    Stored directly: setup_s, small_stop_s, external_s (starved or blocked by the line: shown apart from the
+    machine's own stops). Derived, with operating = availability x planned and Σ(ideal x parts) =
+    performance x operating: unplanned stops = planned - operating - setup - external; slow
     cycles = run - Σ(ideal x parts); rejects (production and start-up together: the split is not
     stored) = Σ(ideal x parts) x (1 - quality). They add up to planned - Σ(ideal x good), as the
     gateway's own six losses do. With small stops booked as availability loss (site option),
     "unplanned stops" includes them and "small stops" is counted twice: keep the default."""
     ideal = 'last("planned_s") * last("availability") * last("performance")'
-    return (f'SELECT last("planned_s") * (1 - last("availability")) - last("setup_s") AS "unplanned stops", '
+    return (f'SELECT last("planned_s") * (1 - last("availability")) - last("setup_s") - last("external_s") '
+            f'AS "unplanned stops", last("external_s") AS "external (line)", '
             f'last("setup_s") AS "planned stops (setup)", last("small_stop_s") AS "small stops", '
             f'last("run_s") - {ideal} AS "slow cycles", {ideal} * (1 - last("quality")) AS "rejects" '
             f'FROM "kpi" {where(*M, window=window)} GROUP BY "site", "area", "line", "machine"')
 
 
-LOSSES = ("unplanned stops", "planned stops (setup)", "small stops", "slow cycles", "rejects")
+LOSSES = ("unplanned stops", "external (line)", "planned stops (setup)", "small stops", "slow cycles", "rejects")
 
 
 def six_losses_total(window: str) -> str:

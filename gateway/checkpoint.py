@@ -37,15 +37,17 @@ import numpy as np
 
 from contract import MachineRef
 
-from .engine import CALENDAR_AHEAD, KpiEngine
+from .engine import CALENDAR_AHEAD, ENGINE_ARRAYS as _ARRAYS, KpiEngine
+from .oee import EXTERNAL, N_CAT, N_TOT
 from .timeline import _ranges
 
 log = logging.getLogger("fieldlab.gateway")
 
-VERSION = 3  # 2: a CRC-32 of the document and every array (``crc32``); times checked on load
+VERSION = 4  # 2: a CRC-32 of the document and every array (``crc32``); times checked on load
 # 3: timeline rows stored compact (each machine's rows one after the other) instead of machines x capacity
-READS = (2, 3)  # a version-2 file is read (its rows compacted on load)
-ENGINE_ARRAYS = ("first_ts", "now_ts", "state_ts", "state_code", "state_model", "count_ts")
+# 4: a seventh time category, external (oee.EXTERNAL): ``p.pre`` and ``tl.base`` one column wider
+READS = (2, 3, 4)  # a version-2 file is read (its rows compacted on load); 2 and 3 get a zero external column
+ENGINE_ARRAYS = tuple(name for name, _, _ in _ARRAYS)
 # the engine's arrays of times, with the value they hold before a machine has any (KpiEngine._grow)
 ENGINE_TIMES = (("first_ts", np.nan), ("now_ts", np.nan), ("state_ts", -np.inf), ("count_ts", -np.inf))
 # plausible Unix times in seconds, 2000-01-01 <= t < 2100-01-01 UTC: the contract's range for message times;
@@ -126,9 +128,10 @@ def save(path: Path | str, engine: KpiEngine, machines: list[MachineRef], status
     write(path, *capture(engine, machines, status))
 
 
-def read(path: Path | str, engine: KpiEngine) -> tuple[list[MachineRef], dict[int, str]]:
+def read(path: Path | str, engine: KpiEngine, extra: dict | None = None) -> tuple[list[MachineRef], dict[int, str]]:
     """Load a checkpoint into ``engine`` (a fresh one, with the site configuration): returns the machines
-    (engine order) and statuses. Raises CheckpointError (engine untouched) if the file is not usable."""
+    (engine order) and statuses; ``extra`` (if given) gets ``forgotten``: {machine index: when it was forgotten}.
+    Raises CheckpointError (engine untouched) if the file is not usable."""
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
@@ -147,13 +150,16 @@ def read(path: Path | str, engine: KpiEngine) -> tuple[list[MachineRef], dict[in
         n, cap = int(doc["n"]), int(doc["capacity"])
         machines = [MachineRef(*m) for m in doc["machines"]]
         status = {int(i): str(s) for i, s in doc["status"].items()}
+        forgotten = {int(i): float(t) for i, t in doc.get("forgotten", {}).items()}
         span = doc["calendar_span"]
         span = None if span is None else (float(span[0]), float(span[1]))
         caps = {r: int(doc["caps"][r]) for r in ROWS} if version == 2 else None
         if not 0 <= n <= cap or cap < 1 or len(machines) != n or len(set(machines)) != n:
             raise ValueError(f"{n} machines, capacity {cap}, {len(machines)} listed")
-        if any(not 0 <= i < n for i in status):
-            raise ValueError("status of an unknown machine")
+        if any(not 0 <= i < n for i in status) or any(not 0 <= i < n for i in forgotten):
+            raise ValueError("status or forgotten of an unknown machine")
+        if version < 4:  # before the external category: starved/blocked time was booked as stopped or small stop
+            _add_external_column(data)
         fresh = KpiEngine(engine.config, engine.windows, capacity=cap)
         for _ in range(n):
             fresh.add_machine()
@@ -212,7 +218,20 @@ def read(path: Path | str, engine: KpiEngine) -> tuple[list[MachineRef], dict[in
     for r in ROWS:
         rows = getattr(tl, r)
         rows.load(data[f"{r}.fill"], {col: data[f"{r}.{col}"] for col in rows.spec})
+    if extra is not None:
+        extra["forgotten"] = forgotten
     return machines, status
+
+
+def _add_external_column(data: dict) -> None:
+    """A checkpoint of format 2 or 3 has six time categories: add external (oee.EXTERNAL, the seventh) as zero
+    seconds to the pieces' prefix sums (``p.pre``) and the totals before the cut (``tl.base``, where it comes
+    right after the time categories). Arrays of another shape are left as they are (and refused below)."""
+    pre, base = data.get("p.pre"), data.get("tl.base")
+    if pre is not None and pre.ndim in (2, 3) and pre.shape[-1] == N_CAT - 1:  # rows (3) or machines x rows (2)
+        data["p.pre"] = np.concatenate([pre, np.zeros((*pre.shape[:-1], 1), pre.dtype)], axis=-1)
+    if base is not None and base.ndim == 2 and base.shape[1] == N_TOT - 1:
+        data["tl.base"] = np.insert(base, EXTERNAL, 0.0, axis=1)
 
 
 def _check_times(name: str, a: np.ndarray, lo: float, hi: float, none: float | None = None) -> None:
@@ -228,14 +247,14 @@ def _check_times(name: str, a: np.ndarray, lo: float, hi: float, none: float | N
                               f"engine")
 
 
-def load(path: Path | str, engine: KpiEngine) -> tuple[list[MachineRef], dict[int, str]] | None:
+def load(path: Path | str, engine: KpiEngine, extra: dict | None = None) -> tuple[list[MachineRef], dict[int, str]] | None:
     """Like ``read``, for starting up: None if there is no checkpoint; a bad one is moved aside with a
     warning and None returned (start fresh). Never raises for the file's content."""
     path = Path(path)
     if not path.exists():
         return None
     try:
-        return read(path, engine)
+        return read(path, engine, extra)
     except CheckpointError as e:
         log.warning("checkpoint %s not used (%s); %s; starting with empty KPIs", path, e, _move_aside(path))
         return None

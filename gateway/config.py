@@ -15,11 +15,11 @@ import numpy as np
 import yaml
 
 from contract import PACKML, SIMPLE
-from contract.yamlfile import ConfigError, duration
+from contract.yamlfile import ConfigError, duration, yaml_error
 
 from . import oee
 
-KEYS = ("timezone", "shifts", "breaks", "conventions")
+KEYS = ("timezone", "shifts", "breaks", "conventions", "sparkplug", "reasons")
 CONVENTION_KEYS = ("micro_stop", "micro_stops_as", "setup_as", "startup", "packml", "simple", "reasons")
 _CLOCK = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 
@@ -43,6 +43,10 @@ class SiteConfig:
     conventions: oee.Conventions = oee.DEFAULT
     #: without a shift list in the file, time is never "outside the shifts" (24/7 planned)
     shifts_limit_planned_time: bool = False
+    #: the site's own names of stop reasons, {code: {language: text}}, shown by the web pages (the wire keeps codes)
+    reason_names: dict[int, dict[str, str]] = field(default_factory=dict)
+    #: Sparkplug B groups to read (gateway/sparkplug.py Settings); None: off
+    sparkplug: object = None
 
     def __post_init__(self) -> None:
         self.tz  # read the zone file now, while starting: not first in a KPI computation (it may fail then)
@@ -183,16 +187,34 @@ def _categories(mapping, table: dict, path, key: str) -> dict[int, int]:
     return out
 
 
+def _reason_names(mapping, path) -> dict[int, dict[str, str]]:
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"{_where(path, 'reasons')}: write code -> text per language, e.g. "
+                          "{201: {en: material shortage, nl: materiaaltekort}}")
+    out = {}
+    for code, texts in mapping.items():
+        key = f"reasons.{code}"
+        if isinstance(code, bool) or not isinstance(code, int) or code < 0:
+            raise ConfigError(f"{_where(path, key)}: {code!r} is not a reason code; use whole numbers >= 0")
+        if isinstance(texts, str):
+            texts = {"en": texts}
+        if not isinstance(texts, dict) or not texts or not all(
+                isinstance(k, str) and re.fullmatch(r"[a-z]{2}", k) and isinstance(v, str) and v.strip()
+                for k, v in texts.items()):
+            raise ConfigError(f"{_where(path, key)}: write a text per language, e.g. {{en: jam, nl: vastloper}}")
+        out[code] = {k: v.strip() for k, v in texts.items()}
+    return out
+
+
 def load(path: str | Path) -> SiteConfig:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read it ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ConfigError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    except yaml.YAMLError as e:  # in words, with the line (contract/yamlfile.py)
+        raise yaml_error(path, e, text) from None
     return parse(data or {}, path)
 
 
@@ -217,6 +239,8 @@ def parse(data: dict, path="config") -> SiteConfig:
             raise ConfigError(f"{_where(path, 'shifts')}: empty; list at least one shift or leave the key out")
     if "breaks" in data:
         cfg.breaks = _periods(data["breaks"], path, "breaks", need_name=False)
+    if "reasons" in data:
+        cfg.reason_names = _reason_names(data["reasons"], path)
     conv = data.get("conventions") or {}
     if not isinstance(conv, dict):
         raise ConfigError(f"{_where(path, 'conventions')}: write a mapping, e.g. {{micro_stop: 2m}}")
@@ -242,4 +266,7 @@ def parse(data: dict, path="config") -> SiteConfig:
     if "reasons" in conv:
         kw["reasons"] = {**oee.DEFAULT_REASONS, **_categories(conv["reasons"], {}, path, "conventions.reasons")}
     cfg.conventions = oee.Conventions(**kw)
+    if data.get("sparkplug") is not None:
+        from .sparkplug import parse_settings
+        cfg.sparkplug = parse_settings(data["sparkplug"], path)
     return cfg

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from contract import STATE_MODELS, CountsBatch, StateBatch, TelemetryBatch
+from contract import REASONS, STATE_MODELS, CountsBatch, OperatorEntry, StateBatch, TelemetryBatch
 
-from . import oee, timeline
+from . import classify, oee, timeline
 from .config import SiteConfig
 
 MODELS = oee.MODELS
@@ -33,6 +33,13 @@ WINDOW_NAMES = ("since_start", *(name for name, _ in DEFAULT_WINDOWS), "shift", 
 CALENDAR_AHEAD = 2 * 86400.0  # the shift calendar is laid out this far past the newest data
 PRUNE_MARGIN = 2 * 3600.0  # history kept before the earliest live window (shift, today, rolling) starts
 PRUNE_STEP = 3600.0  # a machine's history is cut when its cut has moved on by this much
+
+
+# per-machine arrays: name, value before the machine has any data, dtype
+ENGINE_ARRAYS = (("first_ts", np.nan, np.float64), ("now_ts", np.nan, np.float64),
+                 ("state_ts", -np.inf, np.float64),  # time of the last folded state change
+                 ("state_code", -1, np.int64), ("state_model", 0, np.int64),
+                 ("count_ts", -np.inf, np.float64))  # time of the last folded counter sample
 
 
 class KpiEngine:
@@ -45,6 +52,13 @@ class KpiEngine:
         self.capacity = 0
         self._grow(capacity)
         self._pending: list = []
+        self._entries: list = []  # (machine, OperatorEntry): folded after the state data of the same fold
+        self.refused: list = []  # (machine, OperatorEntry, why): entries ``fold`` could not apply
+        # machine -> (ts, level, capacity or None) of its input buffer, from the telemetry signals buffer_in and
+        # buffer_in_capacity (a machine in a line, docs/simulators.md); the latest only, not kept in checkpoints
+        self.buffers: dict[int, tuple[float, float, float | None]] = {}
+        self.applied: list = []  # (machine, OperatorEntry, start times of the pieces it classified, or None)
+        self._rejects_seen: dict = {}  # recent reject entries (with ``at``): a repeated delivery counts once
         self.timeline = timeline.Timeline(self.conv)
 
     def _grow(self, cap: int) -> None:
@@ -55,12 +69,8 @@ class KpiEngine:
                 new[: old.size] = old
             setattr(self, name, new)
 
-        grow("first_ts", np.nan, np.float64)
-        grow("now_ts", np.nan, np.float64)
-        grow("state_ts", -np.inf, np.float64)  # time of the last folded state change
-        grow("state_code", -1, np.int64)
-        grow("state_model", 0, np.int64)
-        grow("count_ts", -np.inf, np.float64)  # time of the last folded counter sample
+        for name, fill, dtype in ENGINE_ARRAYS:
+            grow(name, fill, dtype)
         self.capacity = cap
 
     def add_machine(self) -> int:
@@ -69,6 +79,16 @@ class KpiEngine:
         self.n += 1
         self.timeline.add_machines(self.n)
         return self.n - 1
+
+    def forget(self, m: int) -> None:
+        """Machine m starts afresh (a test machine removed): its history and KPIs are gone, and what it sent
+        before and is not folded yet is dropped. Its slot stays (the gateway keeps its index)."""
+        self._pending = [(i, b) for i, b in self._pending if i != m]
+        self._entries = [(i, b) for i, b in self._entries if i != m]
+        for name, fill, _ in ENGINE_ARRAYS:
+            getattr(self, name)[m] = fill
+        self.buffers.pop(m, None)
+        self.timeline.reset(m)
 
     # -- collecting (cheap, called per message)
     def add_state(self, m: int, batch: StateBatch) -> None:
@@ -80,23 +100,81 @@ class KpiEngine:
     def add_telemetry(self, m: int, batch: TelemetryBatch) -> None:
         self._pending.append((m, batch))
 
+    def add_operator(self, m: int, entry: OperatorEntry) -> None:
+        """A stop's reason or rejects counted by hand (contract kind operator), applied after the data."""
+        self._entries.append((m, entry))
+
+    def known_reasons(self) -> frozenset[int]:
+        """Reason codes an operator entry may give: the contract's, the site's named and mapped ones."""
+        return frozenset(REASONS) | frozenset(self.config.reason_names) | frozenset(self.conv.reasons)
+
     # -- folding (vectorised over everything collected since the last fold)
     def fold(self) -> None:
         pending, self._pending = self._pending, []
-        if not pending:
-            return
+        if pending:
+            self._fold_data(pending)
+        entries, self._entries = self._entries, []
+        for m, entry in entries:  # a few a shift, entered by people: one at a time (gateway/classify.py)
+            if self._repeated(m, entry):
+                continue
+            why, starts = self._apply(m, entry)
+            if why is not None:
+                self.refused.append((m, entry, why))
+            else:
+                self.applied.append((m, entry, starts))
+
+    def _repeated(self, m: int, entry: OperatorEntry) -> bool:
+        """Whether a reject entry was applied before (QoS 1 may deliver a message twice; a reason given twice
+        changes nothing, rejects would count twice). Only entries that say when they were made (``at``, as the
+        operator terminal's do): two equal entries without it may be two real ones. Kept for this process's
+        last 10,000 such entries (the journal's replay and a redelivery after a restart meet here too)."""
+        if entry.reject is None or entry.at is None:
+            return False
+        key = (m, entry.ts, entry.at, entry.by, entry.reject)
+        if key in self._rejects_seen:
+            return True
+        if len(self._rejects_seen) >= 10_000:
+            del self._rejects_seen[next(iter(self._rejects_seen))]
+        self._rejects_seen[key] = True
+        return False
+
+    def _apply(self, m: int, entry: OperatorEntry) -> tuple[str | None, np.ndarray | None]:
+        tl = self.timeline
+        tl.set_now(np.array([m]), np.array([-np.inf if np.isnan(self.now_ts[m]) else self.now_ts[m]]))
+        if entry.reject is not None:
+            return classify.add_rejects(tl, m, entry.ts, entry.reject, float(self.count_ts[m])), None
+        return classify.classify(tl, self.conv, m, entry.ts, entry.reason)
+
+    def stops(self, m: int, a: float, b: float, min_s: float | None = None) -> list[dict]:
+        """Machine m's unclassified stops in [a, b) (gateway/classify.py ``stops``)."""
+        return classify.stops(self.timeline, self.conv, m, a, b, min_s)
+
+    def _fold_data(self, pending: list) -> None:
         ms = np.fromiter((m for m, _ in pending), np.int64, len(pending))
         last = np.fromiter((b.ts[-1] for _, b in pending), np.float64, len(pending))
         firsts = np.fromiter((b.ts[0] for _, b in pending), np.float64, len(pending))
         np.fmax.at(self.now_ts, ms, last)
         np.fmin.at(self.first_ts, ms, firsts)
         self._extend_calendar(float(firsts.min()), float(last.max()))
+        for m, b in pending:  # per message, not per sample: the latest buffer level of each machine
+            if isinstance(b, TelemetryBatch) and "buffer_in" in b.signals:
+                self._buffer(m, b)
         states = [(m, b) for m, b in pending if isinstance(b, StateBatch)]
         counts = [(m, b) for m, b in pending if isinstance(b, CountsBatch)]
         if states:
             self._fold_states(states)
         if counts:
             self._fold_counts(counts)
+
+    def _buffer(self, m: int, b: TelemetryBatch) -> None:
+        level = b.signals["buffer_in"]
+        ok = np.flatnonzero(~np.isnan(level))
+        if not ok.size or b.ts[ok[-1]] < self.buffers.get(m, (-np.inf,))[0]:  # none, or older than what we have
+            return
+        i = ok[-1]
+        cap = b.signals.get("buffer_in_capacity")
+        cap = None if cap is None or np.isnan(cap[i]) else float(cap[i])
+        self.buffers[m] = (float(b.ts[i]), float(level[i]), cap)
 
     def _extend_calendar(self, t0: float, t1: float) -> None:
         """Lay out breaks and off-shift time (planned downtime) past the newest data, before appending it."""
@@ -225,6 +303,8 @@ def group_snapshot(snap: dict, group: np.ndarray, n_groups: int, conv: oee.Conve
         k["start"], k["end"] = start, end
         k["totals"] = tot
         k["machines"] = np.bincount(group, minlength=n_groups)  # how many machines each group adds up
+        # the bottleneck (oee.bottleneck): its position among the group's machines (in machine order), -1: none
+        k["bottleneck"] = oee.bottleneck(np.asarray(w["totals"])[: group.size], group, n_groups, conv)
         out[name] = k
     return out
 

@@ -19,11 +19,15 @@ import numpy as np
 # codes to these through a table; reason codes can override the state.
 RUN = 0  # producing (PackML Execute)
 BREAKDOWN = 1  # stopped by its own failure (PackML Held, Aborted): counts for MTBF / MTTR
-STOPPED = 2  # other unplanned stop: starved, blocked, waiting (PackML Suspended, Idle)
+STOPPED = 2  # other unplanned stop of the machine itself: waiting, idle, material (PackML Idle, Starting ...)
 SETUP = 3  # planned stop inside production time: changeover, cleaning, adjustment
 NOT_SCHEDULED = 4  # outside planned production time: no shift, break, no orders (PackML Stopped)
 SMALL_STOP = 5  # derived: a BREAKDOWN or STOPPED interval shorter than the micro-stop threshold
-CATEGORIES = ("run", "breakdown", "stopped", "setup", "not_scheduled", "small_stop")
+# stopped by the line: starved or blocked by a neighbour (reasons 202 and 203, under any state; PackML's Suspended
+# without a reason stays STOPPED: a stack light's orange does not say it was the line). An availability loss of the
+# machine's own OEE, never a small stop, never a failure
+EXTERNAL = 6  # (appended: the indices before it, stored in checkpoints, stay)
+CATEGORIES = ("run", "breakdown", "stopped", "setup", "not_scheduled", "small_stop", "external")
 N_CAT = len(CATEGORIES)
 
 # additive totals per machine and window: the time categories above, then these
@@ -39,14 +43,17 @@ PACKML_CATEGORIES = {
     4: RUN,  # Execute
     5: STOPPED, 6: NOT_SCHEDULED,  # Completing, Complete
     7: BREAKDOWN, 8: BREAKDOWN, 9: STOPPED, 10: BREAKDOWN,  # Aborting, Aborted, Stopping, Clearing
-    11: STOPPED, 12: STOPPED, 13: STOPPED,  # Suspending, Suspended, Unsuspending (starved / blocked)
+    11: STOPPED, 12: STOPPED, 13: STOPPED,  # Suspending, Suspended, Unsuspending (external with reason 202/203)
     14: BREAKDOWN, 15: BREAKDOWN, 16: BREAKDOWN,  # Holding, Held, Unholding (own reason)
 }
 SIMPLE_CATEGORIES = {0: NOT_SCHEDULED, 1: RUN, 2: STOPPED, 3: BREAKDOWN, 4: SETUP}
 MODELS = ("packml", "simple")
 
 
-DEFAULT_REASONS = {301: SETUP}  # the contract's changeover reason: PackML has no setup state of its own
+# the contract's reason codes (docs/contract.md): changeover is setup (PackML has no setup state of its own);
+# starved and blocked are external under any state; a material shortage (201, entered as Suspended) is the
+# machine's own stop: its feeder ran empty, not a neighbour in the line (docs/oee.md)
+DEFAULT_REASONS = {301: SETUP, 201: STOPPED, 202: EXTERNAL, 203: EXTERNAL}
 
 
 @dataclass(frozen=True)
@@ -147,16 +154,17 @@ def derive(totals: np.ndarray, conv: Conventions = DEFAULT) -> dict[str, np.ndar
     Availability = operating / planned time; performance = Σ(ideal × parts) / operating time;
     quality = Σ(ideal × good) / Σ(ideal × parts) (= good / total with one product);
     OEE = A × P × Q = Σ(ideal × good) / planned time; utilisation = planned / known time;
-    TEEP = OEE × utilisation; six big losses in seconds and in OEE percentage points.
+    TEEP = OEE × utilisation; six big losses and external time (starved, blocked) in seconds and in OEE
+    percentage points.
     """
     T = np.asarray(totals, dtype=np.float64).reshape(-1, N_TOT)
-    run, brk, stp, setup, nsched, small = (T[:, i] for i in range(N_CAT))
+    run, brk, stp, setup, nsched, small, ext = (T[:, i] for i in range(N_CAT))
     good, reject = T[:, GOOD], T[:, REJECT]
     # parts made without a known ideal cycle time make every ideal-time ratio undefined, not guessed
     unknown = T[:, NO_IDEAL] > 0
     ideal = np.where(unknown, np.nan, T[:, IDEAL])
     ideal_good = np.where(unknown, np.nan, T[:, IDEAL_GOOD])
-    known = run + brk + stp + setup + nsched + small
+    known = run + brk + stp + setup + nsched + small + ext
     setup_loss = setup if conv.setup_as == "availability" else np.zeros_like(setup)
     planned = known - nsched - (setup - setup_loss)
     small_perf = conv.micro_stops_as == "performance"
@@ -175,6 +183,7 @@ def derive(totals: np.ndarray, conv: Conventions = DEFAULT) -> dict[str, np.ndar
         mttr = np.where(failures > 0, brk / failures, np.nan)
         losses = {
             "unplanned_stops": brk + stp,
+            "external": ext,  # starved / blocked: in planned time (availability), not the machine's own stop
             "planned_stops": setup_loss,
             "small_stops": small,
             "slow_cycles": run - ideal,
@@ -184,7 +193,7 @@ def derive(totals: np.ndarray, conv: Conventions = DEFAULT) -> dict[str, np.ndar
         out = {
             "known_s": known, "planned_s": planned, "run_s": run, "operating_s": operating,
             "not_scheduled_s": known - planned, "breakdown_s": brk, "stopped_s": stp, "setup_s": setup,
-            "small_stop_s": small, "good": good, "reject": reject, "total": total,
+            "small_stop_s": small, "external_s": ext, "good": good, "reject": reject, "total": total,
             "startup_reject": T[:, STARTUP_REJECT], "ideal_s": ideal, "ideal_good_s": ideal_good,
             "parts_without_ideal": T[:, NO_IDEAL],
             "availability": availability, "performance": performance, "quality": quality, "oee": oee,
@@ -208,6 +217,35 @@ def plain(v, whole: bool = False):
     if isinstance(v, float) and not np.isfinite(v):
         return None
     return int(round(v)) if whole and v is not None else v
+
+
+def bottleneck(totals: np.ndarray, group: np.ndarray, n_groups: int, conv: Conventions = DEFAULT) -> np.ndarray:
+    """Per group (line), the position within the group (in machine order) of its bottleneck, -1 if none.
+
+    The active-period method (docs/oee.md): a machine is *active* in its planned time except while the line
+    starves or blocks it (external time); the bottleneck is the machine with the highest active share,
+    (planned - external) / planned. The first in machine order wins a tie. None (-1) for a group in which
+    no machine was starved or blocked at all (nothing coupled them, or one machine), or without planned time.
+    """
+    group = np.asarray(group, np.int64)
+    T = np.asarray(totals, dtype=np.float64).reshape(-1, N_TOT)
+    # planned time as ``derive`` has it (without the rest of derive: this runs for every window each tick)
+    planned = T[:, :N_CAT].sum(axis=1) - T[:, NOT_SCHEDULED] - (T[:, SETUP] if conv.setup_as == "excluded" else 0.0)
+    ext = T[:, EXTERNAL]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.where(planned > 0, (planned - ext) / planned, -np.inf)
+    order = np.lexsort((-share, group))  # by group, then share (highest first); stable: machine order in a tie
+    first, _ = group_bounds(group[order])
+    best = np.full(n_groups, -1, np.int64)
+    best[group[order][first]] = order[first]
+    rank = np.empty(group.size, np.int64)  # each machine's position within its group
+    by_group = np.argsort(group, kind="stable")
+    starts = np.searchsorted(group[by_group], group[by_group])
+    rank[by_group] = np.arange(group.size) - starts
+    coupled = np.bincount(group, ext, n_groups) > 0
+    ok = (best >= 0) & coupled
+    ok[ok] &= np.isfinite(share[best[ok]])
+    return np.where(ok, rank[np.maximum(best, 0)], -1)
 
 
 def aggregate(totals: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:

@@ -24,7 +24,7 @@ import numpy as np
 
 from contract import (
     BINARY_MAGIC, DEADLETTER_TOPIC, QOS, ROOT, ContractError, Kind, LineRef, MachineRef, decode, encode_kpi,
-    encode_status, parse_topic,
+    encode_command, encode_operator, encode_status, parse_topic,
 )
 from contract.errors import ServiceError
 from contract.lockfile import hold
@@ -40,12 +40,15 @@ from .worker import DaemonWorker
 
 log = logging.getLogger("fieldlab.gateway")
 
-INGEST_KINDS = (Kind.STATE, Kind.COUNTS, Kind.TELEMETRY, Kind.STATUS)
+INGEST_KINDS = (Kind.STATE, Kind.COUNTS, Kind.TELEMETRY, Kind.STATUS, Kind.OPERATOR)
+FORGET = "forget"  # an inbox entry: the machine starts afresh (Gateway._command)
 MAX_MACHINES = 1000  # default cap on machines per gateway (docs/RELIABILITY.md: memory and tick time per machine)
 MQTT_GRACE_S = 30.0  # /healthz fails once MQTT has been down this long
 STATUS_S = 10.0  # the gateway's retained status is repeated this often (a heartbeat with its health)
 STOP_TICK_S = 15.0  # at stop, the last computation gets this long; a hung one is given up (gateway/worker.py)
 SINK_DROP_WINDOW_S = 60.0  # /healthz fails while a sink has dropped lines within this time
+UNKNOWN_LOG_S = 60.0  # an ignored message on an unknown topic is logged at most this often
+_KINDS = frozenset(k.value for k in Kind)
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -118,11 +121,20 @@ class Gateway:
         self.machines: list[MachineRef] = []
         self._index: dict[MachineRef, int] = {}
         self.status: dict[int, str] = {}
+        self.forgotten: dict[int, float] = {}  # machine index -> when it was forgotten (hidden until it sends again)
         self.stats = {"messages": 0, "samples": 0, "dead_letters": 0, "kpi_published": 0, "mqtt_connects": 0,
-                      "client_id_collisions": 0, "tick_failures": 0}
+                      "client_id_collisions": 0, "tick_failures": 0, "unknown_topics": 0, "sparkplug_errors": 0, "sparkplug_rebirths": 0}
+        # Sparkplug B groups of the site file (gateway/sparkplug.py): their devices become machines
+        self.sparkplug = None
+        if config is not None and getattr(config, "sparkplug", None) is not None:
+            from .sparkplug import SparkplugIn
+            self.sparkplug = SparkplugIn(config.sparkplug, self._ingest, lambda t, p: self._client.publish(t, p),
+                                         self.stats)
+        self._unknown_logged_at = -float("inf")  # when an unknown topic was last logged (_unknown_topic)
         self.last_error: str | None = None
         self.last_message_at: float | None = None
         self.rows: list[dict] = []
+        self._rows_by_machine: dict[MachineRef, dict] = {}
         self.lines = LineIndex()  # machine -> line, for the line KPIs (docs/contract.md, kpi of a line)
         self.line_rows: list[dict] = []
         self.ticks = 0  # KPI computations so far: the HTTP service's live stream follows it
@@ -149,18 +161,29 @@ class Gateway:
     # -- MQTT side (paho's network thread)
     def _on_message(self, client, userdata, msg) -> None:
         try:
-            self._ingest(msg.topic, msg.payload)
+            if self.sparkplug is not None and msg.topic.startswith("spBv1.0/"):
+                self.sparkplug.on_message(msg.topic, msg.payload)  # -> self._ingest, as contract messages
+            else:
+                self._ingest(msg.topic, msg.payload)
         except ContractError as e:
-            self._dead_letter(msg.topic, msg.payload, str(e))
+            self._dead_letter(msg.topic, msg.payload, str(e), client)
         except Exception as e:  # a bug of ours must not stop ingest (paho's thread would die with it)
             log.exception("failed to ingest topic=%s", msg.topic)
-            self._dead_letter(msg.topic, msg.payload, f"internal error: {type(e).__name__}: {e}")
+            self._dead_letter(msg.topic, msg.payload, f"internal error: {type(e).__name__}: {e}", client)
 
     def _ingest(self, topic: str, payload: bytes, journal: bool = True) -> None:
         """Decode and queue one message (paho's thread). Only the queueing holds the ingest lock; folding
         into the machines' state happens in the tick (``_take_inbox``), which never holds up this thread.
         ``journal=False``: a replay of the journal at start (statuses in it are already stamped)."""
-        ref, kind = parse_topic(topic)  # (cached: a plant has a bounded set of topics)
+        try:
+            ref, kind = parse_topic(topic)  # (cached: a plant has a bounded set of topics)
+        except ContractError:
+            if self._unknown_topic(topic):
+                return
+            raise  # a machine topic with a bad level: a dead letter
+        if kind is Kind.CMD:
+            self._command(ref, topic, payload, journal)
+            return
         if kind not in INGEST_KINDS:
             return
         item = decode(kind, payload)
@@ -171,10 +194,12 @@ class Gateway:
             # point again, not a new one at the restart)
             item.info["sent_ts"], item.ts = item.ts, time.time()
             payload = encode_status(item.ts, item.status, **item.info)
+        if kind is Kind.OPERATOR:
+            self._check_entry(ref, item)
         if kind is Kind.TELEMETRY:
             samples = item.ts.size * len(item.signals)
         else:
-            samples = 0 if kind is Kind.STATUS else item.ts.size
+            samples = 0 if kind in (Kind.STATUS, Kind.OPERATOR) else item.ts.size
         new = False
         with self._lock:
             m = self._index.get(ref)
@@ -190,12 +215,70 @@ class Gateway:
                 self._journal.append(topic, payload)
             if kind is Kind.STATUS:
                 self.status[m] = item.status
+            if m in self.forgotten and (kind is not Kind.STATUS or item.info.get("sent_ts", 0) > self.forgotten[m]):
+                del self.forgotten[m]  # it sends again: a new start (a status older than the forget is not news)
+                log.info("forgotten machine is back machine=%s", ref.path)
             self._inbox.append((m, kind, item))
             self.stats["messages"] += 1
             self.stats["samples"] += samples
             self.last_message_at = time.time()  # wall clock: /metrics shows how long ago data came
         if new:
             log.info("new machine machine=%s", ref.path)
+
+    def _command(self, ref: MachineRef, topic: str, payload: bytes, journal: bool) -> None:
+        """A command on a machine's cmd topic. The gateway acts on ``forget`` (``fieldlab gateway forget``): the
+        machine's history and KPIs are dropped and it leaves the KPIs, the page and the API until it sends
+        again. Other commands are for the machine's simulator or edge agent."""
+        cmd = decode(Kind.CMD, payload)
+        if cmd.cmd != "forget":
+            return
+        at = cmd.args.get("at") if not journal else time.time()  # replayed: the time it first arrived
+        if not isinstance(at, (int, float)) or isinstance(at, bool):
+            at = time.time()
+        with self._lock:
+            m = self._index.get(ref)
+            if m is None:
+                log.info("forget: no such machine here machine=%s", ref.path)
+                return
+            if journal and self._journal is not None:
+                self._journal.append(topic, encode_command("forget", **{**cmd.args, "at": at}))
+            self.forgotten[m] = float(at)
+            self._inbox.append((m, FORGET, None))
+            self.stats["messages"] += 1
+        log.info("forgot machine=%s by=%s", ref.path, cmd.args.get("by", "?"))
+        client = self._client
+        if client is not None and journal:  # its retained KPIs go too (an empty retained message clears them)
+            client.publish(ref.topic(Kind.KPI), b"", qos=1, retain=True)
+
+    def _check_entry(self, ref: MachineRef, entry) -> None:
+        """An operator entry (a stop's reason, rejects counted by hand) names a machine of this gateway and a
+        reason its site knows; else ContractError (a dead letter). The engine checks the rest when it folds."""
+        if ref not in self._index:
+            raise ContractError(f"operator: no machine {ref.path} at this gateway (it has sent no data)")
+        if entry.reason is not None and entry.reason not in self.engine.known_reasons():
+            raise ContractError(f"operator.reason: {entry.reason} is not a reason code of this site; use one of "
+                                f"{', '.join(map(str, sorted(self.engine.known_reasons())))} or name it in the "
+                                f"site file's reasons:")
+
+    def _unknown_topic(self, topic: str) -> bool:
+        """Whether ``topic`` is no machine topic at all (outside fieldlab/v1/, other levels, or a kind the contract
+        does not have): then it is counted and logged at most once a minute, not dead-lettered (which would loop on
+        the dead-letter topic itself). Such messages come through an old subscription of the persistent session or a
+        bridge (docs/contract.md, Dead letters)."""
+        parts = topic.split("/")
+        if topic.startswith(ROOT + "/") and len(parts) == 7 and parts[6] in _KINDS:
+            return False
+        now = time.monotonic()
+        with self._lock:
+            self.stats["unknown_topics"] += 1
+            n, quiet = self.stats["unknown_topics"], now - self._unknown_logged_at >= UNKNOWN_LOG_S
+            if quiet:
+                self._unknown_logged_at = now
+        if quiet:
+            log.warning("ignored a message on a topic the gateway does not understand topic=%s unknown_topics=%d "
+                        "(expected %s/<site>/<area>/<line>/<machine>/<kind>; logged at most once a minute)",
+                        json.dumps(topic), n, ROOT)
+        return True
 
     def _take_inbox(self) -> tuple[list, int, dict]:
         """(messages not folded yet, machines known, statuses): a swap under the ingest lock."""
@@ -209,17 +292,20 @@ class Gateway:
         self._inbox_taken(items, n)
         return n, status
 
-    def _dead_letter(self, topic: str, payload: bytes, reason: str) -> None:
+    def _dead_letter(self, topic: str, payload: bytes, reason: str, client=None) -> None:
+        """Count, log and republish a rejected message. ``client``: the one that received it (during connect(),
+        a retained or queued message arrives before ``self._client`` is set)."""
         with self._lock:
             self.stats["dead_letters"] += 1
             self.last_error = reason
         log.warning("rejected message topic=%s reason=%s", topic, json.dumps(reason))
-        body = {"topic": topic, "error": reason, "ts": time.time()}
-        if payload[:4] == BINARY_MAGIC:  # binary telemetry (docs/contract.md) would be mangled as text
+        body = {"v": 1, "topic": topic, "error": reason, "ts": time.time()}
+        if payload[:4] == BINARY_MAGIC or topic.startswith("spBv1.0/"):  # binary (telemetry, Sparkplug's
+            # protobuf) would be mangled as text
             body["payload_base64"] = base64.b64encode(payload[:1024]).decode()
         else:
             body["payload"] = payload[:1024].decode("utf-8", "replace")
-        self._client.publish(DEADLETTER_TOPIC, json.dumps(body), qos=1)
+        (client or self._client).publish(DEADLETTER_TOPIC, json.dumps(body), qos=1)
 
     # -- lifecycle
     async def start(self) -> None:
@@ -230,7 +316,8 @@ class Gateway:
         self._client = await asyncio.to_thread(
             connect, self.broker, self.client_id, on_message=self._on_message, persistent=True,
             will=(self.status_topic, self._status_payload("offline")), on_connect=self._on_connect,
-            subscriptions=[(f"{ROOT}/{s}/+/{k.value}", 1) for s in self.scope for k in INGEST_KINDS])
+            subscriptions=[(f"{ROOT}/{s}/+/{k.value}", 1) for s in self.scope for k in (*INGEST_KINDS, Kind.CMD)]
+            + (self.sparkplug.subscriptions() if self.sparkplug else []))
         self.ready, self._ready_mono = True, time.monotonic()
         self._publish_status(force=True)  # the one sent on connecting said "starting"
         self._task = asyncio.create_task(self._run())
@@ -314,9 +401,11 @@ class Gateway:
                                     "give this one its own --client-id (or --scope) or --state-dir")
         restored = False
         with self._state_lock, self._lock:
-            got = checkpoint.load(self.checkpoint_path, self.engine)
+            extra: dict = {}
+            got = checkpoint.load(self.checkpoint_path, self.engine, extra)
             if got is not None:
                 self.machines, self.status = got
+                self.forgotten = extra.get("forgotten", {})
                 self._index = {ref: i for i, ref in enumerate(self.machines)}
                 restored = True
         done = checkpoint.covered(self.checkpoint_path) if restored else 0
@@ -367,13 +456,14 @@ class Gateway:
                         raise
                 journal = self._journal_seq - 1
                 items, self._inbox = self._inbox, []
-                n, status = len(self.machines), dict(self.status)
+                n, status, forgotten = len(self.machines), dict(self.status), dict(self.forgotten)
             if rotated:  # a thread join and an fsync (on an SD card: long): not while paho's thread waits to
                 old.close()  # queue a message; nothing writes to the old journal any more
             self._inbox_taken(items, n)
             arrays, doc = checkpoint.capture(self.engine, self.machines[:n], status)
             if rotated:
                 doc["journal"] = journal
+            doc["forgotten"] = {str(i): t for i, t in forgotten.items()}
             return seq, arrays, doc
 
     def _inbox_taken(self, items: list, n: int) -> None:
@@ -382,15 +472,34 @@ class Gateway:
         while engine.n < n:
             engine.add_machine()
         for m, kind, item in items:
-            if kind is Kind.STATE:
+            if kind is FORGET:
+                engine.forget(m)
+            elif kind is Kind.STATE:
                 engine.add_state(m, item)
             elif kind is Kind.COUNTS:
                 engine.add_counts(m, item)
             elif kind is Kind.TELEMETRY:
                 engine.add_telemetry(m, item)
+            elif kind is Kind.OPERATOR:
+                engine.add_operator(m, item)
         engine.fold()
-        if self.sinks:
-            self._to_store += items
+        for m, entry, why in engine.refused:  # a stop that is not there (any more), too many rejects ...
+            self._refuse_entry(m, entry, why)
+        applied, engine.refused, engine.applied = engine.applied, [], []
+        if self.sinks:  # operator entries only as applied, with the pieces they classified (storage.batch_lines)
+            self._to_store += [it for it in items if it[1] is not FORGET and it[1] is not Kind.OPERATOR]
+            self._to_store += [(m, Kind.OPERATOR, (entry, starts)) for m, entry, starts in applied]
+
+    def _refuse_entry(self, m: int, entry, why: str) -> None:
+        """An operator entry the engine could not apply: logged, counted and dead-lettered like a bad message
+        (only logged while the journal is replayed at start, before MQTT is up)."""
+        ref = self.machines[m]
+        topic, payload = ref.topic(Kind.OPERATOR), encode_operator(entry.ts, entry.by, entry.reason, entry.reject,
+                                                                  entry.at)
+        if self._client is None:
+            log.warning("operator entry not applied machine=%s reason=%s", ref.path, json.dumps(why))
+            return
+        self._dead_letter(topic, payload, f"operator: {why}")
 
     def checkpoint(self, captured: tuple[int, dict, dict] | None = None) -> None:
         """Write the state (captured now, or by ``_capture``) to the checkpoint file; a newer one is never
@@ -450,9 +559,14 @@ class Gateway:
             group = self.lines.update(machines)
             line_refs, line_names = list(self.lines.refs), [list(n) for n in self.lines.names]
             line_snap = self.engine.line_snapshot(group, len(line_refs))
+            buffers = [[] for _ in line_refs]  # each line's input buffers (for /api/lines and the line view)
+            for m, (ts, level, cap) in sorted(self.engine.buffers.items()):
+                if m < len(machines):
+                    buffers[group[m]].append({"machine": machines[m].machine, "level": level, "capacity": cap,
+                                              "ts": ts})
         if self.sinks:
             try:
-                self._store(to_store, machines, snap, now, line_refs, line_snap)
+                self._store(to_store, machines, snap, now, line_refs, line_snap, line_names)
             except Exception:  # storage is a sink: KPIs go on without it (its counters say what was lost)
                 log.exception("handing data to the sinks failed")
         # KPIs are retained: only the newest matter. While the broker is away they are not queued (paho would
@@ -461,19 +575,22 @@ class Gateway:
         publish = client is not None and client.is_connected()
         self._pending = []
         rows = []
+        forgotten = set(self.forgotten)
         for i, (ref, row) in enumerate(zip(machines, kpi_rows(snap))):
+            if i in forgotten:
+                continue
             row["status"] = status.get(i)
             row["tick_ts"] = wall
             if publish and row["ts"] is not None:  # a machine heard of only by its status has no KPIs yet
                 self._publish_kpi(ref, row)
             rows.append({"machine": ref, **row})
-        self.rows = rows
+        self.rows, self._rows_by_machine = rows, {r["machine"]: r for r in rows}
         line_rows = []
         for line, row in zip(line_refs, line_kpi_rows(line_snap, line_names)):  # after the machines': one per line
             row["tick_ts"] = wall
             if publish and row["ts"] is not None:
                 self._publish_kpi(line, row)
-            line_rows.append({"line": line, **row})
+            line_rows.append({"line": line, **row, "buffers": buffers[len(line_rows)]})  # not in the KPI message
         self.line_rows = line_rows
         self.ticks += 1
         self.tick_seconds = time.perf_counter() - started
@@ -485,20 +602,29 @@ class Gateway:
         """A machine's state pieces in a window of its latest KPIs (or between start and end)."""
         with self._engine_for_reading():
             i = self._index.get(machine)
-            if i is None or i >= self.engine.n:
+            if i is None or i >= self.engine.n or i in self.forgotten:
                 return None
             return self._timeline(i, self.row_of(machine), start, end, window)
 
     def row_of(self, machine: MachineRef) -> dict | None:
-        """The machine's row of the last tick (``rows`` follow the machines' order), None before its first."""
-        i, rows = self._index.get(machine), self.rows
-        return rows[i] if i is not None and i < len(rows) else None
+        """The machine's row of the last tick, None before its first (or while it is forgotten)."""
+        return self._rows_by_machine.get(machine)
 
     def timelines(self, window: str = "last_1h") -> dict[MachineRef, dict]:
         """Every machine's state pieces in a window of its latest KPIs, in one go (the dashboard's view)."""
         with self._engine_for_reading():
             return {row["machine"]: self._timeline(self._index[row["machine"]], row, None, None, window)
                     for row in self.rows}
+
+    def stops(self, machine: MachineRef, min_s: float | None = None) -> list[dict] | None:
+        """The machine's stops in the current shift that have no reason yet and last at least ``min_s`` (never
+        less than the micro-stop threshold), oldest first (the operator terminal's list); None: no such machine."""
+        with self._engine_for_reading():
+            i, row = self._index.get(machine), self.row_of(machine)
+            shift = (row or {}).get("windows", {}).get("shift") or {}
+            if i is None or i >= self.engine.n or shift.get("start") is None:
+                return None
+            return self.engine.stops(i, shift["start"], shift["end"], min_s)
 
     @contextlib.contextmanager
     def _engine_for_reading(self, timeout: float = 2.0):
@@ -524,7 +650,8 @@ class Gateway:
             for x, y, k, z in zip(s, e, c, r)]}
 
     def _store(self, items: list, machines: list[MachineRef] | None = None, snap: dict | None = None, now=None,
-               line_refs: list[LineRef] | None = None, line_snap: dict | None = None) -> None:
+               line_refs: list[LineRef] | None = None, line_snap: dict | None = None,
+               line_names: list[list[str]] | None = None) -> None:
         """Hand the new data (and, with a snapshot, every store_kpis_s the KPIs) to the sinks as line protocol."""
         out, refs = [], self.machines  # items carry the machine's index (only ever appended to)
         for m, kind, item in items:
@@ -532,7 +659,7 @@ class Gateway:
         wall = time.monotonic()
         if snap is not None and (wall - self._kpis_stored_at >= self.store_kpis_s or self._task is None):
             self._kpis_stored_at = wall
-            out += storage.kpi_lines(machines, snap, now, line_refs, line_snap)
+            out += storage.kpi_lines(machines, snap, now, line_refs, line_snap, line_names)
         for sink in self.sinks:  # a sink takes lines on the event loop's thread; the tick runs in a worker
             if self._loop is not None and not _on_loop(self._loop):
                 self._loop.call_soon_threadsafe(sink.accept, out)
@@ -602,11 +729,12 @@ def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
 
 
 MAIN_FIELDS = ("planned_s", "run_s", "operating_s", "not_scheduled_s", "breakdown_s", "stopped_s", "setup_s",
-               "small_stop_s", "good", "reject", "total", "startup_reject", "ideal_s", "parts_without_ideal",
+               "small_stop_s", "external_s", "good", "reject", "total", "startup_reject", "ideal_s", "parts_without_ideal",
                "availability", "performance", "quality", "oee", "oee_simple", "utilisation", "teep",
                "failures", "mtbf_s", "mttr_s")
 WINDOW_FIELDS = ("planned_s", "run_s", "good", "reject", "availability", "performance", "quality", "oee")
-LOSSES = ("unplanned_stops", "planned_stops", "small_stops", "slow_cycles", "production_rejects", "startup_rejects")
+LOSSES = ("unplanned_stops", "external", "planned_stops", "small_stops", "slow_cycles", "production_rejects",
+          "startup_rejects")  # the six big losses, and starved/blocked time (external) apart from the machine's own
 
 
 def _kpi_fields(snap: dict, i: int) -> dict:
@@ -636,11 +764,13 @@ def kpi_row(snap: dict, i: int) -> dict:
 
 def line_kpi_row(line_snap: dict, j: int, machines: list[str]) -> dict:
     """The KPI message of line ``j`` (docs/contract.md, kpi of a line) from engine.group_snapshot(): the
-    same shape as a machine's, without state and stop reasons, with the names and number of its machines."""
+    same shape as a machine's, without state and stop reasons, with the names and number of its machines and
+    its bottleneck (oee.bottleneck: a machine's name, or None)."""
     main = line_snap["since_start"]
+    b = int(main["bottleneck"][j])
     row = {"ts": plain(main["end"][j]),
            "window": {"name": "since_start", "start": plain(main["start"][j]), "end": plain(main["end"][j])},
-           "machines": list(machines), "n_machines": len(machines)}
+           "machines": list(machines), "n_machines": len(machines), "bottleneck": machines[b] if b >= 0 else None}
     row.update(_kpi_fields(line_snap, j))
     return row
 
@@ -695,9 +825,12 @@ def line_kpi_rows(line_snap: dict, names: list[list[str]]) -> list[dict]:
     main = line_snap["since_start"]
     start, end = _plain_list(main["start"]), _plain_list(main["end"])
     rows = []
+    bottleneck = main["bottleneck"].tolist()
     for j, fields in enumerate(_fields_of_all(line_snap, len(names))):
+        b = bottleneck[j]
         row = {"ts": end[j], "window": {"name": "since_start", "start": start[j], "end": end[j]},
-               "machines": list(names[j]), "n_machines": len(names[j])}
+               "machines": list(names[j]), "n_machines": len(names[j]),
+               "bottleneck": names[j][b] if 0 <= b < len(names[j]) else None}
         row.update(fields)
         rows.append(row)
     return rows

@@ -194,6 +194,15 @@ class _Rows:
         self.off[m], self.cap[m] = off, new
         self.top += int(new.sum())
 
+    def forget(self, m: int) -> None:
+        """Machine m has no rows any more; its segment keeps the smallest room (the rest is reclaimed)."""
+        self.fill[m] = 0
+        for name, (_, _, fill) in self.spec.items():  # row 0 of the pieces' prefix must read 0 again
+            getattr(self, name)[self.off[m]] = fill
+        keep = min(int(self.cap[m]), self.min_cap)
+        self.garbage += int(self.cap[m]) - keep
+        self.cap[m] = keep
+
     MOVE_ROWS = 1 << 18  # rows moved per step of ``drop``: bounds its temporary copies (about 20 MB)
 
     def drop(self, m: np.ndarray, k: np.ndarray) -> int:
@@ -282,6 +291,13 @@ class Timeline:
         for rows in (self.p, self.c, self.f, self.u):
             rows.machines(n)
         self.n = n
+
+    def reset(self, m: int) -> None:
+        """Machine ``m`` starts afresh, as if it had never sent anything (``KpiEngine.forget``)."""
+        for name, fill, _ in self.PER_MACHINE:
+            getattr(self, name)[m] = fill
+        for rows in (self.p, self.c, self.f, self.u):
+            rows.forget(m)
 
     def pieces(self, m: int, a: float, b: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The state timeline of machine ``m`` between a and b: (start, end, category, reason) arrays,

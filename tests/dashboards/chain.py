@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 from contract import MachineRef
+from contract.topics import gateway_status_topic
 from edge.agent import EdgeAgent
 from fieldlab.broker import free_port
 from gateway.influx import InfluxV1Sink
@@ -23,6 +24,8 @@ from simulators.feed import MACHINES as SPECS, SimulationTap
 from simulators.line import Line
 from simulators.machine import Machine
 from simulators.opcua import SimClock, Simulation
+from tests.conftest import Recorder
+from tests.helpers import validate_all
 
 #: (line, machine): three machines on line-1 (a line with buffers), one on line-2
 MACHINES = (("line-1", "cnc-01"), ("line-1", "filler-01"), ("line-1", "moulder-01"), ("line-2", "assembly-01"))
@@ -45,6 +48,7 @@ class Filled:
 async def fill(mosquitto, influxdb, site: str, db: str, tmp_path, run_s: float = RUN_S) -> Filled:
     sink = InfluxV1Sink(influxdb.url, db)
     gw = Gateway(mosquitto.url, site=site, publish_s=0.2, sinks=[sink], store_kpis_s=0.5)
+    everything = Recorder(mosquitto.url, [f"fieldlab/v1/{site}/#", gateway_status_topic(gw.client_id)])
     await gw.start()
     clock = SimClock(time.time(), SPEED)
     t0 = clock.t0
@@ -74,6 +78,12 @@ async def fill(mosquitto, influxdb, site: str, db: str, tmp_path, run_s: float =
     await gw.drain()
     await gw.stop()  # final KPIs stored, the sink drained
     assert (sink.stats["dropped"], sink.stats["rejected"], sink.backlog) == (0, 0, 0), sink.stats
+    # every message of this chain (data, agents' and gateway's status, machines' and lines' KPIs) follows its schema
+    assert everything.wait_for(lambda r: [m["status"] for m in r.got(gateway_status_topic(gw.client_id))][-1:]
+                               == ["offline"])  # the gateway's last message
+    everything.close()
+    seen = validate_all(everything.messages)
+    assert {"state.json", "counts.json", "status.json", "kpi.json", "gateway-status.json"} <= set(seen), seen
     first = influxdb.query('SELECT first("state") FROM "state"', db)[0]["values"][0][0]
     last = influxdb.query('SELECT last("oee") FROM "kpi"', db)[0]["values"][0][0]
     return Filled(db, site, "hall-1", MACHINES, first, last, {m.spec.name: m.ledger_now() for m in machines})

@@ -23,9 +23,9 @@ def model(request):
     return MODELS[request.param]
 
 
-def test_four_dashboards_with_stable_unique_uids():
+def test_five_dashboards_with_stable_unique_uids():
     uids = [m["uid"] for m in MODELS.values()]
-    assert uids == ["fieldlab-overview", "fieldlab-machine", "fieldlab-losses", "fieldlab-shift"]
+    assert uids == ["fieldlab-overview", "fieldlab-machine", "fieldlab-losses", "fieldlab-shift", "fieldlab-lines"]
     assert dashboards() == MODELS, "generating twice must give the same JSON"
 
 

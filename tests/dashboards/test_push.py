@@ -10,7 +10,7 @@ import pytest
 
 from contract.errors import ServiceError
 from dashboards import DATASOURCE_UID
-from dashboards.build import dashboards
+from dashboards.build import BUILDERS, dashboards
 from dashboards.push import Datasource, Pusher
 from fieldlab.cli import main
 
@@ -67,7 +67,7 @@ def test_a_changed_dashboard_is_updated_and_only_that_one(grafana):
     result = Pusher(grafana.url, TOKEN, out=lines.append).push(Datasource())
     assert result["dashboard fieldlab-losses"] == "updated"
     assert [r for k, r in result.items() if k.startswith("dashboard") and k != "dashboard fieldlab-losses"] == \
-        ["unchanged"] * 3
+        ["unchanged"] * (len(BUILDERS) - 1)
     assert grafana.saves()[before:] == [("POST", "/api/dashboards/db")]
     back = grafana.dashboards["fieldlab-losses"]["dashboard"]
     assert back["version"] == 3 and back["title"] == dashboards()["losses"]["title"]
@@ -127,7 +127,7 @@ def test_a_read_only_token_gives_one_clear_line(grafana, tmp_path, capsys):
 def test_token_file_and_token_option(grafana, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("FIELDLAB_GRAFANA_TOKEN", raising=False)
     assert main(["dashboards", "push", "--url", grafana.url, "--no-datasource", "--token", TOKEN]) == 0
-    assert grafana.datasources == {} and len(grafana.dashboards) == 4
+    assert grafana.datasources == {} and len(grafana.dashboards) == len(BUILDERS)
     assert main(["dashboards", "push", "--url", grafana.url]) == 2
     assert "no Grafana token: set FIELDLAB_GRAFANA_TOKEN or give --token-file" in capsys.readouterr().err
     assert main(["dashboards", "push", "--url", grafana.url, "--token-file", str(tmp_path / "missing")]) == 2
@@ -156,7 +156,8 @@ def test_bad_url_and_password_without_user(capsys, monkeypatch):
 
 def test_build_command_writes_and_checks(tmp_path, capsys):
     assert main(["dashboards", "build", "--out", str(tmp_path)]) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["losses.json", "machine.json", "overview.json", "shift.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lines.json", "losses.json", "machine.json", "overview.json",
+                                                          "shift.json"]
     assert json.loads((tmp_path / "machine.json").read_text())["uid"] == "fieldlab-machine"
     assert main(["dashboards", "build", "--out", str(tmp_path), "--check"]) == 0
     (tmp_path / "shift.json").write_text("{}")

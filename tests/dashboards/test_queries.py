@@ -79,7 +79,8 @@ def test_six_losses_equal_the_gateways_own(filled, influxdb, mosquitto, recorder
     assert sorted(rows) == sorted(m for _, m in filled.machines)
     for machine, row in rows.items():
         lost = published[machine]["losses"]
-        expected = {"unplanned stops": lost["unplanned_stops"]["s"], "planned stops (setup)": lost["planned_stops"]["s"],
+        expected = {"unplanned stops": lost["unplanned_stops"]["s"], "external (line)": lost["external"]["s"],
+                    "planned stops (setup)": lost["planned_stops"]["s"],
                     "small stops": lost["small_stops"]["s"], "slow cycles": lost["slow_cycles"]["s"],
                     "rejects": lost["production_rejects"]["s"] + lost["startup_rejects"]["s"]}
         for name, value in expected.items():

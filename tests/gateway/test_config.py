@@ -23,7 +23,7 @@ def test_the_example_file_loads():
     cfg = config.load(EXAMPLE)
     assert cfg.timezone == "Europe/Amsterdam"
     assert [s.name for s in cfg.shifts] == ["early", "late"]
-    assert cfg.conventions.packml == {2: oee.SETUP} and cfg.conventions.reasons == {301: oee.SETUP}
+    assert cfg.conventions.packml == {2: oee.SETUP} and cfg.conventions.reasons == {**oee.DEFAULT_REASONS, 301: oee.SETUP}
 
 
 @pytest.mark.parametrize("text, message", [

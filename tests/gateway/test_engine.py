@@ -188,3 +188,32 @@ def test_a_state_kept_for_days_keeps_the_earlier_calendar():
         e.fold()
     k = e.snapshot()["since_start"]
     assert (k["known_s"][0], k["not_scheduled_s"][0], k["run_s"][0]) == (108 * 3600, 4 * 8 * 3600, 76 * 3600)
+
+
+def test_a_forgotten_machine_starts_afresh_and_the_others_are_untouched():
+    """``fieldlab gateway forget``: machine 0's history goes (pending data too); its next counter reading is a new
+    baseline; machine 1 is the same as in an engine that never had machine 0's data."""
+    e, alone = KpiEngine(), KpiEngine()
+    for eng in (e, alone):
+        eng.add_machine(), eng.add_machine()
+    for eng in (e, alone):
+        eng.add_state(1, states([0, 500], [EXECUTE, HELD]))
+        eng.add_counts(1, counts([0, 400], [0, 40], [0, 1]))
+    e.add_state(0, states([0, 100], [EXECUTE, HELD]))
+    e.add_counts(0, counts([0, 50], [0, 50], [0, 5]))
+    e.fold()
+    e.add_counts(0, counts([60], [60], [5]))  # pending: dropped with the rest
+    e.forget(0)
+    e.fold()
+    alone.fold()
+    k, a = e.snapshot()["since_start"], alone.snapshot()["since_start"]
+    assert np.isnan(k["planned_s"][0]) or k["planned_s"][0] == 0
+    assert k["good"][0] == 0 and e.timeline.p.fill[0] == 0 and e.timeline.c.fill[0] == 0
+    for kpi in ("planned_s", "run_s", "good", "reject", "oee"):
+        np.testing.assert_array_equal(k[kpi][1], a[kpi][1], err_msg=kpi)
+    # it sends again: counters from their new first reading, state from its new first change
+    e.add_state(0, states([1000, 1100], [EXECUTE, HELD]))
+    e.add_counts(0, counts([1000, 1090], [70, 79], [5, 5]))
+    e.fold()
+    k = e.snapshot()["since_start"]
+    assert (k["good"][0], k["reject"][0]) == (9, 0) and k["run_s"][0] == 100.0

@@ -96,7 +96,7 @@ def test_line_kpis_come_from_summed_totals():
     pp = sum(v["pp"] for v in rows[0]["losses"].values())
     assert pp == pytest.approx(100 * (1 - rows[0]["oee"]))
     # the line message is a valid kpi message (decoder and JSON schema)
-    body = contract.encode_kpi(rows[0])
+    body = contract.encode_kpi({**rows[0], "tick_ts": T0 + 1001.0})  # as the tick publishes it, with its clock
     decode_kpi(body)
     schema = json.loads((SCHEMAS / "kpi.json").read_text())
     jsonschema.validate(json.loads(body), schema)
