@@ -9,7 +9,8 @@ From a plant file (``deploy/plant.example.yaml``) it writes, into a directory th
   ``mosquitto_passwd`` 2.x); a line whose password did not change is kept as it is.
 - ``mosquitto/acl``: every edge agent (user ``edge-<machine>``) may publish only its own machine's
   telemetry, state, counts and status and read only its own commands; the gateway reads everything
-  and publishes KPIs and dead letters; viewers only read; operators also send commands.
+  and publishes KPIs and dead letters (and its web app's commands and operator entries); viewers only read;
+  operators also send commands and operator entries (a stop's reason, rejects counted by hand).
 - ``mosquitto/mosquitto.conf``: no anonymous clients, the password file and ACL, persistence, each
   client's id replaced by its user name (nobody can take over another user's session), a cap on
   the size of a message (``broker.max_message_size``), and with ``--tls`` a TLS listener on 8883
@@ -25,9 +26,6 @@ Nothing here talks to a broker: the tests start a real Mosquitto with the genera
 """
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import os
 import pwd
 import secrets
@@ -41,6 +39,7 @@ from ipaddress import ip_address
 from pathlib import Path
 
 from contract.errors import ServiceError
+from contract.passwords import hash_matches, mosquitto_hash  # noqa: F401 (moved to contract: the web login uses them)
 from contract.topics import _LEVEL, DEADLETTER_TOPIC, GATEWAY_STATUS_PREFIX, ROOT, Kind, MachineRef
 from contract.yamlfile import YamlFile, size
 
@@ -57,7 +56,6 @@ IMAGE_UID = 10001
 #: Secrets of the compose stack's other services, written once to compose.env (docker compose --env-file).
 COMPOSE_SECRETS = ("INFLUXDB_ADMIN_PASSWORD", "INFLUXDB_WRITE_USER_PASSWORD", "INFLUXDB_READ_USER_PASSWORD",
                    "GRAFANA_ADMIN_PASSWORD")
-PBKDF2_ITERATIONS = 101  # mosquitto_passwd 2.0's default
 OPENSSL_HINT = "install it with: sudo apt-get install -y openssl"
 
 
@@ -79,6 +77,15 @@ class Bridge:
 
 
 @dataclass
+class PiSettings:
+    """``pi:`` of the plant file: the broker, gateway and edge agents on one Raspberry Pi (``--layout pi``,
+    fieldlab/onepi.py, docs/one-pi.md)."""
+    tls: bool = True  # MQTT for the network over TLS on 8883; False: plain on 1883 (passwords in clear text)
+    influx: str | None = None  # also store in InfluxDB at this URL (None: no InfluxDB)
+    http_port: int = 8080  # the dashboard and operator terminal, on every interface
+
+
+@dataclass
 class Plant:
     path: str
     site: str | None  # None: a central broker (no machines of its own)
@@ -90,6 +97,7 @@ class Plant:
     operators: list[str] = field(default_factory=list)
     sites: list[str] = field(default_factory=list)  # central broker: sites that bridge in
     bridge: Bridge | None = None
+    pi: PiSettings = field(default_factory=PiSettings)  # read by --layout pi only
 
     @property
     def users(self) -> list[str]:
@@ -118,7 +126,7 @@ def load_plant(path: str | Path) -> Plant:
     data = doc.data
     if not isinstance(data, dict):
         raise doc.error("", "expected keys like site:, machines: (see deploy/plant.example.yaml)")
-    known = ("site", "machines", "broker", "gateways", "viewers", "operators", "sites", "bridge")
+    known = ("site", "machines", "broker", "gateways", "viewers", "operators", "sites", "bridge", "pi")
     for key in data:
         if key not in known:
             raise doc.error(str(key), f"unknown key; the keys are {', '.join(known)}")
@@ -175,6 +183,8 @@ def load_plant(path: str | Path) -> Plant:
         raise doc.error(key, f"user {taken[0]} is listed twice; every MQTT user has one role")
     if "bridge" in data:
         plant.bridge = _bridge(doc, data["bridge"])
+    if "pi" in data:
+        plant.pi = _pi(doc, data["pi"])
     return plant
 
 
@@ -233,26 +243,42 @@ def _bridge(doc: YamlFile, b) -> Bridge:
     return Bridge(address, str(b.get("username") or bridge_user(site)), files["password_file"], files.get("ca_file"))
 
 
+def _pi(doc: YamlFile, p) -> PiSettings:
+    keys = ("tls", "influx", "http_port")
+    if p is None:  # pi: with every key commented out: the defaults
+        p = {}
+    if not isinstance(p, dict):
+        raise doc.error("pi", "write tls: (true or false), and optionally influx: (a URL) and http_port:")
+    for key in p:
+        if key not in keys:
+            raise doc.error(f"pi.{key}", f"unknown key; the keys are {', '.join(keys)}")
+    if doc.data.get("site") is None:
+        raise doc.error("pi", "pi: is for a site with machines (site:), not for the central broker")
+    out = PiSettings()
+    if "tls" in p:
+        if not isinstance(p["tls"], bool):
+            raise doc.error("pi.tls", "write true (MQTT over TLS for the network) or false (plain MQTT: passwords "
+                            "cross the network in clear text)")
+        out.tls = p["tls"]
+    if p.get("influx") is not None:
+        url = str(p["influx"])
+        scheme, _, rest = url.partition("://")
+        if scheme not in ("http", "https") or not rest:
+            raise doc.error("pi.influx", f"{url!r}: write InfluxDB's address, like http://127.0.0.1:8086, or leave "
+                            "influx: out (no InfluxDB)")
+        if ":" in rest.split("@", 1)[0] and "@" in rest:
+            raise doc.error("pi.influx", "no password in the address: write http://gateway@127.0.0.1:8086 and put "
+                            "FIELDLAB_INFLUX_PASSWORD=... in gateway.env next to the credentials (docs/one-pi.md)")
+        out.influx = url
+    if "http_port" in p:
+        port = p["http_port"]
+        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+            raise doc.error("pi.http_port", f"{port!r}: write a port number between 1 and 65535, like 8080")
+        out.http_port = port
+    return out
+
+
 # --- the password file ---
-
-def mosquitto_hash(password: str, salt: bytes | None = None, iterations: int = PBKDF2_ITERATIONS) -> str:
-    """The password as Mosquitto 2.x stores it: ``$7$<iterations>$<salt>$<PBKDF2-SHA512>`` (base64)."""
-    salt = secrets.token_bytes(12) if salt is None else salt
-    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations, 64)
-    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
-
-
-def hash_matches(stored: str, password: str) -> bool:
-    """Whether a ``$7$`` entry of a Mosquitto password file is this password (False for other formats)."""
-    parts = stored.split("$")
-    if len(parts) != 5 or parts[1] != "7" or not parts[2].isdigit():
-        return False
-    try:
-        salt = base64.b64decode(parts[3], validate=True)
-    except ValueError:
-        return False
-    return hmac.compare_digest(mosquitto_hash(password, salt, int(parts[2])), stored)
-
 
 def passwd_text(passwords: dict[str, str], old: str = "") -> str:
     """The password file for ``passwords``; a user's old line is kept if it still matches (no churn)."""
@@ -274,8 +300,12 @@ def acl_text(plant: Plant) -> str:
     for user in plant.gateways:
         out += ["", f"user {user}", f"topic read {scope}/#",
                 f"topic write {scope}/+/+/+/kpi",  # machines' and lines' (machine level _line) KPIs
+                # its web app's writes (docs/web.md): operator entries, and commands (product switch, faults)
+                f"topic write {scope}/+/+/+/{Kind.OPERATOR.value}", f"topic write {scope}/+/+/+/{Kind.CMD.value}",
                 f"topic write {DEADLETTER_TOPIC}",
-                f"topic readwrite {GATEWAY_STATUS_PREFIX}/#"]  # its retained status and last will
+                f"topic readwrite {GATEWAY_STATUS_PREFIX}/#",  # its retained status and last will
+                "topic read spBv1.0/#",  # Sparkplug B groups, if its site file reads any (docs/contract.md)
+                "topic write spBv1.0/+/NCMD/+"]  # ... and its rebirth requests to their edge nodes
     for m in plant.machines:
         out += ["", f"user {agent_user(m.machine)}"]
         out += [f"topic write {m.topic(k)}" for k in AGENT_KINDS]
@@ -285,7 +315,8 @@ def acl_text(plant: Plant) -> str:
         out += ["", f"user {user}", f"topic read {scope}/#", gateways]
     for user in plant.operators:
         out += ["", f"user {user}", f"topic read {scope}/#", gateways,
-                f"topic write {scope}/+/+/+/{Kind.CMD.value}"]
+                f"topic write {scope}/+/+/+/{Kind.CMD.value}",
+                f"topic write {scope}/+/+/+/{Kind.OPERATOR.value}"]  # a stop's reason from Node-RED, an MES
     for site in plant.sites:  # what a site's bridge may carry: its own site's topics, both ways
         out += ["", f"user {bridge_user(site)}", f"topic readwrite {ROOT}/{site}/#"]
     return "\n".join(out) + "\n"

@@ -23,7 +23,7 @@ import yaml
 from contract.mqtt import BrokerUrl, connect, wait_published
 from contract.yamlfile import YamlFile
 from edge import config as edge_config
-from fieldlab import cli, deploy
+from fieldlab import cli, deploy, onepi
 from fieldlab.broker import ConfiguredMosquitto, free_port, mosquitto_binary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,7 +47,9 @@ def secrets_dir():
     """fieldlab deploy --layout compose --tls, into a temp dir a broker user could enter."""
     out = Path(tempfile.mkdtemp(prefix="fieldlab-compose-"))
     out.chmod(0o755)
-    deploy.generate(deploy.load_plant(ROOT / "deploy/compose/plant.yaml"), out, tls=True, layout="compose")
+    plant = deploy.load_plant(ROOT / "deploy/compose/plant.yaml")
+    deploy.generate(plant, out, tls=True, layout="compose")
+    onepi.web_login(plant, out)  # as `fieldlab deploy` does for every layout: the operator terminal's logins
     yield out
     shutil.rmtree(out)
 

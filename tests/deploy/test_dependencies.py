@@ -11,7 +11,9 @@ from tests.contract.test_layering import imported_packages
 ROOT = Path(__file__).resolve().parents[2]
 OURS = {"contract", "edge", "gateway", "simulators", "fieldlab"}
 # import name -> distribution name, where they differ
-DIST = {"paho": "paho-mqtt", "yaml": "pyyaml", "influxdb_client": "influxdb-client"}
+DIST = {"paho": "paho-mqtt", "yaml": "pyyaml", "influxdb_client": "influxdb-client", "google": "protobuf"}
+#: contract modules only the edge agent and the gateway import (Sparkplug B: protobuf is in their extras only)
+EDGE_AND_GATEWAY_ONLY = {"sparkplug.py", "sparkplug_b_pb2.py"}
 
 
 def requirements(extras: list[str]) -> set[str]:
@@ -26,6 +28,8 @@ def third_party(packages: list[str]) -> set[str]:
     names = set()
     for pkg in packages:
         for path in (ROOT / pkg).rglob("*.py"):
+            if pkg == "contract" and path.name in EDGE_AND_GATEWAY_ONLY and not {"edge", "gateway"} & set(packages):
+                continue
             names |= imported_packages(path)
     names -= OURS | set(sys.stdlib_module_names)
     return {DIST.get(n, n).lower() for n in names}

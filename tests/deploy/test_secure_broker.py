@@ -172,6 +172,22 @@ def test_gateway_publishes_kpis_and_viewers_only_read(stack):
         viewer.close()
 
 
+def test_operator_entries_come_from_the_gateways_web_app_and_operators_only(stack):
+    """The operator terminal publishes through the gateway's connection (operator entries, a product switch);
+    Node-RED or an MES as an operator user may send operator entries too; an agent or a viewer may not."""
+    gw = Listener(_url(stack, "gateway"), "fieldlab/v1/acme/#")
+    try:
+        entry, cmd = _topic("cnc-01", "operator"), _topic("cnc-01", "cmd")
+        _publish(_url(stack, "edge-cnc-01"), entry)
+        _publish(_url(stack, "node-red"), entry)
+        _publish(_url(stack, "trainer"), entry)
+        assert gw.next() == entry and gw.got.empty()
+        _send(gw.client, entry, cmd)
+        assert [gw.next(), gw.next()] == [entry, cmd]
+    finally:
+        gw.close()
+
+
 def test_tls_with_the_generated_ca_works_and_another_ca_is_refused(stack, tmp_path):
     gw = Listener(_url(stack, "gateway", tls=True), _topic("cnc-01", "telemetry"))
     try:
@@ -530,3 +546,25 @@ def test_a_broker_that_cannot_start_says_why_from_its_own_log(tmp_path):
     conf.write_text(f"listener {port} 127.0.0.1\npassword_file {tmp_path}/missing\n")
     with pytest.raises(ServiceError, match=rf"did not start on port\(s\) {port}: .*(?s:.*)missing"):
         ConfiguredMosquitto(conf, [port], tmp_path / "log").start(timeout=5)
+
+
+def test_every_layout_writes_the_operator_terminal_logins(tmp_path):
+    """``fieldlab deploy`` (not only --layout pi) writes a PIN per operator of the plant file and the web app's
+    signing key, outside git and 0600; the gateway reads them (gateway/auth.py) and a PIN logs in."""
+    import subprocess
+    import sys
+
+    from gateway.auth import Auth, read_users
+
+    out = tmp_path / "secrets"
+    run = subprocess.run([sys.executable, "-m", "fieldlab", "deploy", str(Path(__file__).resolve().parents[2] / "deploy" / "plant.example.yaml"),
+                          "--out", str(out)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert "FIELDLAB_WEB_USERS=" in run.stdout
+    users = read_users(str(out / "web" / "users"))
+    assert set(users) == {"trainer"} and users["trainer"][0] == {"operator"}
+    pin = (out / "web" / "pins" / "trainer").read_text().strip()
+    assert Auth(users=users).by_pin("trainer", pin) is not None and Auth(users=users).by_pin("trainer", "x") is None
+    for f in (out / "web" / "users", out / "web" / "key", out / "web" / "pins" / "trainer"):
+        assert f.stat().st_mode & 0o777 == 0o600, f
+    assert pin not in run.stdout  # the PIN is in its file, not on the screen
