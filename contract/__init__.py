@@ -6,9 +6,9 @@ agents, the gateway and the simulators all import it. See docs/contract.md.
 from .errors import ContractError
 from .payloads import (
     BINARY_MAGIC, MAX_BATCH, PACKML, REASONS, SIMPLE, STATE_MODELS, TS_MAX, TS_MIN, VERSION, Command, CountsBatch,
-    StateBatch, Status, TelemetryBatch, decode, decode_command, decode_counts, decode_kpi, decode_state, decode_status,
-    decode_telemetry, encode_command, encode_counts, encode_kpi, encode_state, encode_status,
-    encode_telemetry, encode_telemetry_binary,
+    OperatorEntry, StateBatch, Status, TelemetryBatch, decode, decode_command, decode_counts, decode_kpi,
+    decode_operator, decode_state, decode_status, decode_telemetry, encode_command, encode_counts, encode_kpi,
+    encode_operator, encode_state, encode_status, encode_telemetry, encode_telemetry_binary,
 )
 from .topics import (
     DEADLETTER_TOPIC, LINE, QOS, RETAINED, ROOT, Kind, LineRef, MachineRef, line_subscription, parse_line_topic,
@@ -17,7 +17,7 @@ from .topics import (
 
 __all__ = [
     "BINARY_MAGIC", "ContractError", "MAX_BATCH", "PACKML", "REASONS", "SIMPLE", "STATE_MODELS", "TS_MAX", "TS_MIN",
-    "VERSION", "Command",
+    "VERSION", "Command", "OperatorEntry", "decode_operator", "encode_operator",
     "CountsBatch", "StateBatch", "Status", "TelemetryBatch", "decode", "decode_command",
     "decode_counts", "decode_kpi", "decode_state", "decode_status", "decode_telemetry",
     "encode_command", "encode_counts", "encode_kpi", "encode_state", "encode_status",

@@ -38,10 +38,12 @@ class Kind(str, Enum):
     STATUS = "status"  # birth/death of the publisher, retained, MQTT last will
     KPI = "kpi"  # gateway output, retained
     CMD = "cmd"  # commands to simulators / edge agents
+    OPERATOR = "operator"  # what people enter about a machine: a stop's reason, rejects counted by hand
 
 
 #: Which kinds carry data that must not be lost (published with QoS 1).
-QOS = {Kind.TELEMETRY: 1, Kind.STATE: 1, Kind.COUNTS: 1, Kind.STATUS: 1, Kind.KPI: 1, Kind.CMD: 1}
+QOS = {Kind.TELEMETRY: 1, Kind.STATE: 1, Kind.COUNTS: 1, Kind.STATUS: 1, Kind.KPI: 1, Kind.CMD: 1,
+       Kind.OPERATOR: 1}
 #: Which kinds are retained by the broker (a late subscriber sees the last one).
 RETAINED = frozenset({Kind.STATUS, Kind.KPI})
 
@@ -59,6 +61,13 @@ GATEWAY_STATUS_PREFIX = f"{ROOT}/_sys/gateway"
 def gateway_status_topic(client_id: str) -> str:
     """The retained status topic of the gateway with this MQTT client id (docs/contract.md, gateway status)."""
     return f"{GATEWAY_STATUS_PREFIX}/{client_id}/status"
+
+
+def sim_machines_topic(site: str, area: str, line: str) -> str:
+    """Where a simulator that takes ``cmd`` messages for a line says which machines it has, retained
+    (``fieldlab/v1/_sys/sim/<site>/<area>/<line>/machines``; docs/contract.md, simulator machines)."""
+    MachineRef(site, area, line, "m")  # the names as the contract allows them
+    return f"{ROOT}/_sys/sim/{site}/{area}/{line}/machines"
 
 
 @dataclass(frozen=True, order=True)

@@ -74,3 +74,51 @@ class KeepLines:
 
     async def stop(self):
         pass
+
+
+def schema_name(topic: str) -> str | None:
+    """The contract/schemas file that describes a message on ``topic`` (docs/contract.md, Topics), None if none."""
+    parts = topic.split("/")
+    if parts[:2] != ["fieldlab", "v1"]:
+        return None
+    if topic == "fieldlab/v1/_sys/deadletter":
+        return "dead-letter.json"
+    if len(parts) == 6 and parts[2:4] == ["_sys", "gateway"] and parts[5] == "status":
+        return "gateway-status.json"
+    if len(parts) == 8 and parts[2:4] == ["_sys", "sim"] and parts[7] == "machines":
+        return "sim-machines.json"  # a simulator's machines (docs/contract.md, simulator machines)
+    if len(parts) == 6 and parts[2:4] == ["_sys", "sim"] and parts[5] in ("scenario", "cmd"):
+        return f"{parts[5]}.json"  # a simulation's scenario message, the start command (docs/contract.md)
+    return f"{parts[6]}.json" if len(parts) == 7 and not parts[2].startswith("_") else None
+
+
+def validate_all(messages) -> dict[str, int]:
+    """Validate every (topic, payload, retained) against its schema by topic; binary telemetry (no JSON, no
+    schema) must decode. Fails listing what does not validate; returns how many messages each schema checked."""
+    import json
+    from collections import Counter
+    from pathlib import Path
+
+    import jsonschema
+
+    import contract
+
+    folder = Path(contract.__file__).parent / "schemas"
+    validators, seen, bad = {}, Counter(), []
+    for topic, payload, _ in messages:
+        name = schema_name(topic)
+        if name is None:
+            bad.append(f"{topic}: no schema for this topic")
+            continue
+        if name == "telemetry.json" and payload[:4] == contract.BINARY_MAGIC:
+            contract.decode(contract.Kind.TELEMETRY, payload)
+            seen["telemetry (binary)"] += 1
+            continue
+        if name not in validators:
+            validators[name] = jsonschema.Draft202012Validator(json.loads((folder / name).read_text()))
+        errors = list(validators[name].iter_errors(json.loads(payload)))
+        if errors:
+            bad.append(f"{topic} ({name}): {errors[0].message} at {list(errors[0].absolute_path)}: {payload[:200]!r}")
+        seen[name] += 1
+    assert not bad, f"{len(bad)} of {len(messages)} messages do not validate:\n" + "\n".join(bad[:10])
+    return dict(seen)

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from fieldlab.broker import free_port
+from tests.helpers import validate_all
 from gateway.oee import DEFAULT
 
 
@@ -23,9 +24,14 @@ def fieldlab(*args, timeout=120):
                           timeout=timeout, env=env, stdin=subprocess.DEVNULL)
 
 
-def test_kpis_on_mqtt_agree_with_what_the_machines_did(mosquitto, recorder, tmp_path):
+def test_kpis_on_mqtt_agree_with_what_the_machines_did(own_mosquitto, recorder, tmp_path):
+    mosquitto = own_mosquitto  # a broker of its own: every message on it is this run's (all are validated below)
     ledger_file = tmp_path / "ledger.json"
     opc = free_port(count=3)
+    # everything the chain publishes, for the schemas; a retained message in milliseconds provokes a dead letter
+    everything = recorder(mosquitto.url, "fieldlab/v1/#")
+    bad = "fieldlab/v1/demo/hall-1/line-1/bad-01/counts"
+    everything.publish(bad, b'{"v": 1, "ts": [1765432100123], "good": [1], "reject": [0]}', retain=True)
     # 12 s at 300x: an hour of production, with breakdowns and material shortages
     r = fieldlab("demo", "--broker", f"mqtt://127.0.0.1:{mosquitto.port}", "--duration", "12", "--speed", "300",
                  "--opcua-port", str(opc), "--seed", "3", "--ledger", str(ledger_file))
@@ -73,6 +79,15 @@ def test_kpis_on_mqtt_agree_with_what_the_machines_did(mosquitto, recorder, tmp_
     # the table shows every machine
     for path in ledger:
         assert path in r.stdout
+    # every message the whole chain published validates against its schema (docs/contract.md), by topic
+    seen = validate_all([m for m in everything.messages if m[0] != bad])
+    assert {"state.json", "counts.json", "status.json", "kpi.json", "gateway-status.json", "dead-letter.json"} <= \
+        set(seen) and ("telemetry.json" in seen or "telemetry (binary)" in seen), seen
+    assert seen["kpi.json"] > 4  # machines' and the line's, every tick
+    (letter,) = everything.got("fieldlab/v1/_sys/deadletter")
+    assert letter["topic"] == bad and "is milliseconds since 1970" in letter["error"]
+    with pytest.raises(AssertionError, match="do not validate"):  # the schema refuses it too
+        validate_all([m for m in everything.messages if m[0] == bad])
 
 
 @pytest.mark.parametrize("impl", ["mosquitto", "amqtt"])
@@ -168,3 +183,21 @@ def test_ctrl_c_stops_cleanly_with_the_final_table():
     assert p.returncode == 0, err
     assert "final KPIs" in out and "filler-01" in out.split("final KPIs")[1]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
+
+
+def test_the_hints_name_a_command_that_works_from_here(tmp_path, monkeypatch):
+    """After `./run demo` the bare `fieldlab` is not on PATH: the demo's hints say ./run (issue 14)."""
+    from pathlib import Path
+
+    from fieldlab.demo import command_name
+
+    root = Path(__file__).resolve().parents[2]
+    venv_bin = str(root / ".venv" / "bin")
+    monkeypatch.chdir(root)
+    bare = {"PATH": "/usr/bin:/bin"}
+    assert command_name(".venv/bin/fieldlab", bare) == "./run"  # what ./run execs, from the checkout
+    assert command_name(".venv/bin/fieldlab", {"PATH": venv_bin}) == "fieldlab"  # an activated venv
+    assert command_name("/x/fieldlab/__main__.py", bare) == f"{sys.executable} -m fieldlab"
+    assert command_name(".venv/bin/fieldlab", {**bare, "FIELDLAB_RUN": "./run"}) == "./run"
+    monkeypatch.chdir(tmp_path)  # elsewhere, no run script: the path that was used
+    assert command_name(f"{venv_bin}/fieldlab", bare) == f"{venv_bin}/fieldlab"
