@@ -74,6 +74,38 @@ def command_name(argv0: str | None = None, env=None) -> str:
 SCENARIO_T0 = 1_800_000_000.0
 
 
+def start_machines(engine, machines, t0: float) -> list[int]:
+    """Add simulated machines to a KpiEngine with their state and zero counters at t0; their engine ids."""
+    import numpy as np
+
+    from contract import CountsBatch, StateBatch
+
+    ids = [engine.add_machine() for _ in machines]
+    for i, m in zip(ids, machines):
+        engine.add_state(i, StateBatch(np.array([t0]), np.array([m.state]), np.array([m.reason])))
+        engine.add_counts(i, CountsBatch(np.array([t0]), np.array([0]), np.array([0]), m.spec.product,
+                                         m.spec.ideal_cycle_s))
+    return ids
+
+
+def advance_machines(engine, ids, machines, t: float) -> None:
+    """Run simulated machines to t and hand their state changes and counter readings to the engine
+    (with a counter sample at t: an unchanged sample tells the engine the machine's "now")."""
+    import numpy as np
+
+    from contract import CountsBatch, StateBatch
+
+    for i, m in zip(ids, machines):
+        events = m.advance(t)
+        st = [e for e in events if e[0] == "state"]
+        if st:
+            engine.add_state(i, StateBatch(np.array([e[1] for e in st]), np.array([e[2] for e in st]),
+                                           np.array([e[3] for e in st])))
+        c = [e for e in events if e[0] == "count"] + [("count", t, m.good, m.reject)]
+        engine.add_counts(i, CountsBatch(np.array([e[1] for e in c]), np.array([e[2] for e in c]),
+                                         np.array([e[3] for e in c]), m.spec.product, m.spec.ideal_cycle_s))
+
+
 def scenario_kpis(s, t0: float = SCENARIO_T0, step_s: float = 3600.0) -> tuple[dict, list[Machine]]:
     """Run a scenario headless and feed every machine's events to the gateway's engine with its default
     configuration (as ``fieldlab demo`` without --config): the KPIs since the start per machine and, with
@@ -81,31 +113,17 @@ def scenario_kpis(s, t0: float = SCENARIO_T0, step_s: float = 3600.0) -> tuple[d
     and the machines. The same code checks the shipped files (tests/simulators/test_scenarios.py)."""
     import numpy as np
 
-    from contract import CountsBatch, StateBatch
     from gateway.config import SiteConfig
     from gateway.engine import KpiEngine
     from simulators.scenario import COUNTS, RATIOS
 
     engine = KpiEngine(SiteConfig())
     machines = s.machines(t0)
-    ids = [engine.add_machine() for _ in machines]
-    for i, m in zip(ids, machines):  # the state and zero counters at the start
-        engine.add_state(i, StateBatch(np.array([t0]), np.array([m.state]), np.array([m.reason])))
-        engine.add_counts(i, CountsBatch(np.array([t0]), np.array([0]), np.array([0]), m.spec.product,
-                                         m.spec.ideal_cycle_s))
+    ids = start_machines(engine, machines, t0)
     end, t = t0 + s.duration_s, t0
     while t < end:
         t = min(end, t + step_s)
-        for i, m in zip(ids, machines):
-            events = m.advance(t)
-            st = [e for e in events if e[0] == "state"]
-            if st:
-                engine.add_state(i, StateBatch(np.array([e[1] for e in st]), np.array([e[2] for e in st]),
-                                               np.array([e[3] for e in st])))
-            # every count, then a sample at t: an unchanged one tells the engine the machine's "now"
-            c = [e for e in events if e[0] == "count"] + [("count", t, m.good, m.reject)]
-            engine.add_counts(i, CountsBatch(np.array([e[1] for e in c]), np.array([e[2] for e in c]),
-                                             np.array([e[3] for e in c]), m.spec.product, m.spec.ideal_cycle_s))
+        advance_machines(engine, ids, machines, t)
         engine.fold()
     k = engine.snapshot()["since_start"]
 

@@ -1,4 +1,4 @@
-"""Text tables for ``fieldlab oee``: KPIs per machine and line, then the six big losses."""
+"""Text tables for ``fieldlab oee``: KPIs per machine and line, then the six big losses and external (line) time."""
 from __future__ import annotations
 
 from .table import pct, sim_time
@@ -33,7 +33,7 @@ def render(rows: list[dict]) -> str:
                        f"{r['good']:>7.0f} {r['reject']:>6.0f} {r['failures']:>4.0f} {_min(r['mtbf_s'])} "
                        f"{_min(r['mttr_s'])}")
         out.append("")
-        head = f"{'six big losses, min (OEE points)':<34}" + "".join(f"{label:>15}" for _, label in LOSSES)
+        head = f"{'losses, min (OEE points)':<34}" + "".join(f"{label:>15}" for _, label in LOSSES)
         out += [head, "-" * len(head)]
         for r in rs:
             cells = "".join(

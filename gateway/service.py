@@ -229,7 +229,10 @@ class Gateway:
         """A command on a machine's cmd topic. The gateway acts on ``forget`` (``fieldlab gateway forget``): the
         machine's history and KPIs are dropped and it leaves the KPIs, the page and the API until it sends
         again. Other commands are for the machine's simulator or edge agent."""
-        cmd = decode(Kind.CMD, payload)
+        try:
+            cmd = decode(Kind.CMD, payload)
+        except ContractError:  # commands are for the machine's simulator or agent, which judge them: not a dead letter
+            return
         if cmd.cmd != "forget":
             return
         at = cmd.args.get("at") if not journal else time.time()  # replayed: the time it first arrived

@@ -225,6 +225,14 @@ def _crash(gw):
     gw._release_state()
 
 
+async def _a_ten_minute_breakdown(pub, gw, ref, t0) -> None:
+    """Run from t0, Held (reason 0) from t0 + 60 for 600 s, 500 parts by t0 + 900; until the gateway has it."""
+    pub.publish(ref.topic(Kind.STATE), encode_state([t0, t0 + 60, t0 + 660], [EXECUTE, HELD, EXECUTE]))
+    pub.publish(ref.topic(Kind.COUNTS), encode_counts([t0, t0 + 900], [0, 500], [0, 0], "p", 1.0))
+    assert await wait_until(lambda: _shift_reasons(gw, ref).get(("breakdown", 0)) == 600.0
+                            and gw.row_of(ref)["good"] == 500)
+
+
 @pytest.mark.parametrize("how", ["checkpoint", "journal"])
 async def test_a_classification_goes_through_mqtt_and_survives_a_restart(mosquitto, site, tmp_path, how):
     """A breakdown of reason 0, then an operator entry on the machine's operator topic: the shift's Pareto moves
@@ -238,10 +246,7 @@ async def test_a_classification_goes_through_mqtt_and_survives_a_restart(mosquit
                  checkpoint_s=3600)
     await gw.start()
     try:
-        pub.publish(ref.topic(Kind.STATE), encode_state([t0, t0 + 60, t0 + 660], [EXECUTE, HELD, EXECUTE]))
-        pub.publish(ref.topic(Kind.COUNTS), encode_counts([t0, t0 + 900], [0, 500], [0, 0], "p", 1.0))
-        assert await wait_until(lambda: _shift_reasons(gw, ref).get(("breakdown", 0)) == 600.0
-                                and gw.row_of(ref)["good"] == 500)
+        await _a_ten_minute_breakdown(pub, gw, ref, t0)
         before = {k: gw.row_of(ref)[k] for k in ("planned_s", "run_s", "good", "reject", "oee", "breakdown_s")}
         assert [s["start"] for s in gw.stops(ref)] == [t0 + 60]
         pub.publish(ref.topic(Kind.OPERATOR), encode_operator(t0 + 60, "anna", reason=PLAIN, at=now))
@@ -282,10 +287,7 @@ async def test_storage_gets_the_entry_and_the_stop_s_state_points_its_reason(mos
     gw = Gateway(mosquitto.url, site=site, publish_s=0.1, client_id=f"gw-{site}", sinks=[sink], store_kpis_s=3600)
     await gw.start()
     try:
-        pub.publish(ref.topic(Kind.STATE), encode_state([t0, t0 + 60, t0 + 660], [EXECUTE, HELD, EXECUTE]))
-        pub.publish(ref.topic(Kind.COUNTS), encode_counts([t0, t0 + 900], [0, 500], [0, 0], "p", 1.0))
-        assert await wait_until(lambda: _shift_reasons(gw, ref).get(("breakdown", 0)) == 600.0
-                                and gw.row_of(ref)["good"] == 500)
+        await _a_ten_minute_breakdown(pub, gw, ref, t0)
         pub.publish(ref.topic(Kind.OPERATOR), encode_operator(t0 + 60, "anna", reason=201))
         pub.publish(ref.topic(Kind.OPERATOR), encode_operator(t0 + 700, "anna", reason=101))  # it ran: refused
         pub.publish(ref.topic(Kind.OPERATOR), encode_operator(t0 + 900, "bram", reject=4))

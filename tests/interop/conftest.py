@@ -5,6 +5,7 @@ skipped with the reason (the only skip the project allows).
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -38,17 +39,23 @@ def _npm_install(folder: Path, packages: dict, what: str) -> Path:
     """folder/node_modules holding the pinned packages, installed when missing; fails or skips as said above."""
     if not (shutil.which("node") and shutil.which("npm")):
         pytest.fail(f"Node.js is needed for the {what}: apt-get install -y nodejs npm", pytrace=False)
-    if not _installed(folder, packages):
-        folder.mkdir(parents=True, exist_ok=True)
-        run = subprocess.run(["npm", "install", "--prefix", str(folder), "--no-audit", "--no-fund",
-                              "--no-save", *[f"{n}@{v}" for n, v in packages.items()]],
-                             capture_output=True, text=True, timeout=600)
-        if run.returncode != 0:
-            why = [line for line in run.stderr.splitlines() if any(word in line for word in _OFFLINE)]
-            if why:
-                pytest.skip(f"npm registry not reachable, cannot install {', '.join(packages)}: {why[0]}")
-            pytest.fail(f"npm install {' '.join(packages)} failed:\n{run.stderr[-2000:]}", pytrace=False)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".install.lock", "w") as lock:  # test workers (pytest -n) install one at a time
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not _installed(folder, packages):
+            _install(folder, packages)
     return folder / "node_modules"
+
+
+def _install(folder: Path, packages: dict) -> None:
+    run = subprocess.run(["npm", "install", "--prefix", str(folder), "--no-audit", "--no-fund",
+                          "--no-save", *[f"{n}@{v}" for n, v in packages.items()]],
+                         capture_output=True, text=True, timeout=600)
+    if run.returncode != 0:
+        why = [line for line in run.stderr.splitlines() if any(word in line for word in _OFFLINE)]
+        if why:
+            pytest.skip(f"npm registry not reachable, cannot install {', '.join(packages)}: {why[0]}")
+        pytest.fail(f"npm install {' '.join(packages)} failed:\n{run.stderr[-2000:]}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
