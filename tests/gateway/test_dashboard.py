@@ -193,6 +193,7 @@ async def test_dashboard_in_headless_chromium(served, tmp_path):
     cards = Cards()
     cards.feed(dom.decode())
     assert set(cards.cards) == {press.path, lathe.path}
+    assert "· machine time " in dom.decode()  # the machines' own clock (simulated time in a demo) is shown too
     _, _, body = await get(http, "/api/machines")
     for row in json.loads(body):
         shown, shift = cards.cards[row["id"]], row["windows"]["shift"]  # the page opens on "This shift"
