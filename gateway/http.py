@@ -244,6 +244,10 @@ def openapi() -> dict:
                 "for its edge agent)", {"type": "object", "required": ["product"], "properties": {
                     "product": {"type": "string", "minLength": 1, "maxLength": 128}}},
                 {**WRITE_ANSWERS, "400": "product not a name of 1-128 characters"}, [machine]),
+            "/api/machines/{id}/forget": post(
+                "remove a (test) machine: a forget cmd message on its cmd topic, as `fieldlab gateway forget` "
+                "sends; its history and KPIs go until it sends again (docs/contract.md, cmd)",
+                {"type": "object", "properties": {}}, WRITE_ANSWERS, [machine]),
             "/api/timelines": get(
                 "every machine's state timeline in a window, in one response (what the dashboard shows): "
                 "{window, machines: {id: {start, end, pieces}}}",
@@ -624,7 +628,10 @@ def make_app(gateway, endpoint: HttpEndpoint) -> web.Application:
             return _error(503, "the broker did not take it in 5 s; check that it runs and try again")
         return _text(_json({"sent": json.loads(payload), "machine": ref.path, "topic": topic}), "application/json")
 
-    writes = {"classify": classify, "rejects": rejects, "product": product}
+    async def forget(request, ref, row, body):
+        return await sent(ref.topic(Kind.CMD), encode_command("forget", by=request[USER].name), ref)
+
+    writes = {"classify": classify, "rejects": rejects, "product": product, "forget": forget}
 
     @requires("operator")
     async def machine_write(request):
@@ -813,6 +820,7 @@ def make_app(gateway, endpoint: HttpEndpoint) -> web.Application:
         "/api/machines/{id}/classify": machine_write,
         "/api/machines/{id}/rejects": machine_write,
         "/api/machines/{id}/product": machine_write,
+        "/api/machines/{id}/forget": machine_write,
         "/api/lines": lines,
         "/api/timelines": timelines,
         "/api/events": endpoint.stream,

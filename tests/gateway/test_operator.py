@@ -153,7 +153,7 @@ async def test_the_terminal_api_says_what_is_wrong(terminal, mosquitto, site, re
                 ("rejects", {"count": 0}, 400, "count"),
                 ("rejects", {"count": 6}, 409, "fewer good parts"),
                 ("product", {"product": " "}, 400, "product"),
-                ("nothing", {}, 404, "a machine takes classify, rejects, product")):
+                ("nothing", {}, 404, "a machine takes classify, rejects, product, forget")):
             async with s.post(f"{url}/{path}", json=body, headers={"Origin": http.url}) as r:
                 assert (r.status, says in (await r.json())["error"]) == (status, True), (path, body)
         async with s.post(f"{http.url}/api/machines/{site}/a/l/nobody/classify", json={"ts": t0, "reason": 101},
@@ -161,3 +161,30 @@ async def test_the_terminal_api_says_what_is_wrong(terminal, mosquitto, site, re
             assert r.status == 404
     await asyncio.sleep(0.3)
     assert heard.messages == []
+
+
+@pytest.mark.timeout(60)
+async def test_forget_a_test_machine_through_the_api(terminal, mosquitto, site, recorder):
+    """POST /api/machines/{id}/forget (issue 15: "and an API call"): refused without the operator login, nothing
+    sent; with it, the forget command goes out and the machine leaves the API. About 1 s."""
+    gw, http = terminal
+    ref, other = MachineRef(site, "a", "l", "test-01"), MachineRef(site, "a", "l", "press-01")
+    heard = recorder(mosquitto.url, ref.topic(Kind.CMD))
+    now = time.time()
+    for r in (ref, other):
+        heard.publish(r.topic(Kind.COUNTS), encode_counts([now - 100, now - 50], [0, 5], [0, 0], "A-100", 1.0))
+    assert await wait_until(lambda: gw.row_of(ref) and gw.row_of(other))
+    url = f"{http.url}/api/machines/{ref.path}/forget"
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as s:
+        async with s.post(url, json={}, headers={"Origin": http.url}) as r:
+            assert r.status == 401
+        await asyncio.sleep(0.3)
+        assert heard.messages == []
+        async with s.post(f"{http.url}/login", json={"user": "anna", "pin": "4711"}, headers={"Origin": http.url}):
+            pass
+        async with s.post(url, json={}, headers={"Origin": http.url}) as r:
+            assert r.status == 200, await r.text()
+        assert await wait_until(lambda: gw.row_of(ref) is None)
+        async with s.get(f"{http.url}/api/machines") as r:
+            assert [m["id"] for m in await r.json()] == [other.path]
+    assert [json.loads(p)["args"]["by"] for _, p, _ in heard.messages] == ["anna"]
