@@ -578,7 +578,8 @@ class Gateway:
         publish = client is not None and client.is_connected()
         self._pending = []
         rows = []
-        forgotten = set(self.forgotten)
+        with self._lock:  # paho's thread adds to it
+            forgotten = set(self.forgotten)
         for i, (ref, row) in enumerate(zip(machines, kpi_rows(snap))):
             if i in forgotten:
                 continue
