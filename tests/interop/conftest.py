@@ -1,7 +1,7 @@
 """Third-party clients for interop tests, installed from npm into .cache/npm/ (outside git) when missing.
 
-node/npm missing: the test fails with the install command. The npm registry not reachable: the test is
-skipped with the reason (the only skip the project allows).
+node/npm missing: the test fails with the install command. The npm registry not reachable: the test fails too,
+with the reason and the command that installs them by hand (a skipped test is not a passing one).
 """
 from __future__ import annotations
 
@@ -54,7 +54,10 @@ def _install(folder: Path, packages: dict) -> None:
     if run.returncode != 0:
         why = [line for line in run.stderr.splitlines() if any(word in line for word in _OFFLINE)]
         if why:
-            pytest.skip(f"npm registry not reachable, cannot install {', '.join(packages)}: {why[0]}")
+            pytest.fail(f"npm registry not reachable, cannot install {', '.join(packages)}: {why[0]}; connect this "
+                        f"machine to the npm registry (or a mirror: npm config set registry URL) and run the tests "
+                        f"again, or install them once by hand: npm install --prefix {folder} "
+                        f"{' '.join(f'{n}@{v}' for n, v in packages.items())}", pytrace=False)
         pytest.fail(f"npm install {' '.join(packages)} failed:\n{run.stderr[-2000:]}", pytrace=False)
 
 
