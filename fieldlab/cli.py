@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     from contract.yamlfile import ConfigError
 
     quiet = args.command == "demo"  # the live table owns the terminal; only warnings interrupt it
-    logs.setup(logging.INFO if args.verbose or not quiet else logging.WARNING)
+    restore_logging = logs.setup(logging.INFO if args.verbose or not quiet else logging.WARNING)
     try:
         return asyncio.run(COMMANDS[args.command].run(args))
     except ConfigError as e:  # a mistake in a file: retrying will not help (the systemd unit stops trying)
@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `fieldlab oee log.csv | head`: the reader has seen enough
         sys.stderr.close()
         return 0
+    finally:  # main() run in-process (the tests) leaves the root logger as it found it
+        if restore_logging:  # None where a test replaced logs.setup
+            restore_logging()
 
 
 if __name__ == "__main__":

@@ -47,10 +47,36 @@ class RepeatLimit(logging.Filter):
         return False
 
 
-def setup(level: int = logging.INFO, stream=None) -> None:
-    handler = logging.StreamHandler(stream or sys.stderr)
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, not what it was when the handler was made
+    (as logging's own last-resort handler does). A handler holding the stream of its day kept writing to a
+    test's captured stderr after pytest had closed it ("--- Logging error --- ValueError: I/O operation on closed
+    file" in later tests)."""
+
+    def __init__(self):
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+
+def setup(level: int = logging.INFO, stream=None):
+    """Make the root logger write logfmt lines to ``stream`` (default: sys.stderr at the time of each record), and
+    nothing else. Calling it again replaces what it installed. Returns a function that puts the root logger's
+    handlers and level back as they were (``fieldlab.cli.main`` calls it on the way out, so running ``main()``
+    in-process, as the tests do, leaves no handler and no level behind)."""
+    handler = StderrHandler() if stream is None else logging.StreamHandler(stream)
     handler.setFormatter(LogfmtFormatter())
     handler.addFilter(RepeatLimit())
     root = logging.getLogger()
+    before = root.handlers[:], root.level
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+    def restore() -> None:
+        root.handlers[:] = before[0]
+        root.setLevel(before[1])
+        handler.close()
+
+    return restore
