@@ -20,6 +20,11 @@ From a plant file (``deploy/plant.example.yaml``) it writes, into a directory th
 - with a ``bridge:`` section: the site broker forwards its site's topics to a central broker
   (Mosquitto's own bridge), and ``fieldlab deploy`` for the central broker gives each bridged site
   one user that may write only its own site's topics.
+- ``web/key``, ``web/users``, ``web/pins/<user>`` (``web_login``, every layout): the gateway's web login
+  (gateway/auth.py, docs/web.md): the signing key, and a random PIN per user of ``operators:`` and
+  ``presenters:`` (its hash in ``users`` with the user's scopes, the PIN itself in ``pins/`` for whoever hands
+  it out); ``web/gateway.env``: ``FIELDLAB_PRESENTER=--presenter`` when there are presenters (the gateway's
+  systemd unit adds it to its command line; the compose stack reads the same key from ``compose.env``).
 
 Nothing here talks to a broker: the tests start a real Mosquitto with the generated files
 (tests/deploy/test_secure_broker.py).
@@ -39,7 +44,7 @@ from ipaddress import ip_address
 from pathlib import Path
 
 from contract.errors import ServiceError
-from contract.passwords import hash_matches, mosquitto_hash  # noqa: F401 (moved to contract: the web login uses them)
+from contract.passwords import hash_matches, mosquitto_hash
 from contract.topics import _LEVEL, DEADLETTER_TOPIC, GATEWAY_STATUS_PREFIX, ROOT, Kind, MachineRef
 from contract.yamlfile import YamlFile, size
 
@@ -57,6 +62,10 @@ IMAGE_UID = 10001
 COMPOSE_SECRETS = ("INFLUXDB_ADMIN_PASSWORD", "INFLUXDB_WRITE_USER_PASSWORD", "INFLUXDB_READ_USER_PASSWORD",
                    "GRAFANA_ADMIN_PASSWORD")
 OPENSSL_HINT = "install it with: sudo apt-get install -y openssl"
+#: The gateway's presenter switch in compose.env and web/gateway.env: "--presenter" or empty (docs/web.md).
+PRESENTER_ENV = "FIELDLAB_PRESENTER"
+#: A web login PIN's digits: one of a million, and the web app refuses a client after 5 wrong ones a minute.
+PIN_DIGITS = 6
 
 
 def agent_user(machine: str) -> str:
@@ -95,6 +104,7 @@ class Plant:
     gateways: list[str] = field(default_factory=lambda: [GATEWAY_USER])  # one user per gateway process
     viewers: list[str] = field(default_factory=list)
     operators: list[str] = field(default_factory=list)
+    presenters: list[str] = field(default_factory=list)  # web login only (presenter mode), no MQTT user
     sites: list[str] = field(default_factory=list)  # central broker: sites that bridge in
     bridge: Bridge | None = None
     pi: PiSettings = field(default_factory=PiSettings)  # read by --layout pi only
@@ -106,11 +116,12 @@ class Plant:
                 + [bridge_user(s) for s in self.sites])
 
 
-def _names(doc: YamlFile, key: str, value, what: str) -> list[str]:
+def _names(doc: YamlFile, key: str, value, what: str, example: str | None = None) -> list[str]:
     if value is None:
         return []
     if not isinstance(value, list) or not all(isinstance(v, (str, int)) for v in value):
-        raise doc.error(key, f"write a list of {what}, like [{'node-red' if 'user' in what else 'cnc-01'}]")
+        example = example or ('node-red' if 'user' in what else 'cnc-01')
+        raise doc.error(key, f"write a list of {what}, like [{example}]")
     out = []
     for i, v in enumerate(value):
         if not _LEVEL.match(str(v)):
@@ -126,7 +137,7 @@ def load_plant(path: str | Path) -> Plant:
     data = doc.data
     if not isinstance(data, dict):
         raise doc.error("", "expected keys like site:, machines: (see deploy/plant.example.yaml)")
-    known = ("site", "machines", "broker", "gateways", "viewers", "operators", "sites", "bridge", "pi")
+    known = ("site", "machines", "broker", "gateways", "viewers", "operators", "presenters", "sites", "bridge", "pi")
     for key in data:
         if key not in known:
             raise doc.error(str(key), f"unknown key; the keys are {', '.join(known)}")
@@ -181,6 +192,12 @@ def load_plant(path: str | Path) -> Plant:
     if taken:
         key = next((k for k in ("viewers", "operators", "gateways") if taken[0] in getattr(plant, k)), "gateways")
         raise doc.error(key, f"user {taken[0]} is listed twice; every MQTT user has one role")
+    # presenters log in to the web app only (its MQTT messages go through the gateway's connection); a name in
+    # operators: too gets both scopes, one PIN
+    plant.presenters = _names(doc, "presenters", data.get("presenters"), "user names", "trainer")
+    twice = [u for u in plant.presenters if plant.presenters.count(u) > 1]
+    if twice:
+        raise doc.error("presenters", f"{twice[0]} is listed twice; write each presenter once")
     if "bridge" in data:
         plant.bridge = _bridge(doc, data["bridge"])
     if "pi" in data:
@@ -540,16 +557,18 @@ def generate(plant: Plant, out: Path, *, tls: bool = False, layout: str = "stand
             os.chown(f, *owner)
     blocked = unreachable(broker_dir, *owner) if owner and layout != "compose" else None
     if layout == "compose":
-        files.append(compose_env(out / "compose.env"))
+        files.append(compose_env(out / "compose.env", presenter=bool(plant.presenters)))
         if os.geteuid() == 0:  # the containers of fieldlab's image read the agents' passwords
             for f in [creds, *creds.iterdir()]:
                 os.chown(f, IMAGE_UID, IMAGE_UID)
     return Result(out, plant.users, new, files, blocked)
 
 
-def compose_env(path: Path) -> Path:
+def compose_env(path: Path, presenter: bool | None = None) -> Path:
     """The compose stack's passwords (InfluxDB's users, Grafana's admin), random, made once and then kept:
-    ``docker compose --env-file secrets/compose.env up -d``."""
+    ``docker compose --env-file secrets/compose.env up -d``. ``presenter`` (not None): set ``FIELDLAB_PRESENTER``,
+    which docker-compose.yml adds to the gateway's command, to ``--presenter`` (the plant file has presenters) or
+    to nothing (the gateway then gets ``--no-presenter``)."""
     have = {}
     if path.exists():  # also a copy of .env.example: "KEY=   # comment" is an empty value, not a password
         for line in path.read_text().splitlines():
@@ -557,11 +576,61 @@ def compose_env(path: Path) -> Path:
             value = value.split(" #", 1)[0].strip()
             if eq and not key.strip().startswith("#") and value and not value.startswith("#"):
                 have[key.strip()] = value
+    managed = COMPOSE_SECRETS + ((PRESENTER_ENV,) if presenter is not None else ())
     lines = ["# made by fieldlab deploy --layout compose; docker compose --env-file secrets/compose.env up -d",
-             *(f"{k}={v}" for k, v in have.items() if k not in COMPOSE_SECRETS)]
+             *(f"{k}={v}" for k, v in have.items() if k not in managed)]
+    if presenter is not None:
+        lines += ["# the gateway's presenter mode, from the plant file's presenters: (re-run fieldlab deploy)",
+                  f"{PRESENTER_ENV}={'--presenter' if presenter else ''}"]
     lines += [f"{k}={have.get(k) or secrets.token_urlsafe(24)}" for k in COMPOSE_SECRETS]
     _write(path, "\n".join(lines) + "\n", 0o600)
     return path
+
+
+# --- the web app's login ---
+
+def web_login(plant: Plant, out: Path, owner: int | None = None) -> list[str]:
+    """The web app's signing key, a PIN per operator and presenter (kept when they exist) and web/gateway.env;
+    returns the users with a new PIN. A user in both lists gets both scopes and one PIN. ``owner``: a uid that
+    gets the files (the compose stack's gateway container reads them as IMAGE_UID; changing owners needs root)."""
+    web, pins = out / "web", out / "web" / "pins"
+    pins.mkdir(parents=True, exist_ok=True)
+    web.chmod(0o700)
+    pins.chmod(0o700)
+    if not (web / "key").exists():
+        _write(web / "key", secrets.token_hex(32) + "\n", 0o600)
+    old = {}
+    if (web / "users").exists():
+        for line in (web / "users").read_text().splitlines():
+            parts = line.split(":", 2)
+            if len(parts) == 3 and not line.startswith("#"):
+                old[parts[0]] = parts[2]
+    new, lines = [], [f"# generated by fieldlab deploy from {Path(plant.path).name}: name:scopes:PIN hash",
+                      "# (the PINs are in pins/); re-run it instead of editing this file"]
+    users = plant.operators + [u for u in plant.presenters if u not in plant.operators]
+    for user in users:
+        f = pins / user
+        if f.exists():
+            pin = f.read_text().strip()
+        else:
+            pin = f"{secrets.randbelow(10 ** PIN_DIGITS):0{PIN_DIGITS}d}"
+            _write(f, pin + "\n", 0o600)
+            new.append(user)
+        scopes = ",".join(s for s, has in (("presenter", user in plant.presenters),
+                                           ("operator", user in plant.operators)) if has)
+        stored = old.get(user)
+        lines.append(f"{user}:{scopes}:{stored if stored and hash_matches(stored, pin) else mosquitto_hash(pin)}")
+    for stale in pins.iterdir():
+        if stale.name not in users:
+            stale.unlink()
+    _write(web / "users", "\n".join(lines) + "\n", 0o600)
+    _write(web / "gateway.env", f"# generated by fieldlab deploy from {Path(plant.path).name}: presenter mode when "
+           "the plant file has presenters:\n# (deploy/systemd/fieldlab-gateway.service reads it; docs/web.md)\n"
+           f"{PRESENTER_ENV}={'--presenter' if plant.presenters else ''}\n", 0o600)
+    if owner is not None:
+        for f in [web, pins, *web.iterdir(), *pins.iterdir()]:
+            os.chown(f, owner, owner)
+    return new
 
 
 def unreachable(path: Path, uid: int, gid: int) -> Path | None:

@@ -390,9 +390,11 @@ class HttpEndpoint:
 
     def __init__(self, gateway, host: str = "127.0.0.1", port: int = 8080, sse_poll_s: float = 0.2,
                  auth: Auth | None = None, presenter: bool = False):
-        """``presenter``: serve presenter mode (/presenter, its fault buttons): the endpoint then has an MQTT
-        connection of its own, to the gateway's broker, to hear the simulation's scenario message and send
-        faults as cmd messages (contract/sim.py)."""
+        """``presenter``: serve presenter mode (/presenter, its fault buttons). On a broker without logins (the
+        demo) the endpoint then has an MQTT connection of its own, to hear the simulation's scenario message and
+        send faults as cmd messages (contract/sim.py). With a user name (a broker of ``fieldlab deploy``, which
+        allows one connection per user) it sends through the gateway's connection and hears no scenario message:
+        a second connection as the gateway's user would take the gateway's session over, again and again."""
         self.gateway, self.host, self.port, self.sse_poll_s = gateway, host, port, sse_poll_s
         self.auth = auth or Auth.from_environment()
         self.presenter = presenter
@@ -405,7 +407,7 @@ class HttpEndpoint:
         self._lines_cache: tuple[int, str] = (-1, "")
 
     async def start(self) -> None:
-        if self.presenter and self._mqtt is None:
+        if self.presenter and self._mqtt is None and not getattr(self.gateway.broker, "username", None):
             from contract.mqtt import connect
 
             site = getattr(self.gateway, "site", "+")
@@ -424,7 +426,10 @@ class HttpEndpoint:
                                "(is the port taken? choose another with --http-port)") from None
         self.port = self._runner.addresses[0][1]
         log.info("http up url=%s", self.url)
-        if self.presenter:  # as Jupyter does: whoever can read this terminal may present (docs/web.md)
+        if self.presenter and self.auth.users:  # a service: presenters log in with their PIN, no token in its log
+            print(f"presenter mode: {self.url}/presenter (log in on {self.url}/login with a presenter's name and PIN)",
+                  flush=True)
+        elif self.presenter:  # as Jupyter does: whoever can read this terminal may present (docs/web.md)
             print(f"presenter login: {self.login_url}", flush=True)
 
     @property
@@ -715,7 +720,7 @@ def make_app(gateway, endpoint: HttpEndpoint) -> web.Application:
     @requires("presenter")
     async def inject(request):
         if not endpoint.presenter:
-            return _error(404, "presenter mode is off; start the demo with --presenter")
+            return _error(404, "presenter mode is off; start the demo or the gateway with --presenter")
         body = request[BODY]
         fault, args, machine_id = body.get("fault"), body.get("args", {}), body.get("machine")
         if fault not in FAULT_NAMES:

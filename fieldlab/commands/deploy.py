@@ -10,8 +10,9 @@ def add_parser(sub) -> None:
                      "(see deploy/plant.example.yaml): one MQTT user and random password per edge\n"
                      "agent, an ACL so that an agent may publish only its own machine's data, users\n"
                      "for the gateway, viewers and operators, mosquitto.conf without anonymous access,\n"
-                     "and with --tls a CA and a server certificate. Run it again after changing the\n"
-                     "plant file: existing passwords and certificates are kept.\n\n"
+                     "and with --tls a CA and a server certificate; a web login PIN per operator and\n"
+                     "presenter (web/). Run it again after changing the plant file: existing\n"
+                     "passwords, PINs and certificates are kept.\n\n"
                      "The output directory holds secrets: keep it out of git (./secrets is ignored).\n\n"
                      "examples:\n"
                      "  fieldlab deploy deploy/plant.example.yaml --tls\n"
@@ -41,6 +42,7 @@ def add_parser(sub) -> None:
 
 
 async def run(a) -> int:
+    import os
     import sys
     from pathlib import Path
 
@@ -75,7 +77,7 @@ async def run(a) -> int:
     conf = r.out / "mosquitto" / "mosquitto.conf"
     if pi:
         return _pi(plant, r.out, conf)
-    _web_login(plant, r.out)
+    _web_login(plant, r.out, deploy.IMAGE_UID if a.layout == "compose" and os.geteuid() == 0 else None)
     if a.layout == "standalone":
         print(f"run the broker:  mosquitto -c {conf}")
     elif a.layout == "debian":
@@ -92,15 +94,26 @@ async def run(a) -> int:
     return 0
 
 
-def _web_login(plant, out) -> None:
-    """The operator terminal's logins (every layout): a PIN per operator of the plant file and the signing key."""
-    from .. import onepi
+def _pins(plant, out, new: list[str]) -> None:
+    """One line per web user: its role(s), whether its PIN is new, where the PIN is."""
+    for user in plant.operators + [u for u in plant.presenters if u not in plant.operators]:
+        role = "+".join(r for r, has in (("presenter", user in plant.presenters),
+                                         ("operator", user in plant.operators)) if has)
+        print(f"  {user:<24} {'new PIN' if user in new else 'PIN kept'} ({role})   {out / 'web' / 'pins' / user}")
 
-    new = onepi.web_login(plant, out)
-    for user in plant.operators:
-        print(f"  {user:<24} {'new PIN' if user in new else 'PIN kept'}   {out / 'web' / 'pins' / user}")
-    print(f"operator terminal logins: the gateway reads them with FIELDLAB_WEB_USERS={out / 'web' / 'users'} "
-          f"FIELDLAB_WEB_KEY_FILE={out / 'web' / 'key'} (docs/web.md; docker-compose.yml mounts them)")
+
+def _web_login(plant, out, owner: int | None) -> None:
+    """The web app's logins (every layout): a PIN per operator and presenter of the plant file and the signing key
+    (``owner``: the compose stack's gateway container reads them as that uid)."""
+    from .. import deploy
+
+    _pins(plant, out, deploy.web_login(plant, out, owner))
+    print(f"web logins (operator terminal, presenter mode): the gateway reads them with "
+          f"FIELDLAB_WEB_USERS={out / 'web' / 'users'} FIELDLAB_WEB_KEY_FILE={out / 'web' / 'key'} "
+          "(docs/web.md; docker-compose.yml and deploy/systemd/fieldlab-gateway.service do)")
+    if plant.presenters:
+        print("presenters: run the gateway with --presenter (the compose stack and the systemd unit take it from "
+              f"{deploy.PRESENTER_ENV} in compose.env or {out / 'web' / 'gateway.env'})")
 
 
 def _pi(plant, out, conf) -> int:
@@ -110,19 +123,22 @@ def _pi(plant, out, conf) -> int:
     r = onepi.generate(plant, out)
     for f in r.mappings:
         print(f"  {f.stem:<24} {'starter mapping file' if f in r.new_mappings else 'mapping file kept'}   {f}")
-    for user in plant.operators:
-        print(f"  {user:<24} {'new PIN' if user in r.new_pins else 'PIN kept'}   {out / 'web' / 'pins' / user}")
-    if not plant.operators:
+    _pins(plant, out, r.new_pins)
+    if not plant.operators and not plant.presenters:
         import sys
 
         print("warning: no operators: in the plant file, so nobody can log in to the dashboard: add operators: "
               "[NAME] and run this again", file=sys.stderr)
-    units = " ".join(u.name.removesuffix(".service") for u in r.units)
+    agents = " ".join(u.name.removesuffix(".service") for u in r.units if u.name != "fieldlab-gateway.service")
     print("systemd units: " + ", ".join(str(u.relative_to(out)) for u in r.units))
-    print("install and start them (docs/one-pi.md):\n"
+    print("install and start them (docs/one-pi.md, steps 4 and 5):\n"
           f"  sudo ln -sf {conf} /etc/mosquitto/conf.d/fieldlab.conf && sudo systemctl restart mosquitto\n"
           f"  sudo cp {out / 'systemd'}/*.service /etc/systemd/system/ && sudo systemctl daemon-reload\n"
-          f"  sudo systemctl enable --now {units}")
+          "  sudo systemctl enable --now fieldlab-gateway\n"
+          f"  sudo systemctl enable --now {agents}   # once the machine (or fieldlab sim) runs; until then they "
+          "retry every 5 s")
     print(f"dashboard: http://THIS-PI:{plant.pi.http_port}/  (log in at /login as an operator with the PIN in "
           f"{out / 'web' / 'pins'})")
+    if plant.presenters:
+        print(f"presenter mode: http://THIS-PI:{plant.pi.http_port}/presenter  (log in at /login as a presenter)")
     return 0

@@ -23,7 +23,7 @@ import yaml
 from contract.mqtt import BrokerUrl, connect, wait_published
 from contract.yamlfile import YamlFile
 from edge import config as edge_config
-from fieldlab import cli, deploy, onepi
+from fieldlab import cli, deploy
 from fieldlab.broker import ConfiguredMosquitto, free_port, mosquitto_binary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +49,7 @@ def secrets_dir():
     out.chmod(0o755)
     plant = deploy.load_plant(ROOT / "deploy/compose/plant.yaml")
     deploy.generate(plant, out, tls=True, layout="compose")
-    onepi.web_login(plant, out)  # as `fieldlab deploy` does for every layout: the operator terminal's logins
+    deploy.web_login(plant, out)  # as `fieldlab deploy` does for every layout: the web app's logins
     yield out
     shutil.rmtree(out)
 
