@@ -33,14 +33,16 @@ from .broker import check_port_free, start_private_broker, stop_private_broker
 SITE, AREA, LINE = "demo", "hall-1", "line-1"
 
 
+def demo_machine_name(i: int) -> str:
+    """The name of the simulator's ``i``-th machine (from 0): cnc-01, moulder-01, ..., cnc-02, ..."""
+    spec = DEMO_MACHINES[i % len(DEMO_MACHINES)]
+    return f"{spec.name.rsplit('-', 1)[0]}-{i // len(DEMO_MACHINES) + 1:02d}"
+
+
 def demo_machines(n: int, t0: float, seed: int, line: str | None = None) -> list[Machine]:
     """The first ``n`` demo machines; with ``line`` (buffer capacities, "20" or "20,10") coupled into a line
     in this order (simulators.line)."""
-    specs = []
-    for i in range(n):
-        spec = DEMO_MACHINES[i % len(DEMO_MACHINES)]
-        name = f"{spec.name.rsplit('-', 1)[0]}-{i // len(DEMO_MACHINES) + 1:02d}"
-        specs.append(dataclasses.replace(spec, name=name))
+    specs = [dataclasses.replace(DEMO_MACHINES[i % len(DEMO_MACHINES)], name=demo_machine_name(i)) for i in range(n)]
     if line:
         from simulators.line import Line, parse_capacities
 

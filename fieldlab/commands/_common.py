@@ -148,7 +148,24 @@ def _state_dir(given: str | None) -> Path | None:
     """--state-dir: a directory, 'none' (no checkpoint), or by default the user's state directory."""
     if given is not None:
         return None if given.strip().lower() == "none" else Path(given).expanduser()
-    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "fieldlab"
+    return default_state_dir()
+
+
+def default_state_dir() -> Path:
+    """Where a service keeps its state unless told: systemd's StateDirectory= ($STATE_DIRECTORY), else
+    $XDG_STATE_HOME/fieldlab, else ~/.local/state/fieldlab. A service without a home directory (systemd's
+    DynamicUser= without StateDirectory=) gets a clear message instead of a traceback."""
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    if os.environ.get("XDG_STATE_HOME"):
+        return Path(os.environ["XDG_STATE_HOME"]) / "fieldlab"
+    from contract.errors import ServiceError
+
+    try:
+        return Path.home() / ".local" / "state" / "fieldlab"
+    except RuntimeError:
+        raise ServiceError("no home directory to keep state in (a service without a user of its own?): give "
+                           "--state-dir DIR, or StateDirectory= in its systemd unit") from None
 
 
 def _influx_sink(a):

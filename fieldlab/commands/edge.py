@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import _add_levels, _add_mqtt_login, _count, _positive, _size, _wait_for_stop, add_command
+from ._common import (
+    _add_levels, _add_mqtt_login, _count, _positive, _size, _wait_for_stop, add_command, default_state_dir,
+)
 
 
 def add_parser(sub) -> None:
@@ -94,9 +96,7 @@ def add_parser(sub) -> None:
 
 async def run(a) -> int:
     import dataclasses
-    import os
     import sys
-    from pathlib import Path
 
     from ..memory import steady_malloc
 
@@ -153,8 +153,7 @@ async def run(a) -> int:
 
     for note in cfg.notes:  # how the mapping file was read where it could mean two things
         logging.getLogger("fieldlab.edge").warning("%s", note)
-    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "fieldlab"
-    buffer = a.buffer or cfg.buffer_path or state / f"edge-{cfg.machine.path.replace('/', '-')}.db"
+    buffer = a.buffer or cfg.buffer_path or default_state_dir() / f"edge-{cfg.machine.path.replace('/', '-')}.db"
     batcher = Batcher(cfg.state_model, cfg.state_map, cfg.encoding)
     names = {t.name for t in cfg.tags}
     if cfg.source_type in ("opcua", "modbus") and cfg.tags and "good" in names and "reject" not in names:

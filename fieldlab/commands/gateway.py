@@ -34,7 +34,14 @@ def add_parser(sub) -> None:
                         "(default 8080)")
     g.add_argument("--http-host", default="127.0.0.1", metavar="ADDRESS",
                    help="address for the HTTP endpoint; 0.0.0.0 for the whole network (default 127.0.0.1). "
-                        "It has no login: everyone who reaches it sees the KPIs (it cannot change anything)")
+                        "Everyone who reaches it sees the KPIs; changing anything (operator terminal, presenter "
+                        "mode) needs a login (docs/web.md)")
+    g.add_argument("--presenter", action=argparse.BooleanOptionalAction, default=False,
+                   help="presenter mode for a course: the page /presenter with fault buttons per machine, sent as "
+                        "commands on the machines' cmd topics for a simulator that takes them (fieldlab sim "
+                        "--broker). Presenters log in with a name and PIN of $FIELDLAB_WEB_USERS (fieldlab deploy: "
+                        "presenters:); without a users file a login link with a random token is printed instead "
+                        "(docs/web.md)")
     g.add_argument("--influx", metavar="URL", help="also store everything in InfluxDB, e.g. http://localhost:8086: "
                    "1.x (or 2.x/3.x in 1.x compatibility mode) with --influx-db, a user as http://user@host:8086 "
                    "with the password in $FIELDLAB_INFLUX_PASSWORD; 2.x's own API with --influx-org and "
@@ -56,6 +63,9 @@ def add_parser(sub) -> None:
                         "topic, so one faulty producer inventing machine names cannot exhaust the gateway")
     g.add_argument("--mqtt-grace", type=_positive, default=30.0, metavar="SECONDS",
                    help="/healthz fails when the broker has been unreachable this long (default 30)")
+    g.add_argument("--table", type=float, default=None, metavar="SECONDS",
+                   help="print the KPI table every SECONDS (default: 5 in a terminal, never when the output goes "
+                        "to a log such as systemd's journal, where it would push everything else out; 0: never)")
     g.add_argument("--duration", type=_positive, default=None, metavar="SECONDS", help="stop after this many seconds")
     gsub = g.add_subparsers(dest="gateway_command", metavar="forget")
     fg = gsub.add_parser("forget", help="remove a machine (a test machine, say) from the KPIs, the dashboard and the API",
@@ -75,6 +85,8 @@ def add_parser(sub) -> None:
 
 
 async def run(a) -> int:
+    import sys
+
     from contract.errors import ServiceError
     from gateway.service import Gateway
 
@@ -105,13 +117,15 @@ async def run(a) -> int:
     gw = Gateway(_broker(a), site=a.site, config=config, sinks=sinks,
                  scope=a.scope, state_dir=_state_dir(a.state_dir), checkpoint_s=a.checkpoint_every,
                  client_id=a.client_id, max_machines=a.max_machines, mqtt_grace_s=a.mqtt_grace)
-    http = HttpEndpoint(gw, a.http_host, a.http_port)
+    http = HttpEndpoint(gw, a.http_host, a.http_port, presenter=a.presenter)
     await http.start()
     try:
         await gw.start()
         print(f"gateway reading {a.broker}; live dashboard on {http.url}/, REST API {http.url}/api/openapi.json, "
               f"metrics on {http.url}/metrics", flush=True)
-        await _wait_for_stop(a.duration, every=5.0, on_tick=lambda: print(table.render(gw.rows) + "\n", flush=True))
+        every = (5.0 if sys.stdout.isatty() else 0) if a.table is None else max(a.table, 0)
+        await _wait_for_stop(a.duration, every=every or None,
+                             on_tick=(lambda: print(table.render(gw.rows) + "\n", flush=True)) if every else None)
     finally:
         await gw.stop()
         await http.stop()

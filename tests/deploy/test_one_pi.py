@@ -228,6 +228,23 @@ def test_a_wrong_pi_section_names_the_key_and_the_fix(tmp_path, section, message
     assert "Traceback" not in r.stderr
 
 
+def test_each_starter_mapping_reads_the_simulators_machine_at_its_place(tmp_path):
+    """A second machine in the plant file (test-01) reads the simulator's second machine (moulder-01, port 4841),
+    not an object named after itself that `fieldlab sim --machines 2` does not have (the agent stopped with 78)."""
+    import yaml
+
+    from fieldlab.demo import demo_machines
+
+    (tmp_path / "plant.yaml").write_text(PLAIN.replace("[cnc-01]", "[cnc-01, test-01, oven-9]"))
+    plant = deploy.load_plant(tmp_path / "plant.yaml")
+    simulated = [m.spec.name for m in demo_machines(3, 0.0, 1)]
+    for i, name in enumerate(["cnc-01", "test-01", "oven-9"]):
+        mapping = yaml.safe_load(onepi.edge_mapping(plant, i))
+        assert mapping["machine"] == f"acme/hall-1/line-1/{name}"
+        assert mapping["source"]["root"] == simulated[i]
+        assert mapping["source"]["endpoint"] == f"opc.tcp://127.0.0.1:{onepi.SIM_PORT + i}/fieldlab/"
+
+
 def test_the_pi_layout_keeps_the_local_listener_on_loopback(tmp_path):
     """Its services reach the broker on 127.0.0.1: another --plain-bind would cut them off, so it is refused."""
     plant = tmp_path / "plant.yaml"

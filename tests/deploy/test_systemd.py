@@ -54,7 +54,7 @@ def test_the_gateway_unit_reads_its_password_from_systemd_credentials(tmp_path, 
     (tmp_path / name).write_text("s3cret\n")
     binary, *args = exec_start(GATEWAY)
     args = [a.replace("${CREDENTIALS_DIRECTORY}", str(tmp_path)).replace("${STATE_DIRECTORY}", str(tmp_path / "st"))
-            for a in args]
+            for a in args if a != "$FIELDLAB_PRESENTER"]  # unset: no argument (tests/deploy/test_presenters.py)
     assert binary == "/opt/fieldlab/venv/bin/fieldlab" and not any("$" in a for a in args)
     ca = tmp_path / "ca.crt"  # the --ca-file must exist to be accepted
     ca.write_text("-----BEGIN CERTIFICATE-----\n")
@@ -67,3 +67,21 @@ def test_the_gateway_unit_reads_its_password_from_systemd_credentials(tmp_path, 
     basic = base64.b64encode(b"gateway:from-env-file").decode()
     assert (sink.database, sink._headers["Authorization"]) == ("fieldlab", f"Basic {basic}")
     assert cli._state_dir(a.state_dir) == tmp_path / "st"
+
+
+def test_a_service_without_a_home_keeps_its_state_where_systemd_says(monkeypatch, tmp_path):
+    """DynamicUser= services have no home directory: the state goes to $STATE_DIRECTORY (StateDirectory=), and
+    without one the message says what to give instead of a traceback (found by tests/deploy/test_one_pi_systemd.py:
+    the Pi's edge agent crashed with "Could not determine home directory")."""
+    from contract.errors import ServiceError
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    monkeypatch.setenv("STATE_DIRECTORY", f"{tmp_path}/a:{tmp_path}/b")
+    assert cli._state_dir(None) == tmp_path / "a"
+    monkeypatch.delenv("STATE_DIRECTORY")
+    with pytest.raises(ServiceError, match="--state-dir DIR, or StateDirectory="):
+        cli._state_dir(None)
