@@ -7,6 +7,7 @@ import re
 import shutil
 import threading
 import urllib.request
+from datetime import datetime, timezone
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -38,11 +39,12 @@ async def serve(mosquitto, site, publisher, config=None):
     await http.start()
     press = MachineRef(site, "hall-1", "line-1", "press-07")
     lathe = MachineRef(site, "hall-1", "line-2", "lathe-2")
-    # press: Execute 0-300 s, Held (breakdown 101) 300-500 s, Execute 500-600 s; 100 parts at 3 s, 10 rejects
+    # press: Execute 0-300 s, Held (breakdown 101) 300-500 s, Execute 500-600 s; 100 parts at 3 s, 10 rejects;
+    # lathe: Execute 0-370 s, Suspended (material shortage 201) 370-400 s, Execute from 400 s
     publisher(press.topic(Kind.STATUS), encode_status(T0, "online"))
     publisher(press.topic(Kind.STATE), encode_state([T0, T0 + 300, T0 + 500], [4, 15, 4], [0, 101, 0]))
     publisher(press.topic(Kind.COUNTS), encode_counts([T0, T0 + 600], [0, 90], [0, 10], "cap", 3.0))
-    publisher(lathe.topic(Kind.STATE), encode_state([T0, T0 + 400], [4, 12], [0, 201]))
+    publisher(lathe.topic(Kind.STATE), encode_state([T0, T0 + 370, T0 + 400], [4, 12, 4], [0, 201, 0]))
     publisher(lathe.topic(Kind.COUNTS), encode_counts([T0, T0 + 400], [0, 39], [0, 1], "shaft", 8.0))
     try:
         assert await wait_until(lambda: gw.stats["messages"] == 5), gw.stats
@@ -171,6 +173,20 @@ def pct(v):
     return "–" if v is None else f"{100 * v:.1f} %"
 
 
+def seconds_of_day(ts: float) -> int:
+    t = datetime.fromtimestamp(ts, timezone.utc)
+    return t.hour * 3600 + t.minute * 60 + t.second
+
+
+def machine_time_shown(dom: str) -> int:
+    """The status line's "· machine time 8:10:00 AM" (English, whole seconds) as seconds of the day."""
+    status = re.search(r'id="status"[^>]*>([^<]*)<', dom).group(1)
+    m = re.search(r"· machine time (\d{1,2}):(\d{2}):(\d{2})\s*([AP]M)", status)
+    assert m, status
+    h, mi, sec = int(m[1]) % 12 + (12 if m[4] == "PM" else 0), int(m[2]), int(m[3])
+    return h * 3600 + mi * 60 + sec
+
+
 async def test_dashboard_in_headless_chromium(served, tmp_path):
     gw, http, press, lathe = served
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -180,8 +196,9 @@ async def test_dashboard_in_headless_chromium(served, tmp_path):
     # ?poll: no open event stream, so Chromium's virtual time can run out and it dumps the page; the digits are
     # compared in English
     page = http.url + "/?lang=en&poll"
+    # the page shows times in the browser's time zone: fixed here, so the test knows what it must show
     proc = await asyncio.create_subprocess_exec(*args, "--dump-dom", page, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
+                                                stderr=asyncio.subprocess.PIPE, env={**os.environ, "TZ": "UTC"})
     try:
         dom, err = await asyncio.wait_for(proc.communicate(), 60)
     finally:
@@ -193,7 +210,9 @@ async def test_dashboard_in_headless_chromium(served, tmp_path):
     cards = Cards()
     cards.feed(dom.decode())
     assert set(cards.cards) == {press.path, lathe.path}
-    assert "· machine time " in dom.decode()  # the machines' own clock (simulated time in a demo) is shown too
+    # the machines' own clock (simulated time in a demo) is shown too: the latest sample serve() published (the
+    # press's counts at T0 + 600 s), not the browser's clock
+    assert machine_time_shown(dom.decode()) == pytest.approx(seconds_of_day(T0 + 600), abs=1)
     _, _, body = await get(http, "/api/machines")
     for row in json.loads(body):
         shown, shift = cards.cards[row["id"]], row["windows"]["shift"]  # the page opens on "This shift"
@@ -205,6 +224,9 @@ async def test_dashboard_in_headless_chromium(served, tmp_path):
         for name, loss in row["losses"].items():
             assert shown[f"loss:{name}"] == f"{loss['pp'] or 0:.1f} pp"
     assert cards.cards[press.path]["target"] == "200"  # 600 s planned at 3 s per part
+    # the shift's stops with their reason: minutes, and seconds for a stop under a minute (was "0 min")
+    assert cards.cards[press.path]["reasons"] == "Stops this shift: breakdown 3 min"
+    assert cards.cards[lathe.path]["reasons"] == "Stops this shift: material shortage 30 s"
     # the state timelines (one request for all machines): as many pieces drawn as the API has
     _, _, body = await get(http, "/api/timelines?window=last_1h")
     timelines = json.loads(body)["machines"]
