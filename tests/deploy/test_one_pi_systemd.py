@@ -7,8 +7,8 @@ example file). Step 1 runs before boot on the host's network (apt, pip);
 from step 4 on, systemd runs the units in a machine with a private network. Then, as the page promises:
 Mosquitto without anonymous clients, the gateway and the edge agent as services with their credentials and
 state directories, the simulator as the machine, OEE on the dashboard within minutes, the injected breakdown
-among the shift's stops with its reason, the operator's PIN login, the backup block, and a KPI total that
-survives the gateway's restart. Each step's time is written to test-artifacts/one-pi-times.json.
+among the shift's stops with its reason, the operator's PIN login, the backup block, a KPI total that
+survives the gateway's restart, and the Forget section on a second machine added for it. Each step's time is written to test-artifacts/one-pi-times.json.
 
 About 3-4 minutes (most of it apt and pip in step 1; a second run on the same machine skips debootstrap's
 download). Needs root, systemd-container and debootstrap (`./run test` installs them).
@@ -290,4 +290,38 @@ def test_the_page_step_by_step_under_systemd(pi):
     again = wait_for("cnc-01 online again after the backup's restart", back, 120, m)
     assert (again["good"], again["reject"]) >= (kpi_before["good"], kpi_before["reject"]) and again["reject"] > 0, \
         (kpi_before, again)
+    # Forget a test machine: first a machine to forget, test-01 (the simulator's second machine, as its starter
+    # mapping file says), added as the page's plant file and deploy steps add any machine
+    deploy_line = blocks("3. `fieldlab deploy")[0].strip()
+    m.sh("sudo sed -i 's/\\[cnc-01\\]/[cnc-01, test-01]/' /etc/fieldlab/plant.yaml\n" + deploy_line + "\n"
+         "sudo cp /etc/fieldlab/systemd/*.service /etc/systemd/system/ && sudo systemctl daemon-reload\n"
+         "sudo systemctl restart mosquitto\n"
+         "sudo systemctl stop fieldlab-sim\n"
+         "sudo systemd-run --unit fieldlab-sim2 -p DynamicUser=yes /opt/fieldlab/venv/bin/fieldlab sim --machines 2\n"
+         "sudo systemctl enable --now fieldlab-edge-test-01", user=USER)
+    test01 = "acme/hall-1/line-1/test-01"
+
+    def listed():
+        status, rows, _ = api(m, "/api/machines")
+        ids = {x.get("id") for x in rows} if status == 200 else set()
+        return (test01 in ids, ids)
+
+    wait_for("test-01 on the dashboard", listed, 120, m)
+    old_password = m.sh("cat /etc/fieldlab/credentials/edge-test-01").stdout.strip()
+    # the section as written: out of the plant file, deploy again, then its two blocks
+    m.sh("sudo sed -i 's/\\[cnc-01, test-01\\]/[cnc-01]/' /etc/fieldlab/plant.yaml\n" + deploy_line, user=USER)
+    for block in blocks("Forget a test machine"):
+        run_block(m, block)
+
+    def gone():
+        status, rows, _ = api(m, "/api/machines")
+        ids = {x.get("id") for x in rows} if status == 200 else set()
+        return (status == 200 and test01 not in ids and MACHINE in ids, ids)
+
+    wait_for("test-01 gone from the dashboard, cnc-01 still there", gone, 30, m)
+    assert m.sh("ls /etc/fieldlab/edge/ /var/lib/private/ /var/lib/").stdout.count("test-01") == 0
+    # the broker, restarted as the section says, no longer knows the machine's MQTT user
+    r = m.in_network(["mosquitto_pub", "-h", "127.0.0.1", "-p", "1883", "-u", "edge-test-01", "-P", old_password,
+                      "-t", "fieldlab/v1/acme/hall-1/line-1/test-01/status", "-m", "x"], timeout=20)
+    assert r.returncode != 0 and "not authori" in (r.stdout + r.stderr).lower(), r.stdout + r.stderr
     assert m.sh("systemctl --failed --no-legend").stdout.strip() == ""
