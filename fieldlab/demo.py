@@ -24,19 +24,13 @@ from edge.agent import EdgeAgent
 from edge.opcua import OpcUaSource
 from gateway.http import HttpEndpoint
 from gateway.service import Gateway
-from simulators.machine import DEMO_MACHINES, Machine
+from simulators.machine import DEMO_MACHINES, Machine, demo_machine_name
 from simulators.opcua import SimClock, Simulation
 
 from . import table
 from .broker import check_port_free, start_private_broker, stop_private_broker
 
 SITE, AREA, LINE = "demo", "hall-1", "line-1"
-
-
-def demo_machine_name(i: int) -> str:
-    """The name of the simulator's ``i``-th machine (from 0): cnc-01, moulder-01, ..., cnc-02, ..."""
-    spec = DEMO_MACHINES[i % len(DEMO_MACHINES)]
-    return f"{spec.name.rsplit('-', 1)[0]}-{i // len(DEMO_MACHINES) + 1:02d}"
 
 
 def demo_machines(n: int, t0: float, seed: int, line: str | None = None) -> list[Machine]:

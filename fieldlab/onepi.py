@@ -157,7 +157,7 @@ WantedBy=multi-user.target
 def edge_mapping(plant: Plant, index: int, plain_port: int = 1883) -> str:
     """A starter mapping file for the plant's ``index``-th machine: the simulated machine of ``fieldlab sim``
     on this Pi (OPC UA port SIM_PORT + index), logging in as the machine's own MQTT user."""
-    from .demo import demo_machine_name
+    from simulators.machine import demo_machine_name
 
     m, simulated = plant.machines[index], demo_machine_name(index)
     return f"""\

@@ -608,6 +608,13 @@ class Machine:
 
 
 UNITS = {"temperature": "degC", "power": "kW", "vibration": "mm/s"}
-__all__ = ["DEMO_MACHINES", "EXECUTE", "HELD", "SUSPENDED", "IDLE", "COMPLETING", "REASONS", "REASON_NONE",
+def demo_machine_name(i: int) -> str:
+    """The name of the simulator's ``i``-th machine (from 0): cnc-01, moulder-01, ..., cnc-02, ... (light: no
+    server imports, so that fieldlab deploy can name them without the edge and gateway extras)."""
+    spec = DEMO_MACHINES[i % len(DEMO_MACHINES)]
+    return f"{spec.name.rsplit('-', 1)[0]}-{i // len(DEMO_MACHINES) + 1:02d}"
+
+
+__all__ = ["DEMO_MACHINES", "demo_machine_name", "EXECUTE", "HELD", "SUSPENDED", "IDLE", "COMPLETING", "REASONS", "REASON_NONE",
            "REASON_BREAKDOWN", "REASON_JAM", "REASON_MATERIAL", "REASON_CHANGEOVER", "UNITS", "Ledger", "Machine",
            "MachineSpec"]

@@ -4,6 +4,7 @@ Imports nothing heavy at the top: building the parser (and every --help) loads n
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,13 +20,27 @@ def add_command(sub, name: str, help: str, description: str) -> argparse.Argumen
     return sp
 
 
-def _positive(text: str) -> float:
+def _number(text: str) -> float:
     try:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(v):  # nan would make every comparison false: a --duration that never ends
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return v
+
+
+def _positive(text: str) -> float:
+    v = _number(text)
     if v <= 0:
         raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
+    return v
+
+
+def _not_negative(text: str) -> float:
+    v = _number(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
     return v
 
 

@@ -35,7 +35,8 @@ def add_parser(sub) -> None:
     _add_levels(e, "without a file: {level} name in the topic")
     e.add_argument("--machine", help="without a file: machine name in the topic (default: the --object name)")
     e.add_argument("--buffer", metavar="FILE", help="the store-and-forward outbox (SQLite): data waits here while "
-                   "the broker is unreachable (default: ~/.local/state/fieldlab/edge-<site>-<area>-<line>-<machine>.db)")
+                   "the broker is unreachable (default: edge-<site>-<area>-<line>-<machine>.db in systemd's "
+                   "$STATE_DIRECTORY, else in $XDG_STATE_HOME/fieldlab or ~/.local/state/fieldlab)")
     e.add_argument("--buffer-size", type=_size, default=None, metavar="SIZE",
                    help="at most this much is kept; the oldest data is dropped beyond it (default 100MB)")
     e.add_argument("--duration", type=_positive, default=None, metavar="SECONDS", help="stop after this many seconds")

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 
 from ._common import (
-    _add_mqtt_login, _broker, _count, _influx_sink, _port, _positive, _state_dir, _wait_for_stop, add_command,
-    site_config,
+    _add_mqtt_login, _broker, _count, _influx_sink, _not_negative, _port, _positive, _state_dir, _wait_for_stop,
+    add_command, site_config,
 )
 
 
@@ -50,7 +50,8 @@ def add_parser(sub) -> None:
     g.add_argument("--influx-org", metavar="ORG", help="InfluxDB 2.x organisation (name or ID); with --influx-bucket")
     g.add_argument("--influx-bucket", metavar="BUCKET", help="InfluxDB 2.x bucket to write to; with --influx-org")
     g.add_argument("--state-dir", metavar="DIR", help="where the gateway keeps its checkpoint, so KPIs continue "
-                   "after a restart or a crash (default $XDG_STATE_HOME/fieldlab or ~/.local/state/fieldlab; "
+                   "after a restart or a crash (default: systemd's $STATE_DIRECTORY, else $XDG_STATE_HOME/fieldlab or "
+                   "~/.local/state/fieldlab; "
                    "'none': no checkpoint)")
     g.add_argument("--checkpoint-every", type=_positive, default=10.0, metavar="SECONDS",
                    help="write the checkpoint this often (default 10; and always at a clean stop)")
@@ -63,7 +64,7 @@ def add_parser(sub) -> None:
                         "topic, so one faulty producer inventing machine names cannot exhaust the gateway")
     g.add_argument("--mqtt-grace", type=_positive, default=30.0, metavar="SECONDS",
                    help="/healthz fails when the broker has been unreachable this long (default 30)")
-    g.add_argument("--table", type=float, default=None, metavar="SECONDS",
+    g.add_argument("--table", type=_not_negative, default=None, metavar="SECONDS",
                    help="print the KPI table every SECONDS (default: 5 in a terminal, never when the output goes "
                         "to a log such as systemd's journal, where it would push everything else out; 0: never)")
     g.add_argument("--duration", type=_positive, default=None, metavar="SECONDS", help="stop after this many seconds")
@@ -123,13 +124,14 @@ async def run(a) -> int:
         await gw.start()
         print(f"gateway reading {a.broker}; live dashboard on {http.url}/, REST API {http.url}/api/openapi.json, "
               f"metrics on {http.url}/metrics", flush=True)
-        every = (5.0 if sys.stdout.isatty() else 0) if a.table is None else max(a.table, 0)
+        every = (5.0 if sys.stdout.isatty() else 0) if a.table is None else a.table
         await _wait_for_stop(a.duration, every=every or None,
                              on_tick=(lambda: print(table.render(gw.rows) + "\n", flush=True)) if every else None)
     finally:
         await gw.stop()
         await http.stop()
-    print(table.render(gw.rows))
+    if every:  # the last figures, where the table was wanted
+        print(table.render(gw.rows))
     return 0
 
 

@@ -440,3 +440,25 @@ def test_walk_through_broker_gateway_machine_edge_agent_to_kpis_and_the_dashboar
         terminate(*reversed(procs))
     assert procs[1].returncode == 0, "".join(logs["gateway"][-20:])
     assert any(f.name.endswith(".checkpoint.npz") for f in (run / "gw-state").iterdir())
+
+
+def test_deploy_runs_with_only_the_core_packages(tmp_path):
+    """`fieldlab deploy` is documented to need only the core install (docs/deploy.md): the Pi layout must not
+    pull in the edge or gateway extras (naming the simulator's machines once imported the demo, and with it
+    aiohttp and asyncua)."""
+    (tmp_path / "plant.yaml").write_text(PLAIN.replace("[cnc-01]", "[cnc-01, test-01]"))
+    blocked = ("aiohttp", "asyncua", "pymodbus", "influxdb_client", "gpiozero", "lgpio", "google")
+    code = f"""
+import builtins, sys
+real = builtins.__import__
+def only_core(name, *a, **k):
+    if name.split(".")[0] in {blocked!r}:
+        raise ModuleNotFoundError(f"No module named {{name!r}} (not in the core install)")
+    return real(name, *a, **k)
+builtins.__import__ = only_core
+from fieldlab import cli
+sys.exit(cli.main(["deploy", {str(tmp_path / 'plant.yaml')!r}, "--layout", "pi", "--out", {str(tmp_path / 'out')!r}]))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "root: moulder-01" in (tmp_path / "out" / "edge" / "test-01.yaml").read_text()
