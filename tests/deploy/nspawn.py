@@ -1,8 +1,11 @@
 """A fresh Debian 12 machine with systemd as PID 1, for following a page of the docs literally.
 
 `debootstrap` makes a minimal Debian 12 (bookworm) root file system from the machine's own Debian mirror; it is
-kept as a tarball in `.cache/` (gitignored) so that a second run on the same machine unpacks instead of
-downloading. `systemd-nspawn` then runs commands in it: without booting and on the host's network for the
+kept as a tarball in /var/cache/fieldlab-tests (``FIELDLAB_TEST_CACHE``) so that later runs on the same machine
+unpack instead of downloading. Minimal on purpose: no libnss-systemd (Priority standard, so most Debian and Pi OS
+installs have it), so a service with DynamicUser= really has no home directory, the strictest case. The machine
+reaches apt and PyPI as the host does: through a transparent network, with the host's extra CA certificates
+copied in; an http(s)_proxy variable is not passed on. `systemd-nspawn` then runs commands in it: without booting and on the host's network for the
 installation (apt, pip), and booted, with systemd as PID 1 and a private network of its own (only its loopback:
 its ports never meet the host's or another test's), for everything that systemd runs. Commands reach the booted
 machine through `nsenter`: `sh` runs a shell script inside as root; `in_network` runs a host program in its
@@ -13,17 +16,21 @@ The host has no systemd of its own (a container or VM whose PID 1 is something e
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("FIELDLAB_TEST_CACHE", "/var/cache/fieldlab-tests"))  # debootstrap's download
 SUITE = "bookworm"
 PACKAGES = "systemd,systemd-sysv,dbus,ca-certificates,sudo"  # what a Pi OS Lite image has and minbase lacks
 CLEAN_ENV = ["/usr/bin/env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -38,35 +45,50 @@ def need(*binaries: str) -> None:
 
 
 def debian_mirror() -> str:
-    """The host's own Debian mirror (its apt sources), else Debian's default."""
-    for f in [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]:
+    """The host's own Debian mirror (its apt sources, where it serves bookworm), else Debian's default."""
+    for f in [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*.sources")),
+              *sorted(Path("/etc/apt/sources.list.d").glob("*.list"))]:
         try:
             text = f.read_text()
         except OSError:
             continue
-        for m in re.finditer(r"^(?:URIs:\s*|deb\s+(?:\[[^]]*\]\s+)?)(\S+)", text, re.M):
-            if "security" not in m.group(1):
-                return m.group(1)
+        for stanza in re.split(r"\n\s*\n", text):  # deb822 stanzas, or one-line entries
+            for m in re.finditer(r"^(?:URIs:\s*|deb\s+(?:\[[^]]*\]\s+)?)(\S+)(.*)$", stanza, re.M):
+                uri = m.group(1).rstrip("/")
+                if uri.endswith("/debian") and (SUITE in m.group(2) or re.search(rf"^Suites:.*\b{SUITE}\b", stanza,
+                                                                                  re.M)):
+                    return uri
     return "http://deb.debian.org/debian"
 
 
 def root_filesystem(dest: Path) -> float:
-    """A fresh minimal Debian 12 in ``dest``; returns the seconds it took (download or unpack)."""
+    """A fresh minimal Debian 12 in ``dest``; returns the seconds it took (download or unpack). The download is
+    kept as a tarball in CACHE (outside the checkout, so fresh clones on one machine share it), under a lock."""
     need("debootstrap", "systemd-nspawn")
-    cache = ROOT / ".cache" / f"debian-{SUITE}-minbase-{PACKAGES.replace(',', '+')}.tar"
+    if not Path("/usr/share/keyrings/debian-archive-keyring.gpg").exists():
+        pytest.fail("Debian's archive keyring is missing; install with: sudo apt-get install -y "
+                    "debian-archive-keyring", pytrace=False)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    cache = CACHE / f"debian-{SUITE}-minbase-{PACKAGES.replace(',', '+')}.tar"
     t0 = time.monotonic()
-    if not cache.exists():
-        work = cache.with_suffix(".tmp")
-        shutil.rmtree(work, ignore_errors=True)
-        r = subprocess.run(["debootstrap", "--variant=minbase", f"--include={PACKAGES}", SUITE, str(work),
-                            debian_mirror()], capture_output=True, text=True, timeout=600)
-        if r.returncode:
-            pytest.fail(f"debootstrap failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}", pytrace=False)
-        cache.parent.mkdir(exist_ok=True)
-        with tarfile.open(cache.with_suffix(".part"), "w") as tar:
-            tar.add(work, arcname=".")
-        os.replace(cache.with_suffix(".part"), cache)
-        shutil.rmtree(work)
+    with open(CACHE / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another test run on this machine makes the same tarball
+        if not cache.exists():
+            work = Path(tempfile.mkdtemp(prefix="debootstrap-", dir=CACHE))
+            try:
+                # in a mount namespace of its own: the proc and sys it mounts inside vanish with it, even when
+                # a time-out kills it before its own clean-up
+                r = subprocess.run(["unshare", "--mount", "--propagation", "private", "debootstrap",
+                                    "--variant=minbase", f"--include={PACKAGES}", SUITE, str(work), debian_mirror()],
+                                   capture_output=True, text=True, timeout=600)
+                if r.returncode:
+                    pytest.fail(f"debootstrap failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}",
+                                pytrace=False)
+                with tarfile.open(cache.with_suffix(".part"), "w") as tar:
+                    tar.add(work, arcname=".")
+                os.replace(cache.with_suffix(".part"), cache)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
     dest.mkdir(parents=True, exist_ok=True)
     subprocess.run(["tar", "-xpf", str(cache), "-C", str(dest), "--numeric-owner"], check=True, timeout=300)
     return time.monotonic() - t0
@@ -103,7 +125,11 @@ class Machine:
                             pytrace=False)
             self.pid = self.pid or self._systemd_pid()
             if self.pid:
-                r = self.sh("systemctl is-system-running --wait", timeout=timeout, check=False)
+                try:
+                    r = self.sh("systemctl is-system-running --wait", check=False,
+                                timeout=max(1.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    break
                 if r.stdout.strip() in ("running", "degraded"):
                     return
             time.sleep(0.2)
@@ -141,13 +167,20 @@ class Machine:
                               timeout=timeout, stdin=subprocess.DEVNULL, **kw)
 
     def poweroff(self, timeout: float = 30) -> None:
+        """Shut it down; if it does not go within ``timeout``, kill its PID 1 (which ends every process in its
+        PID namespace) and systemd-nspawn."""
         if self.boot_proc is None or self.boot_proc.poll() is not None:
             return
-        if self.pid:
-            subprocess.run(["nsenter", "-t", str(self.pid), "-a", "systemctl", "poweroff"], capture_output=True,
-                           timeout=timeout)
         try:
+            if self.pid:
+                subprocess.run(["nsenter", "-t", str(self.pid), "-a", "systemctl", "poweroff"], capture_output=True,
+                               timeout=timeout)
             self.boot_proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.boot_proc.kill()
+            for pid in (self.pid, self.boot_proc.pid):
+                try:
+                    if pid:
+                        os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             self.boot_proc.wait(10)
