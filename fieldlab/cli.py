@@ -74,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `fieldlab oee log.csv | head`: the reader has seen enough
         sys.stderr.close()
         return 0
+    except OSError as e:  # a directory it may not write, a full disk: one line, not a traceback
+        where = f" {e.filename}" if e.filename else ""
+        print(f"fieldlab {args.command}: error: cannot use{where}: {e.strerror or e} (check the path, the free "
+              "space and who may write there; --state-dir and --buffer choose other places)", file=sys.stderr)
+        return 2
     finally:  # main() run in-process (the tests) leaves the root logger as it found it
         if restore_logging:  # None where a test replaced logs.setup
             restore_logging()

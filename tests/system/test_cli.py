@@ -45,3 +45,19 @@ def test_every_command_is_a_module_with_add_parser_and_run():
     for name, module in cli.COMMANDS.items():
         assert module.__name__ == f"fieldlab.commands.{name}"
         assert callable(module.add_parser) and callable(module.run)
+
+
+@pytest.mark.parametrize("args", [
+    ["gateway", "--broker", "mqtt://127.0.0.1:1", "--site", "x", "--state-dir", "/proc/fieldlab-none",
+     "--http-port", "PORT", "--duration", "1"],
+    ["edge", "--opcua", "opc.tcp://127.0.0.1:1/x", "--object", "cnc-01", "--broker", "mqtt://127.0.0.1:1",
+     "--buffer", "/proc/fieldlab-none/outbox.db", "--duration", "1"],
+])
+def test_a_place_it_cannot_write_is_one_clear_line_not_a_traceback(args):
+    """A state directory or outbox it cannot create (a service user without a home, a read-only or full disk)."""
+    from fieldlab.broker import free_port
+
+    args = [str(free_port()) if a == "PORT" else a for a in args]
+    r = subprocess.run([sys.executable, "-m", "fieldlab", *args], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and "cannot use /proc/fieldlab-none" in r.stderr, r.stderr
