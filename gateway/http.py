@@ -268,10 +268,13 @@ def openapi() -> dict:
                                 "'reasons:'), {code: {language: text}}; the page's catalogue names the rest",
                                 {"type": "object", "additionalProperties": {
                                     "type": "object", "additionalProperties": {"type": "string"}}}),
-            "/api/presenter": get("presenter mode: whether it is on, the simulation's latest scenario message "
-                                  "(contract/sim.py: simulated clock, scenario, next scripted faults) and the "
-                                  "fault buttons", {"type": "object", "required": ["enabled", "scenario", "buttons"],
+            "/api/presenter": get("presenter mode: whether it is on, whether it hears the simulation's scenario "
+                                  "messages (not in a deployed gateway: the scenario is then unknown), the latest "
+                                  "one (contract/sim.py: simulated clock, scenario, next scripted faults) and the "
+                                  "fault buttons", {"type": "object",
+                                                    "required": ["enabled", "hears_scenario", "scenario", "buttons"],
                                                     "properties": {"enabled": {"type": "boolean"},
+                                                                   "hears_scenario": {"type": "boolean"},
                                                                    "scenario": {"type": "object", "nullable": True},
                                                                    "buttons": {"type": "array"}}}),
             "/api/presenter/inject": post(
@@ -406,8 +409,14 @@ class HttpEndpoint:
         self._cache: tuple[int, str] = (-1, "")
         self._lines_cache: tuple[int, str] = (-1, "")
 
+    @property
+    def hears_scenario(self) -> bool:
+        """Whether presenter mode hears the simulation's scenario message: only with a connection of its own, which
+        a gateway that logs in with a user name (a deployed one) does not get. Otherwise the scenario is unknown."""
+        return self.presenter and not getattr(self.gateway.broker, "username", None)
+
     async def start(self) -> None:
-        if self.presenter and self._mqtt is None and not getattr(self.gateway.broker, "username", None):
+        if self.hears_scenario and self._mqtt is None:
             from contract.mqtt import connect
 
             site = getattr(self.gateway, "site", "+")
@@ -427,8 +436,14 @@ class HttpEndpoint:
         self.port = self._runner.addresses[0][1]
         log.info("http up url=%s", self.url)
         if self.presenter and self.auth.users:  # a service: presenters log in with their PIN, no token in its log
-            print(f"presenter mode: {self.url}/presenter (log in on {self.url}/login with a presenter's name and PIN)",
-                  flush=True)
+            if any("presenter" in scopes for scopes, _ in self.auth.users.values()):
+                print(f"presenter mode: {self.url}/presenter (log in on {self.url}/login with a presenter's name and "
+                      "PIN)", flush=True)
+            else:  # the token is not printed with a users file: nobody could press a button
+                log.warning("presenter mode is on, but no user of the web login file (FIELDLAB_WEB_USERS) is a "
+                            "presenter, so nobody can log in to present: add presenters: [trainer] to the plant "
+                            "file and run fieldlab deploy again (or add a line with the presenter scope, docs/web.md), "
+                            "then restart the gateway")
         elif self.presenter:  # as Jupyter does: whoever can read this terminal may present (docs/web.md)
             print(f"presenter login: {self.login_url}", flush=True)
 
@@ -714,8 +729,9 @@ def make_app(gateway, endpoint: HttpEndpoint) -> web.Application:
     async def presenter_info(request):
         site = getattr(gateway, "site", "+")
         found = endpoint.scenarios.get(site) or next(iter(endpoint.scenarios.values()), None)
-        return _text(_json({"enabled": endpoint.presenter, "scenario": found,
-                            "buttons": [{"fault": f, "args": a} for f, a in BUTTONS]}), "application/json")
+        return _text(_json({"enabled": endpoint.presenter, "hears_scenario": endpoint.hears_scenario,
+                            "scenario": found, "buttons": [{"fault": f, "args": a} for f, a in BUTTONS]}),
+                     "application/json")
 
     @requires("presenter")
     async def inject(request):

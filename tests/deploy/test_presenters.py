@@ -13,6 +13,9 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -80,6 +83,23 @@ def test_a_rerun_keeps_the_pins_and_a_removed_presenter_loses_its_pin(tmp_path, 
     assert "FIELDLAB_PRESENTER=\n" in (out / "web" / "gateway.env").read_text()
 
 
+def test_an_emptied_pin_or_key_file_is_made_again_a_pin_set_by_hand_is_kept(tmp_path, capsys):
+    """An empty PIN file was "PIN kept" and its user could never log in; an empty key signed every session with
+    an empty key. A PIN of 4 or more digits written by hand stays."""
+    out = _deploy(tmp_path, PLANT)
+    (out / "web" / "pins" / "piet").write_text("\n")
+    (out / "web" / "pins" / "anna").write_text("4711\n")
+    (out / "web" / "key").write_text("")
+    capsys.readouterr()
+    _deploy(tmp_path, PLANT)
+    users, pins = read_users(str(out / "web" / "users")), _pins(out)
+    assert re.fullmatch(r"\d{6}", pins["piet"]) and hash_matches(users["piet"][1], pins["piet"])
+    assert pins["anna"] == "4711" and hash_matches(users["anna"][1], "4711")
+    assert len((out / "web" / "key").read_text().strip()) == 64
+    said = capsys.readouterr().out
+    assert re.search(r"piet +new PIN", said) and re.search(r"anna +PIN kept", said), said
+
+
 @pytest.mark.parametrize("line, key, fix", [
     ("presenters: trainer", "presenters", "write a list of user names, like [trainer]"),
     ("presenters: [trainer, 'tafel 3']", "presenters[1]", "'tafel 3' is not a valid name"),
@@ -121,10 +141,45 @@ def test_the_compose_gateway_gets_presenter_only_with_presenters(tmp_path):
         command = yaml.safe_load(r.stdout)["services"]["gateway"]["command"]
         assert ("--presenter" in command) is expected, command
         assert _gateway_args(command).presenter is expected
-    if os.geteuid() == 0:  # the gateway's container reads the mounted web/users and web/key as uid 10001
-        web = out / "web"
-        assert {f.stat().st_uid for f in (web, web / "users", web / "key", *(web / "pins").iterdir())} == {
-            deploy.IMAGE_UID}
+
+
+def _read_as(uid: int, gid: int, path: Path, where: Path) -> bool:
+    """Whether a process of uid:gid (no other groups) may read ``path``'s inode, through a hard link in a directory
+    below ``where`` that it may enter: as the gateway's container sees a file that docker-compose.yml mounts,
+    whatever directory holds it on the host."""
+    with tempfile.TemporaryDirectory(dir=where) as d:
+        os.chmod(d, 0o755)
+        os.link(path, Path(d) / "f")
+        r = subprocess.run(["cat", str(Path(d) / "f")], user=uid, group=gid, extra_groups=[], capture_output=True)
+        return r.returncode == 0
+
+
+def test_compose_as_root_lets_the_gateway_container_read_only_the_users_and_the_key(tmp_path):
+    """docker-compose.yml mounts web/users and web/key into the gateway's container, which runs as 10001:10001;
+    they are root's, group 10001, 0640. The PINs (pins/, never mounted), web/ and gateway.env stay root's alone,
+    also after a run of an older fieldlab deploy that gave all of web/ to uid 10001."""
+    if os.geteuid() != 0:
+        pytest.fail("changing a file's group needs root: run this test as root (CI does)", pytrace=False)
+    base = Path(tempfile.mkdtemp(prefix="fieldlab-web-"))  # one uid 10001 may enter (pytest's own are root's, 0700)
+    try:
+        base.chmod(0o755)
+        text = PLANT
+        for run in range(2):
+            out = _deploy(base, text, "--layout", "compose")
+            web, uid = out / "web", deploy.IMAGE_UID
+            for f in (web / "users", web / "key"):
+                st = f.stat()
+                assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, uid, 0o640), f
+                assert _read_as(uid, uid, f, base), f
+            for f in (web, web / "pins", *(web / "pins").iterdir(), web / "gateway.env"):
+                st = f.stat()
+                assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (
+                    0, 0, 0o700 if f.is_dir() else 0o600), f
+            assert not _read_as(uid, uid, web / "pins" / "trainer", base)  # reading a PIN needs sudo
+            for f in (web, web / "pins", *web.iterdir(), *(web / "pins").iterdir()):  # as an older run left them
+                os.chown(f, uid, uid)
+    finally:
+        shutil.rmtree(base)
 
 
 def _systemd_env(*files: Path) -> dict[str, str]:

@@ -104,6 +104,7 @@ async def test_an_operator_classifies_a_stop_on_a_phone(terminal, browser, mosqu
         async with s.get(f"{http.url}/api/machines/{ref.path}/losses") as r:
             assert (await r.json())["stop_reasons"] == [{"category": cat, "reason": 201, "seconds": 600.0}]
     await browser.until("document.querySelector('#stops li.none') !== null")  # nothing left to classify
+    assert "longer than 2 min has one" in await browser.js("document.querySelector('#stops li.none').textContent")
 
     # rejects counted by hand: from good to reject; a product switch: a set_product command
     await browser.js("document.getElementById('reject-count').value = '3';"

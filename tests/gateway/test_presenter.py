@@ -211,6 +211,54 @@ async def test_the_page_shows_the_simulated_clock_scenario_and_next_faults(prese
     assert "Materiaaltekort over" in await browser.js("document.getElementById('next').textContent")
 
 
+@pytest.mark.timeout(60)
+async def test_a_deployed_gateways_page_says_the_scenario_is_unknown_and_what_sent_means(mosquitto, site, browser,
+                                                                                        publisher, recorder):
+    """A gateway that logs in to MQTT with a user name (a deployed one) hears no scenario message (docs/web.md): the
+    page says the scenario and its script are unknown, not "free run" or "nothing scripted any more", and that a
+    sent fault acts only where a simulator takes commands for that machine. Dutch and English."""
+    import dataclasses
+
+    from contract.payloads import encode_state
+
+    gw = Gateway(dataclasses.replace(mosquitto.url, username="gateway"), site=site, publish_s=0.25,
+                 client_id=f"gw-{site}")
+    http = HttpEndpoint(gw, "127.0.0.1", 0, auth=Auth(token="s3cret-token"), presenter=True)
+    ref = MachineRef(site, "a", "l", "cnc-01")
+    cmds = recorder(mosquitto.url, ref.topic(Kind.CMD))
+    await gw.start()
+    await http.start()
+    try:
+        assert http._mqtt is None and not http.hears_scenario
+        t0 = time.time()  # a scenario message on the broker, which this gateway does not hear
+        publisher(scenario_topic(site), encode_scenario(
+            ts=t0, speed=60, site=site, area="a", line="l", machines=["cnc-01"], name="bearing-wear", start=t0,
+            next=[{"ts": t0 + 3600, "machine": "cnc-01", "fault": "breakdown", "args": {"minutes": 5}}]))
+        publisher(ref.topic(Kind.STATE), encode_state([t0], [4]))
+        assert await wait_until(lambda: gw.row_of(ref) is not None, 10)
+        texts = "['scenario-name', 'description', 'next', 'elapsed'].map(i => document.getElementById(i).textContent)"
+        await browser.goto(f"{http.login_url}&next=/presenter%3Flang%3Den%26poll")
+        await browser.until(f"document.querySelector('[data-id=\"{ref.path}\"] button') !== null && "
+                            "document.getElementById('scenario-name').textContent === 'Scenario unknown'")
+        name, description, coming, elapsed = await browser.js(texts)
+        assert "does not hear the simulation's scenario messages" in description, description
+        assert coming == "not known here: this gateway does not hear the scenario"
+        assert elapsed == "time of the machines' latest data"
+        await browser.js(f"document.querySelector('[data-id=\"{ref.path}\"] button[data-fault=breakdown]').click()")
+        assert await browser.until("document.body.dataset.lastStatus") == "200"
+        assert await browser.js("document.getElementById('message').textContent") == (
+            "Breakdown sent to cnc-01. Only a simulator that takes commands for cnc-01 acts on it: watch its state.")
+        assert await wait_until(lambda: cmds.messages, 5)  # through the gateway's own connection
+        await browser.goto(f"{http.url}/presenter?lang=nl&poll")
+        await browser.until("document.getElementById('scenario-name').textContent === 'Scenario onbekend'")
+        name, description, coming, elapsed = await browser.js(texts)
+        assert coming == "hier onbekend: deze gateway hoort het scenario niet" and "vaste installatie" in description
+        assert elapsed == "tijd van de laatste machinegegevens"
+    finally:
+        await http.stop()
+        await gw.stop()
+
+
 def test_the_scenario_message_is_checked():
     good = dict(ts=1.8e9, speed=60, site="s", area="a", line="l", machines=["m1"], name=None,
                 next=[{"ts": 1.8e9 + 60, "machine": "m1", "fault": "breakdown", "args": {"minutes": 5}}])

@@ -7,13 +7,21 @@ gets 403 there. No all-scope token is printed to the service's log when a users 
 sends through the gateway's own connection: the generated broker allows one connection per user
 (`use_username_as_clientid`), and a second connection as `gateway` took the gateway's session over a few times a
 second (seen before the fix: the broker's log said "Client gateway already connected" at every turn).
-About 3 s (a gateway process, its imports, a private broker).
+
+The one-Pi case end to end (#15 review): the `fieldlab sim` command of docs/web.md's recipe (a viewer's MQTT login,
+the plant's site, area and line) as the machine, the edge agent of the generated starter mapping file reading it
+over OPC UA, the gateway with `--presenter`: a presenter's Breakdown makes the simulated machine break down, seen in
+the gateway's state and stop reasons. A users file without presenters makes the gateway warn, naming the fix; the
+page says the scenario is unknown where the gateway hears none (Chromium).
+About 3 s, 9 s, 0.1 s and 2 s.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
+import shlex
 import shutil
 import subprocess
 import sys
@@ -22,6 +30,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from urllib.parse import quote
 from pathlib import Path
 
 import pytest
@@ -30,7 +39,7 @@ from contract import decode_command
 from contract.mqtt import BrokerUrl, connect, wait_published
 from contract.passwords import mosquitto_hash
 from contract.payloads import encode_state
-from fieldlab import deploy
+from fieldlab import deploy, onepi
 from fieldlab.broker import ConfiguredMosquitto, free_port, mosquitto_binary
 from gateway.auth import Auth, read_users
 from gateway.http import HttpEndpoint
@@ -153,9 +162,128 @@ async def test_presenter_mode_prints_the_token_only_without_a_users_file_and_nee
         http = HttpEndpoint(gw, "127.0.0.1", 0, auth=Auth(token="tok-123", users=users), presenter=True)
         await http.start()
         try:
-            assert http._mqtt is None
+            assert http._mqtt is None and not http.hears_scenario
             said = capsys.readouterr().out
             assert ("tok-123" in said) is token_shown, said
             assert (f"presenter mode: {http.url}/presenter" in said) is not token_shown, said
         finally:
             await http.stop()
+
+
+async def test_presenter_mode_with_a_users_file_without_presenters_warns_and_names_the_fix(caplog, capsys, tmp_path):
+    """No presenter in the users file and no token printed: nobody could present. The log says so and what to do."""
+    from gateway.http import log as http_log
+
+    (tmp_path / "users").write_text("anna:operator:" + mosquitto_hash("123456") + "\n")
+    http = HttpEndpoint(Gateway(BrokerUrl("127.0.0.1", free_port(), "gateway", "x"), site="acme"), "127.0.0.1", 0,
+                        auth=Auth(users=read_users(str(tmp_path / "users"))), presenter=True)
+    with caplog.at_level(logging.WARNING, logger=http_log.name):
+        await http.start()
+        await http.stop()
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1, warned
+    assert "no user of the web login file (FIELDLAB_WEB_USERS) is a presenter" in warned[0]
+    assert "add presenters: [trainer] to the plant file and run fieldlab deploy again" in warned[0]
+    said = capsys.readouterr().out
+    assert "presenter's name and PIN" not in said and "token=" not in said, said
+
+
+def _doc_simulator() -> tuple[list[str], dict[str, str], str]:
+    """docs/web.md's one-Pi recipe: the fieldlab arguments of its `systemd-run ... fieldlab sim` line, its
+    LoadCredential= (name -> source) and its unit name."""
+    text = (ROOT / "docs" / "web.md").read_text().replace("\\\n", " ")
+    line = next(x for x in text.splitlines() if "systemd-run --unit fieldlab-sim" in x and "fieldlab sim " in x)
+    words = shlex.split(line)
+    unit = words[words.index("--unit") + 1]
+    props = [words[i + 1] for i, w in enumerate(words) if w == "-p"]
+    assert "DynamicUser=yes" in props, props
+    creds = dict(p.removeprefix("LoadCredential=").split(":", 1) for p in props if p.startswith("LoadCredential="))
+    return words[words.index("/opt/fieldlab/venv/bin/fieldlab") + 1:], creds, unit
+
+
+def test_a_presenters_breakdown_stops_the_simulated_machine_of_the_one_pi_recipe(deployed, tmp_path):
+    out, port, broker = deployed
+    plant = deploy.load_plant(out.parent / "plant.yaml")
+    http, opcua = free_port(), free_port()
+    base = f"http://127.0.0.1:{http}"
+    # the simulator as docs/web.md runs it, with the credential where systemd would put it, on this test's ports
+    args, creds, unit = _doc_simulator()
+    assert creds == {"mqtt-password": "/etc/fieldlab/credentials/simulator"}
+    run_creds = tmp_path / "credentials"
+    run_creds.mkdir()
+    shutil.copyfile(out / "credentials" / "simulator", run_creds / "mqtt-password")
+    password_file = args[args.index("--password-file") + 1]
+    assert password_file == f"/run/credentials/{unit}.service/mqtt-password"
+    args[args.index("--password-file") + 1] = str(run_creds / "mqtt-password")
+    assert "mqtt://simulator@127.0.0.1:1883" in args and args[:3] == ["sim", "--machines", "1"], args
+    args = [a.replace("127.0.0.1:1883", f"127.0.0.1:{port}") for a in args]
+    # the edge agent of the generated starter mapping file (systemd's credential path and the port changed)
+    mapping = onepi.edge_mapping(plant, 0, plain_port=port)
+    edge_unit = "fieldlab-edge-cnc-01.service"
+    assert f"/run/credentials/{edge_unit}/mqtt-password" in mapping and "127.0.0.1:4840/" in mapping
+    (tmp_path / "cnc-01.yaml").write_text(
+        mapping.replace(f"/run/credentials/{edge_unit}/mqtt-password", str(out / "credentials" / "edge-cnc-01"))
+        .replace("127.0.0.1:4840/", f"127.0.0.1:{opcua}/"))
+    procs, logs = {}, {}
+
+    def start(name, argv, env=None):
+        procs[name] = subprocess.Popen([sys.executable, "-m", "fieldlab", *argv], stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                                       env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+        logs[name] = []
+        threading.Thread(target=lambda: logs[name].extend(procs[name].stdout), daemon=True).start()
+
+    def tails() -> str:
+        return "\n".join(f"--- {name}\n{''.join(lines[-20:])}" for name, lines in logs.items())
+
+    def get(path: str):
+        with urllib.request.urlopen(base + path, timeout=5) as r:
+            return json.loads(r.read())
+
+    def machine() -> dict:
+        try:
+            body = get("/api/machines")
+        except OSError:
+            return {}
+        rows = body["machines"] if isinstance(body, dict) else body
+        return next((m for m in rows if m["id"] == MACHINE), {})
+
+    def until(what, timeout: float, why: str):
+        deadline = time.monotonic() + timeout
+        while not (found := what()):
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs.values()):
+                pytest.fail(f"{why}:\n{tails()}", pytrace=False)
+            time.sleep(0.2)
+        return found
+
+    try:
+        start("sim", [*args, "--speed", "60", "--opcua-port", str(opcua), "-v"])
+        start("gateway", ["gateway", "--broker", f"mqtt://gateway@127.0.0.1:{port}", "--password-file",
+                          str(out / "credentials" / "gateway"), "--site", "acme", "--http-port", str(http),
+                          "--state-dir", "none", "--presenter"],
+              {"FIELDLAB_WEB_USERS": str(out / "web" / "users"), "FIELDLAB_WEB_KEY_FILE": str(out / "web" / "key")})
+        until(lambda: any("fault commands: fieldlab/v1/acme/hall-1/line-1/<machine>/cmd" in x for x in logs["sim"]),
+              20, "the simulator did not listen for commands")
+        start("edge", ["edge", "--config", str(tmp_path / "cnc-01.yaml"), "--buffer", str(tmp_path / "outbox.db")])
+        until(lambda: machine().get("state_name") == "Execute", 30, "the machine did not reach the gateway")
+        assert not any(x.get("reason") == 101 for x in get(f"/api/machines/{quote(MACHINE, safe='')}/losses")
+                       ["stop_reasons"])  # no breakdown of its own so far
+
+        pin = (out / "web" / "pins" / "trainer").read_text().strip()
+        status, _, cookie = _request(base, "/login", {"user": "trainer", "pin": pin})
+        assert status == 200
+        status, answer, _ = _request(base, "/api/presenter/inject", {"machine": MACHINE, "fault": "breakdown",
+                                                                    "args": {"minutes": 5}}, cookie.split(";")[0])
+        assert status == 200, answer
+        assert get("/api/presenter")["hears_scenario"] is False  # a deployed gateway: the scenario is unknown
+        # the simulator took it for its cnc-01 and the machine broke down: Holding, Held (reason 101), as the
+        # gateway sees it through the edge agent
+        until(lambda: machine().get("state_name") in ("Holding", "Held"), 10, "the machine did not break down")
+        reasons = until(lambda: [x for x in get(f"/api/machines/{quote(MACHINE, safe='')}/losses")["stop_reasons"]
+                                 if x.get("reason") == 101 and x["seconds"] > 0], 10, "no breakdown among the stops")
+        assert reasons, reasons
+        assert any("command on fieldlab/v1/acme/hall-1/line-1/cnc-01/cmd" in x and "breakdown" in x.lower()
+                   for x in logs["sim"]), tails()
+    finally:
+        terminate(*reversed(list(procs.values())))
+    assert {name: p.returncode for name, p in procs.items()} == {"sim": 0, "gateway": 0, "edge": 0}, tails()
