@@ -8,7 +8,8 @@ from step 4 on, systemd runs the units in a machine with a private network. Then
 Mosquitto without anonymous clients, the gateway and the edge agent as services with their credentials and
 state directories, the simulator as the machine, OEE on the dashboard within minutes, the injected breakdown
 among the shift's stops with its reason, the operator's PIN login, the backup block, a KPI total that
-survives the gateway's restart, and the Forget section on a second machine added for it. Each step's time is written to test-artifacts/one-pi-times.json.
+survives the gateway's restart, the Forget section on a second machine added for it, and docs/web.md's recipe for
+presenter mode on the Pi (a trainer's Breakdown button stops cnc-01). Each step's time is written to test-artifacts/one-pi-times.json.
 
 About 3-4 minutes (most of it apt and pip in step 1; a second run on the same machine skips debootstrap's
 download). Needs root, systemd-container and debootstrap (`./run test` installs them).
@@ -341,4 +342,38 @@ def test_the_page_step_by_step_under_systemd(pi):
     r = m.in_network(["mosquitto_pub", "-h", "127.0.0.1", "-p", "1883", "-u", "edge-test-01", "-P", old_password,
                       "-t", "fieldlab/v1/acme/hall-1/line-1/test-01/status", "-m", "x"], timeout=20)
     assert r.returncode != 0 and "not authori" in (r.stdout + r.stderr).lower(), r.stdout + r.stderr
+    # back to step 5's simulator (one machine, unit fieldlab-sim), as the next recipe expects
+    start_sim = next(line for line, _ in commands(step5[0]) if "systemd-run --unit fieldlab-sim" in line)
+    m.sh("sudo systemctl stop fieldlab-sim2\n" + start_sim, user=USER)
+    # presenter mode on the Pi, as docs/web.md's recipe sets it up: a trainer's Breakdown button stops cnc-01
+    web_md = (ROOT / "docs" / "web.md").read_text()
+    recipe = next(b.replace("\\\n", " ") for b in re.findall(r"^```sh\n(.*?)^```", web_md, flags=re.M | re.S)
+                  if "systemd-run --unit fieldlab-sim" in b)
+    m.sh("printf 'viewers: [simulator]\\npresenters: [trainer]\\n' | sudo tee -a /etc/fieldlab/plant.yaml >/dev/null",
+         user=USER)
+    trainer_pin = ""
+    for line, _ in commands(recipe):
+        r = m.sh(line, user=USER)
+        trainer_pin = r.stdout.strip() if "pins/trainer" in line else trainer_pin
+    assert re.fullmatch(r"\d{6}", trainer_pin), trainer_pin
+    # a trainer presses once the simulator runs (its commands are not queued for it while it starts)
+    wait_for("the simulator listening for commands", lambda: (
+        "listening for commands" in m.sh("journalctl -u fieldlab-sim -n 50 --no-pager", check=False).stdout, ""), 60, m)
+    status, _, cookie = api(m, "/login", method="POST", body={"user": "trainer", "pin": trainer_pin})
+    assert status == 200, status
+
+    def presenter_inject():
+        status, answer, _ = api(m, "/api/presenter/inject", method="POST", cookie=cookie.split(";")[0],
+                                body={"machine": MACHINE, "fault": "breakdown", "args": {"minutes": 5}})
+        assert status == 200, answer
+        return time.time()
+
+    pressed = presenter_inject()
+
+    def held_by_the_button():
+        status, tl, _ = api(m, f"/api/machines/{quoted}/timeline?window=shift")
+        pieces = tl.get("pieces", []) if status == 200 else []
+        return (any(p.get("reason") == 101 and p["start"] >= pressed - 2 for p in pieces), pieces[-3:])
+
+    wait_for("the presenter's breakdown on cnc-01", held_by_the_button, 60, m)
     assert m.sh("systemctl --failed --no-legend").stdout.strip() == ""
