@@ -121,7 +121,10 @@ class Auth:
         self.key = key or secrets.token_bytes(32)
         self.token = token or secrets.token_urlsafe(18)
         self.users = users or {}
-        self.throttle = Throttle()
+        self.throttle = Throttle()  # per client address
+        # per user name, from any address: a 6-digit PIN also guards presenter mode's faults; 20 tries in 5 min
+        # make guessing one take months, and a user locked out by someone else's tries waits 5 minutes
+        self.user_throttle = Throttle(failures=20, window_s=300.0)
 
     @classmethod
     def from_environment(cls) -> Auth:

@@ -779,8 +779,10 @@ def make_app(gateway, endpoint: HttpEndpoint) -> web.Application:
                             path="/", httponly=True, samesite="Strict", secure=request.secure or None)
         return response
 
-    def refused(request, who: str) -> None:
+    def refused(request, who: str, name: str | None = None) -> None:
         auth.throttle.failed(_client(request), time.time())
+        if name:
+            auth.user_throttle.failed(name, time.time())
         log.warning("login refused user=%s from=%s", who, _client(request))
 
     async def login_page(request):
@@ -818,9 +820,12 @@ def make_app(gateway, endpoint: HttpEndpoint) -> web.Application:
         if not isinstance(body, dict):
             return _error(400, 'send {"user": ..., "pin": ...} or {"token": ...} as JSON')
         token, name, pin = (str(body.get(k) or "") for k in ("token", "user", "pin"))
+        if not token and name and auth.user_throttle.blocked(name, time.time()):
+            log.warning("login refused user=%s from=%s: too many failed logins for this user", name, _client(request))
+            return _error(429, "too many failed logins for this name; wait five minutes and try again")
         user = auth.by_token(token) if token else auth.by_pin(name, pin)
         if user is None:
-            refused(request, name or "token")
+            refused(request, name or "token", None if token else name)
             return _error(401, "wrong name, PIN or token")
         return logged_in(user, request)
 

@@ -121,6 +121,23 @@ async def test_login_and_guarded_writes(app_with_a_write, caplog):
     assert len(done) == 1
 
 
+async def test_wrong_pins_for_one_name_from_many_addresses_are_throttled_too(app_with_a_write):
+    """The per-address limit alone let many addresses guess one user's PIN (it also guards presenter mode)."""
+    http, _ = app_with_a_write
+    origin = {"Origin": http.url}
+
+    async def attempt(address: str, pin: str, user: str = "anna") -> int:
+        connector = aiohttp.TCPConnector(local_addr=(address, 0))
+        async with aiohttp.ClientSession(connector=connector) as s:
+            async with s.post(http.url + "/login", json={"user": user, "pin": pin}, headers=origin) as r:
+                return r.status
+
+    for i in range(20):  # 4 addresses x 5 tries: none of them hits its own limit
+        assert await attempt(f"127.0.0.{10 + i // 5}", f"{i:04d}9") == 401
+    assert await attempt("127.0.0.20", "4711") == 429  # even the right PIN waits, from a fresh address
+    assert await attempt("127.0.0.21", "0000", user="piet") == 401  # other names go on
+
+
 async def test_wrong_logins_are_refused_logged_and_throttled(app_with_a_write, caplog):
     http, _ = app_with_a_write
     origin = {"Origin": http.url}
