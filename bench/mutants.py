@@ -43,7 +43,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 GATEWAY_TESTS = ["tests/gateway/test_oee.py", "tests/gateway/test_oee_boundaries.py",
-                 "tests/gateway/test_timeline_boundaries.py", "tests/gateway/test_worked_examples.py",
+                 "tests/gateway/test_timeline_boundaries.py", "tests/gateway/test_timeline_rows.py",
+                 "tests/gateway/test_worked_examples.py",
                  "tests/gateway/test_engine.py", "tests/gateway/test_eventlog.py", "tests/gateway/test_prune.py",
                  "tests/gateway/test_properties.py"]  # fast ones first: -x stops at the first failure
 #: file -> the tests that cover it (those that exist are run; none of them starts a server)
@@ -75,27 +76,48 @@ EQUIVALENT = {
         "ts is finite (checked just above)",
     ("gateway/oee.py", "t = np.full((len(MODELS), [17 → 18]), STOPPED, dtype=np.int8)"):
         "column 17 is never read: codes are clipped to 16, configured overrides are codes of the model",
-    ("gateway/timeline.py", "self.cap = max(cap, [4 → 5])"): "a smallest capacity: memory only",
+    ("gateway/timeline.py", "MIN_CAP = [4 → 5]"): "a smallest capacity: memory only",
+    ("gateway/timeline.py", "self.garbage = [0 → 1]"):
+        "the first _grow_pool (machines(n), before any row is written) compacts the empty pool and sets it to 0",
+    ("gateway/timeline.py", "if self.garbage [> → >=] self.top // 2:"):
+        "when the pool is compacted (offsets are read after it): memory and time only",
+    ("gateway/timeline.py", "if self.garbage > self.top // [2 → 3]:"):
+        "when the pool is compacted (offsets are read after it): memory and time only",
+    ("gateway/timeline.py", "b = np.full(([max → min](size, live), *shape), fill, dtype=dtype)"):
+        "size >= live there: the compacted pool keeps no spare room, the next growth comes sooner: memory only",
+    ("gateway/timeline.py", "new = np.where(new [< → <=] want, new * 2, new)"):
+        "a segment that has exactly what it needs doubles once more while another one grows: memory only",
     ("gateway/timeline.py", "MOVE_ROWS = 1 << [18 → 19]"):
         "how many rows one step of drop moves: the same rows end up",
-    ("gateway/timeline.py", "cap, need = self.cap, int(self.fill.max(initial=0)) + [2 → 1]"):
-        "memory is given back a row sooner; the capacity left (>= 8 x need) still holds fill + 2 rows",
+    ("gateway/timeline.py", "cap, need = self.cap[m].copy(), n + [2 → 1]"):
+        "a segment gives room back a row sooner; what is left (>= 8 x (n + 1) rows) still holds fill + 2 rows",
+    ("gateway/timeline.py", '("last_reason", 0, np.int64), ("ep_t", np.nan, np.float64), ("ep_cat", -[1 → 2], '
+                            'np.int8),'):
+        "no episode yet is any negative category: readers test ep_cat >= 0 or isin (BREAKDOWN, STOPPED)",
     ("gateway/timeline.py", "self.p = _Rows(0, capacity, t=((), np.float64, np.inf), cat=((), np.int8, [0 → 1]), "
                             "reason=((), np.int64, 0),"):
         "an unfilled row's category is only read with a weight of 0 s (np.add.at in _time_upto)",
+    ("gateway/timeline.py", "self.p = _Rows(0, capacity, t=((), np.float64, np.inf), cat=((), np.int8, 0), "
+                            "reason=((), np.int64, [0 → 1]),"):
+        "an unfilled row's reason is never read: pieces, stop_reasons and classify read rows below fill",
     ("gateway/timeline.py", "self.c = _Rows([0 → 1], capacity, t=((), np.float64, np.inf), "
                             "pre=((5,), np.float64, 0.0))"):
         "a spare machine row before the first machine: add_machines(1) finds it, the same arrays from then on",
+    ("gateway/timeline.py", "self.f = _Rows([0 → 1], 4, t=((), np.float64, np.inf))"):
+        "a spare machine row before the first machine: add_machines(1) finds it, the same arrays from then on",
+    ("gateway/timeline.py", "rows.reserve(m, fill [+ → -] 2)"):
+        "_positions (and classify) reserved fill + 1 rows already, all that _reprefix writes (the prefix at row "
+        "fill): a segment only lacks a spare row, memory only",
+    ("gateway/timeline.py", "rows.reserve(m, fill + [2 → 3])"): "one row more capacity: memory only",
     ("gateway/timeline.py", "nxt = np.where(idx + 1 < rows.fill[mm], "
-                            "rows.t[mm, np.minimum(idx + 1, rows.cap - [1 → 2])], self.last_t[mm])"):
-        "idx + 1 <= fill <= cap - 1 there: the clamp changes only indices that np.where does not pick",
-    ("gateway/timeline.py", "rows.reserve(int(fill.max()) + [2 → 3])"): "one row more capacity: memory only",
+                            "rows.t[np.minimum(ii + 1, rows.at(mm, rows.cap[mm] - [1 → 2]))],"):
+        "idx + 1 <= fill <= cap - 2 there (after the reserve of fill + 2): the clamp never bites",
     ("gateway/timeline.py", "e = np.where(idx + 1 < rows.fill[m], "
-                            "rows.t[m, np.minimum(idx + 1, rows.cap [- → +] 1)], self.last_t[m])"):
-        "idx + 1 <= fill <= cap - 2 there: the clamp never bites",
+                            "rows.t[rows.at(m, np.minimum(idx + 1, rows.cap[m] [- → +] 1))], self.last_t[m])"):
+        "idx + 1 <= fill <= cap - 1 there: the clamp never bites",
     ("gateway/timeline.py", "e = np.where(idx + 1 < rows.fill[m], "
-                            "rows.t[m, np.minimum(idx + 1, rows.cap - [1 → 0])], self.last_t[m])"):
-        "idx + 1 <= fill <= cap - 2 there: the clamp never bites",
+                            "rows.t[rows.at(m, np.minimum(idx + 1, rows.cap[m] - [1 → 0]))], self.last_t[m])"):
+        "idx + 1 <= fill <= cap - 1 there: the clamp never bites",
     ("gateway/timeline.py", '("last_good", -1, np.int64), ("last_reject", -[1 → 2], np.int64),'):
         "no sample yet is any negative value: counter_increase tests prev < 0",
     ("gateway/timeline.py", "if not np.isnan(self.last_t[m]) [and → or] self.now[m] > self.last_t[m]:"):
@@ -106,8 +128,6 @@ EQUIVALENT = {
         "the empty open piece at now == last_t lasts 0 s and sel keeps only d > 0",
     ("gateway/engine.py", "CALENDAR_AHEAD = [2 → 3] * 86400.0"):
         "the calendar is laid out a day further ahead: the same calendar over the data, laid out less often",
-    ("gateway/engine.py", 'grow("state_code", -[1 → 2], np.int64)'):
-        "no state yet is any negative code: every reader tests code < 0",
     ("gateway/engine.py", "if span is not None and span[0] [<= → <] t0 and t1 + 6 * 3600 <= span[1]:"):
         "the calendar is laid out again at exactly the edge: the same calendar over the data",
     ("gateway/engine.py", "if span is not None and span[0] <= t0 and t1 + 6 * 3600 [<= → <] span[1]:"):

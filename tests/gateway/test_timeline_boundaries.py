@@ -3,6 +3,7 @@ docs/RELIABILITY.md, "Mutation testing")."""
 import numpy as np
 
 from gateway import oee, timeline
+from gateway.config import Period, SiteConfig
 
 EXECUTE, HELD = 4, 15
 
@@ -54,3 +55,25 @@ def test_stop_reasons_of_a_window_from_before_the_cut_read_only_the_kept_pieces(
     kept = tl.stop_reasons(cut, n * 200.0)
     assert kept == [{"machine": 0, "category": "breakdown", "reason": 0, "seconds": 1000.0}]
     assert tl.stop_reasons(0.0, n * 200.0) == kept
+
+
+def test_a_break_that_falls_in_the_clock_change_does_not_cut_a_piece():
+    """Pins gateway/timeline.py:47 (``keep = e > s`` -> ``e >= s``): on 29 March 2026 a Dutch site's night break
+    02:00-03:00 does not exist (the clock jumps from 02:00 to 03:00): its period starts and ends at 01:00 UTC. A
+    period of no length is no period: the run from 00:00 to 02:00 UTC stays one piece, not [0, 1 h) and [1 h, 2 h)
+    with an empty piece between them."""
+    t0 = 1774742400.0  # 2026-03-29 00:00 UTC (01:00 CET)
+    site = SiteConfig(timezone="Europe/Amsterdam", breaks=[Period("night break", 2 * 60, 3 * 60)])
+    cal = site.calendar(t0, t0 + 3 * 3600)
+    # the breaks of 28 March (02:00 CET = 01:00 UTC) and 30 March (02:00 CEST = 00:00 UTC), none on the 29th
+    assert (cal - t0).tolist() == [-82800.0, -79200.0, 86400.0, 90000.0]
+    states = (np.zeros(2, np.int64), t0 + np.array([0.0, 7200.0]), np.zeros(2, np.int64), np.array([EXECUTE, HELD]),
+              np.zeros(2, np.int64))
+    counts = (np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
+    tl = timeline.build(1, states, counts, [t0 + 9000.0], cal)
+    s, e, cat, _ = tl.pieces(0, t0, t0 + 9000.0)
+    assert (s - t0).tolist() == [0.0, 7200.0] and (e - t0).tolist() == [7200.0, 9000.0]
+    assert cat.tolist() == [oee.RUN, oee.BREAKDOWN]
+    assert tl.p.fill[0] == 1
+    tot = tl.totals(t0, t0 + 9000.0)[0]
+    assert tot[oee.RUN] == 7200.0 and tot[oee.BREAKDOWN] == 1800.0 and tot[oee.NOT_SCHEDULED] == 0.0
