@@ -227,6 +227,8 @@ async def test_dashboard_in_headless_chromium(served, tmp_path):
     # the shift's stops with their reason: minutes, and seconds for a stop under a minute (was "0 min")
     assert cards.cards[press.path]["reasons"] == "Stops this shift: breakdown 3 min"
     assert cards.cards[lathe.path]["reasons"] == "Stops this shift: material shortage 30 s"
+    # each line here has one machine: "1 machine, its times and counts" (it said "1 machines")
+    assert dom.decode().count("· 1 machine, its times and counts") == 2 and "1 machines" not in dom.decode()
     # the state timelines (one request for all machines): as many pieces drawn as the API has
     _, _, body = await get(http, "/api/timelines?window=last_1h")
     timelines = json.loads(body)["machines"]
