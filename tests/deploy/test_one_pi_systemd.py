@@ -8,7 +8,8 @@ from step 4 on, systemd runs the units in a machine with a private network. Then
 Mosquitto without anonymous clients, the gateway and the edge agent as services with their credentials and
 state directories, the simulator as the machine, OEE on the dashboard within minutes, the injected breakdown
 among the shift's stops with its reason, the operator's PIN login, the backup block, a KPI total that
-survives the gateway's restart, the Forget section on a second machine added for it, and docs/web.md's recipe for
+survives the gateway's restart, the Update section (pip reading a local wheel directory: the booted machine has
+no network), the Forget section on a second machine added for it, and docs/web.md's recipe for
 presenter mode on the Pi (a trainer's Breakdown button stops cnc-01). Each step's time is written to test-artifacts/one-pi-times.json.
 
 About 3-4 minutes (most of it apt and pip in step 1; a second run on the same machine skips debootstrap's
@@ -144,6 +145,13 @@ def steps_1_to_3(m: Machine, base: Path, times: dict) -> dict:
     assert r.returncode == 0, f"step 1 failed:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
     assert "usage: fieldlab" in r.stdout, r.stdout[-2000:]
     times["1. Install"] = time.monotonic() - t0
+    # the Update section's pip runs later, on the booted machine's private network: it gets the same packages
+    # from a local wheel directory made now, while the machine has the network (a stand-in for PyPI)
+    r = m.run("/opt/fieldlab/venv/bin/pip wheel -q -w /var/cache/fieldlab-wheels '/opt/fieldlab/src[gateway,edge]'\n"
+              "/opt/fieldlab/venv/bin/pip download -q -d /var/cache/fieldlab-wheels 'setuptools>=64' wheel\n"
+              "printf '[global]\\nno-index = true\\nfind-links = /var/cache/fieldlab-wheels\\n' > /etc/pip.conf",
+              timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     m.boot(base / "boot.log")
     t0 = time.monotonic()
     plant = yaml_block("2. The plant file")
@@ -307,6 +315,15 @@ def test_the_page_step_by_step_under_systemd(pi):
 
     again = wait_for("cnc-01 online again after the backup's restart", back, 120, m)
     assert again["good"] >= kpi_before["good"] and again["reject"] >= kpi_before["reject"] > 0, (kpi_before, again)
+    # Update: the section's block as written (git pull, pip, deploy, units, restarts in the start order); the
+    # shift's counts go on
+    t0, kpi_before = time.monotonic(), api(m, f"/api/machines/{quoted}")[1]
+    pins_before = m.sh("cat /etc/fieldlab/web/pins/anna /etc/fieldlab/credentials/gateway").stdout
+    run_block(m, blocks("Update")[0])
+    assert m.sh("cat /etc/fieldlab/web/pins/anna /etc/fieldlab/credentials/gateway").stdout == pins_before
+    again = wait_for("cnc-01 online again after the update", back, 120, m)
+    assert again["good"] >= kpi_before["good"] and again["reject"] >= kpi_before["reject"], (kpi_before, again)
+    times["Update (machine time)"] = time.monotonic() - t0
     # Forget a test machine: first a machine to forget, test-01 (the simulator's second machine, as its starter
     # mapping file says), added as the page's plant file and deploy steps add any machine
     deploy_line = blocks("3. `fieldlab deploy")[0].strip()
