@@ -102,12 +102,12 @@ def _pins(plant, out, new: list[str]) -> None:
         print(f"  {user:<24} {'new PIN' if user in new else 'PIN kept'} ({role})   {out / 'web' / 'pins' / user}")
 
 
-def _web_login(plant, out, owner: int | None) -> None:
+def _web_login(plant, out, group: int | None) -> None:
     """The web app's logins (every layout): a PIN per operator and presenter of the plant file and the signing key
-    (``owner``: the compose stack's gateway container reads them as that uid)."""
+    (``group``: the compose stack's gateway container reads the users file and the key with that gid)."""
     from .. import deploy
 
-    _pins(plant, out, deploy.web_login(plant, out, owner))
+    _pins(plant, out, deploy.web_login(plant, out, group))
     print(f"web logins (operator terminal, presenter mode): the gateway reads them with "
           f"FIELDLAB_WEB_USERS={out / 'web' / 'users'} FIELDLAB_WEB_KEY_FILE={out / 'web' / 'key'} "
           "(docs/web.md; docker-compose.yml and deploy/systemd/fieldlab-gateway.service do)")
