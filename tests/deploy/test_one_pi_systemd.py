@@ -366,7 +366,7 @@ def test_the_page_step_by_step_under_systemd(pi):
     web_md = (ROOT / "docs" / "web.md").read_text()
     recipe = next(b.replace("\\\n", " ") for b in re.findall(r"^```sh\n(.*?)^```", web_md, flags=re.M | re.S)
                   if "systemd-run --unit fieldlab-sim" in b)
-    m.sh("printf 'viewers: [simulator]\\npresenters: [trainer]\\n' | sudo tee -a /etc/fieldlab/plant.yaml >/dev/null",
+    m.sh("printf 'simulators: [simulator]\\npresenters: [trainer]\\n' | sudo tee -a /etc/fieldlab/plant.yaml >/dev/null",
          user=USER)
     trainer_pin = ""
     for line, _ in commands(recipe):
