@@ -626,9 +626,7 @@ def web_login(plant: Plant, out: Path, group: int | None = None) -> list[str]:
     for user in users:
         f = pins / user
         pin = f.read_text().strip() if f.exists() else ""
-        if not (pin.isdigit() and len(pin) >= 4):  # missing, or emptied or garbled by hand: nobody could log in
-            if f.exists():
-                f.unlink()  # a new PIN, reported as one
+        if not (pin.isdigit() and len(pin) >= 4):  # missing, or emptied or garbled by hand: a new PIN (_write replaces)
             pin = f"{secrets.randbelow(10 ** PIN_DIGITS):0{PIN_DIGITS}d}"
             _write(f, pin + "\n", 0o600)
             new.append(user)

@@ -136,17 +136,21 @@ class Machine:
         pytest.fail(f"{self.name} did not boot within {timeout} s:\n{log.read_text()[-3000:]}", pytrace=False)
 
     def _systemd_pid(self) -> int | None:
+        """The machine's PID 1: the first process named systemd below systemd-nspawn."""
         todo = [self.boot_proc.pid]
         while todo:
             pid = todo.pop()
-            for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split() if Path(
-                    f"/proc/{pid}").exists() else []:
+            try:
+                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            except OSError:  # gone meanwhile
+                continue
+            for child in map(int, children):
                 try:
                     if Path(f"/proc/{child}/comm").read_text().strip() == "systemd":
-                        return int(child)
+                        return child
                 except OSError:
                     continue
-                todo.append(int(child))
+                todo.append(child)
         return None
 
     def sh(self, script: str, timeout: float = 120, check: bool = True, user: str | None = None

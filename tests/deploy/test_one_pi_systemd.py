@@ -38,16 +38,20 @@ MACHINE = "acme/hall-1/line-1/cnc-01"
 USER = "pi"  # who follows the page: a user with sudo, as on a Pi
 
 
+def sh_blocks(text: str) -> list[str]:
+    """A markdown text's ```sh blocks, continuation lines joined."""
+    return [b.replace("\\\n", " ") for b in re.findall(r"^```sh\n(.*?)^```", text, flags=re.M | re.S)]
+
+
 def sections(text: str) -> dict[str, list[str]]:
-    """{heading: [its ```sh blocks]} of a markdown page, continuation lines joined."""
+    """{heading: [its ```sh blocks]} of a markdown page."""
     found: dict[str, list[str]] = {}
     heading = ""
     for part in re.split(r"^(## .+)$", text, flags=re.M):
         if part.startswith("## "):
             heading = part[3:].strip()
             continue
-        found.setdefault(heading, []).extend(b.replace("\\\n", " ") for b in
-                                             re.findall(r"^```sh\n(.*?)^```", part, flags=re.M | re.S))
+        found.setdefault(heading, []).extend(sh_blocks(part))
     return found
 
 
@@ -364,8 +368,7 @@ def test_the_page_step_by_step_under_systemd(pi):
     m.sh("sudo systemctl stop fieldlab-sim2\n" + start_sim, user=USER)
     # presenter mode on the Pi, as docs/web.md's recipe sets it up: a trainer's Breakdown button stops cnc-01
     web_md = (ROOT / "docs" / "web.md").read_text()
-    recipe = next(b.replace("\\\n", " ") for b in re.findall(r"^```sh\n(.*?)^```", web_md, flags=re.M | re.S)
-                  if "systemd-run --unit fieldlab-sim" in b)
+    recipe = next(b for b in sh_blocks(web_md) if "systemd-run --unit fieldlab-sim" in b)
     m.sh("printf 'simulators: [simulator]\\npresenters: [trainer]\\n' | sudo tee -a /etc/fieldlab/plant.yaml >/dev/null",
          user=USER)
     trainer_pin = ""
@@ -379,13 +382,10 @@ def test_the_page_step_by_step_under_systemd(pi):
     status, _, cookie = api(m, "/login", method="POST", body={"user": "trainer", "pin": trainer_pin})
     assert status == 200, status
 
-    def presenter_inject():
-        status, answer, _ = api(m, "/api/presenter/inject", method="POST", cookie=cookie.split(";")[0],
-                                body={"machine": MACHINE, "fault": "breakdown", "args": {"minutes": 5}})
-        assert status == 200, answer
-        return time.time()
-
-    pressed = presenter_inject()
+    pressed = time.time()  # before the request: under load it takes seconds, and the breakdown starts meanwhile
+    status, answer, _ = api(m, "/api/presenter/inject", method="POST", cookie=cookie.split(";")[0],
+                            body={"machine": MACHINE, "fault": "breakdown", "args": {"minutes": 5}})
+    assert status == 200, answer
 
     def held_by_the_button():
         status, tl, _ = api(m, f"/api/machines/{quoted}/timeline?window=shift")
